@@ -1,0 +1,155 @@
+"""MultiTaskData: train/val/test for every task, for both shapes of multi-task problem.
+
+- One shared input with a label matrix (Tox21): inputs = {"x": (n, d)}, every task reads "x".
+- Tasks with their own inputs (digits + a table): inputs = {"digits": (n1, 1, 8, 8), "wine": (n2, 13)},
+  each Task names the input it reads (Task.input), and several tasks may share one input.
+
+Labels are {task: (n_input,)} float tensors with NaN where missing, aligned with the task's input.
+A model receives the single input tensor when there is one input, else the dict of inputs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..tasks import Task
+
+
+@dataclass
+class Split:
+    inputs: dict[str, torch.Tensor]  # input name -> (n_input, *shape)
+    labels: dict[str, torch.Tensor]  # task name -> (n_input,), NaN = missing
+
+    def size(self, name: str) -> int:
+        return int(self.inputs[name].shape[0])
+
+
+@dataclass
+class MultiTaskData:
+    name: str
+    tasks: list[Task]
+    train: Split
+    val: Split
+    test: Split
+    meta: dict = field(default_factory=dict)  # e.g. featuriser settings, SMILES of each split
+
+    def __post_init__(self):
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task names must be unique, got {names}")
+        for split in (self.train, self.val, self.test):
+            for t in self.tasks:
+                if t.input not in split.inputs:
+                    raise ValueError(f"task {t.name} reads input {t.input!r}, which the data lacks")
+                if split.labels[t.name].shape[0] != split.size(t.input):
+                    raise ValueError(f"task {t.name}: {split.labels[t.name].shape[0]} labels for "
+                                     f"{split.size(t.input)} inputs")
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self.train.inputs)
+
+    @property
+    def shared_input(self) -> bool:
+        return len(self.train.inputs) == 1
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """{input name: shape of one example}; a method builds its encoders from these."""
+        return {k: tuple(v.shape[1:]) for k, v in self.train.inputs.items()}
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use train, val or test")
+        return getattr(self, name)
+
+    def with_tasks(self, tasks: list[Task], labels: dict[str, dict[str, torch.Tensor]]) -> "MultiTaskData":
+        """A copy with extra tasks; labels = {split: {task: (n,)}}."""
+        def grow(s: Split, extra):
+            return Split(s.inputs, {**s.labels, **extra})
+        return MultiTaskData(self.name, self.tasks + tasks, grow(self.train, labels["train"]),
+                             grow(self.val, labels["val"]), grow(self.test, labels["test"]), dict(self.meta))
+
+    def summary(self) -> str:
+        sizes = "/".join(str(sum(s.size(k) for k in s.inputs)) for s in (self.train, self.val, self.test))
+        return f"{self.name}: {len(self.tasks)} tasks, inputs {self.input_shapes}, train/val/test {sizes}"
+
+
+def model_input(inputs: dict[str, torch.Tensor]):
+    """What a model receives: the one tensor, or the dict when tasks have their own inputs."""
+    return next(iter(inputs.values())) if len(inputs) == 1 else inputs
+
+
+def batches(split: Split, tasks: list[Task], batch_size: int, shuffle: bool,
+            generator: torch.Generator | None = None) -> Iterator[tuple[dict, dict]]:
+    """Yields (inputs, labels) batches over the split.
+
+    With one input: consecutive slices of a (shuffled) order. With several inputs, each step takes
+    batch_size examples from every input; the epoch lasts ceil(largest / batch_size) steps and the
+    smaller inputs start over from a new order when they run out.
+    """
+    names = list(split.inputs)
+    sizes = {k: split.size(k) for k in names}
+    steps = max(math.ceil(n / batch_size) for n in sizes.values())
+
+    def order(n):
+        return torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+
+    orders = {k: order(n) for k, n in sizes.items()}
+    pos = {k: 0 for k in names}
+    for _ in range(steps):
+        idx = {}
+        for k in names:
+            if pos[k] >= sizes[k]:
+                orders[k], pos[k] = order(sizes[k]), 0
+            idx[k] = orders[k][pos[k]:pos[k] + batch_size]
+            pos[k] += batch_size
+        x = {k: split.inputs[k][idx[k]] for k in names}
+        y = {t.name: split.labels[t.name][idx[t.input]] for t in tasks}
+        yield x, y
+        if len(names) == 1 and pos[names[0]] >= sizes[names[0]]:
+            break
+
+
+def random_split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Seeded random train/val/test index arrays covering range(n) exactly once."""
+    if abs(sum(fractions) - 1.0) > 1e-6 or len(fractions) != 3:
+        raise ValueError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    return perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+
+
+def split_arrays(x: np.ndarray, y: np.ndarray, task_names: list[str], parts) -> tuple[Split, Split, Split]:
+    """Arrays x (n, ...) and y (n, T) plus index arrays -> three Splits with one input named "x"."""
+    def one(idx):
+        xs = torch.as_tensor(x[idx], dtype=torch.float32)
+        ys = torch.as_tensor(y[idx], dtype=torch.float32)
+        return Split({"x": xs}, {name: ys[:, j].contiguous() for j, name in enumerate(task_names)})
+    return tuple(one(p) for p in parts)
+
+
+def combine(*datas: MultiTaskData, name: str | None = None) -> MultiTaskData:
+    """Several data sets as one multi-input problem: each data set's input becomes an input named after
+    the data set (or "DATA.INPUT" when it has several), and its tasks read it. Task names must differ."""
+    def rename(d: MultiTaskData, k: str) -> str:
+        return d.name if d.shared_input else f"{d.name}.{k}"
+
+    inputs_names = [rename(d, k) for d in datas for k in d.input_names]
+    if len(set(inputs_names)) != len(inputs_names):
+        raise ValueError(f"data sets to combine need distinct names, got {[d.name for d in datas]}")
+    tasks = [Task(t.name, t.kind, t.outputs, rename(d, t.input)) for d in datas for t in d.tasks]
+
+    def merged(split: str) -> Split:
+        parts = [d.split(split) for d in datas]
+        return Split({rename(d, k): v for d, p in zip(datas, parts) for k, v in p.inputs.items()},
+                     {k: v for p in parts for k, v in p.labels.items()})
+
+    meta = {d.name: d.meta for d in datas}
+    return MultiTaskData(name or "+".join(d.name for d in datas), tasks, merged("train"), merged("val"),
+                         merged("test"), meta)

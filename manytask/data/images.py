@@ -1,0 +1,159 @@
+"""Images: scikit-learn's digits (embedded), MNIST-format IDX files, and CIFAR-style pickled batches.
+
+Every loader returns a MultiTaskData with one input "x" of shape (n, 1, H, W) scaled to [0, 1] and one
+10-class task named after the data set. MNIST and Fashion-MNIST read `data.dir=...` (the four IDX files,
+.gz or not) or download into the cache directory, with the files' published MD5 sums checked.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..registry import register_dataset
+from ..tasks import Task
+from .base import MultiTaskData, Split, random_split_indices
+from .download import cache_dir, fetch
+
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+# (base url, {file: md5}) as published by the data sets' maintainers
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+SOURCES = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}),
+    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"}),
+}
+
+
+def read_idx(path: Path | str) -> np.ndarray:
+    """An IDX file (gzipped or not) as an array of its stored type and shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
+        raise ConfigError(f"{path} is not an IDX file (bad magic number); expected MNIST-format files")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)) * dtype.itemsize:
+        raise ConfigError(f"{path}: header says shape {dims} but the file holds {len(body)} bytes of data; "
+                          "the file is truncated or corrupt")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def write_idx(path: Path | str, array: np.ndarray) -> None:
+    """Write an array as an IDX file (uint8 or the other IDX types); gzipped when path ends in .gz."""
+    code = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}[array.dtype.newbyteorder("=")]
+    head = bytes([0, 0, code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body = array.astype(np.dtype(IDX_TYPES[code])).tobytes()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(head + body)
+
+
+def read_cifar_batch(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """A CIFAR-10/100 python batch -> (images (n, 3, 32, 32) uint8, labels (n,)). Pickle: only open
+    files from a source you trust."""
+    with open(path, "rb") as f:
+        d = pickle.load(f, encoding="bytes")
+    labels = d.get(b"labels", d.get(b"fine_labels"))
+    return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
+
+
+def _find(directory: Path, stem: str) -> Path:
+    for cand in (directory / stem, directory / f"{stem}.gz"):
+        if cand.exists():
+            return cand
+    raise ConfigError(f"{directory} has no {stem} (or {stem}.gz); data.dir must hold the four MNIST-format files")
+
+
+def load_idx_dir(directory: Path | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (train images (n, H, W), train labels (n,), test images, test labels) from a folder."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"data.dir={directory} is not a folder; pass the folder with the IDX files")
+    arrays = [read_idx(_find(directory, s)) for s in MNIST_FILES]
+    if arrays[0].shape[0] != arrays[1].shape[0] or arrays[2].shape[0] != arrays[3].shape[0]:
+        raise ConfigError(f"{directory}: image and label files hold different numbers of examples")
+    return tuple(arrays)
+
+
+def image_data(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None,
+               y_test: np.ndarray | None, scale: float, val_fraction: float, test_fraction: float,
+               seed: int, task: str | None = None) -> MultiTaskData:
+    """Arrays (n, H, W) or (n, C, H, W) -> MultiTaskData with input "x" (n, C, H, W) in [0, 1] and one
+    10-class task. Without a test set, test_fraction of the training set becomes the test set."""
+    def prep(x):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32) / scale)
+        return x.unsqueeze(1) if x.ndim == 3 else x  # (n, C, H, W)
+
+    y_train = np.asarray(y_train, dtype=np.float32)
+    if x_test is None:
+        tr, va, te = random_split_indices(len(y_train), (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
+        x_test, y_test = x_train[te], y_train[te]
+    else:
+        tr, va, _ = random_split_indices(len(y_train), (1 - val_fraction, val_fraction, 0.0), seed)
+    tname = task or name
+    classes = int(max(y_train.max(), np.max(y_test))) + 1
+    mk = lambda x, y: Split({"x": prep(x)}, {tname: torch.as_tensor(np.asarray(y, dtype=np.float32))})  # noqa: E731
+    return MultiTaskData(name, [Task(tname, "multiclass", classes)], mk(x_train[tr], y_train[tr]),
+                         mk(x_train[va], y_train[va]), mk(x_test, y_test), {"scale": scale})
+
+
+@dataclass
+class DigitsConfig:
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    split_seed: int = 0
+
+
+@register_dataset("digits", DigitsConfig, "scikit-learn's 1,797 8x8 digits, one 10-class task (embedded)")
+def load_digits(cfg: DigitsConfig) -> MultiTaskData:
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    return image_data("digits", d.images, d.target, None, None, 16.0, cfg.val_fraction, cfg.test_fraction,
+                      cfg.split_seed)
+
+
+@dataclass
+class IDXConfig:
+    dir: str = ""  # folder with the four MNIST-format files; empty: download into the cache directory
+    val_fraction: float = 1 / 6  # of the official training set (10,000 of 60,000)
+    split_seed: int = 0
+
+
+def _idx_loader(name: str):
+    base, md5s = SOURCES[name]
+
+    def load(cfg: IDXConfig) -> MultiTaskData:
+        if cfg.dir:
+            directory = Path(cfg.dir)
+        else:
+            directory = cache_dir() / name
+            directory.mkdir(parents=True, exist_ok=True)
+            for f, md5 in md5s.items():
+                fetch(base + f, md5, "md5", directory / f)
+        xtr, ytr, xte, yte = load_idx_dir(directory)
+        return image_data(name, xtr, ytr, xte, yte, 255.0, cfg.val_fraction, 0.0, cfg.split_seed)
+    return load
+
+
+for _name, _desc in (("mnist", "MNIST (data.dir=FOLDER of IDX files, or download)"),
+                     ("fashion_mnist", "Fashion-MNIST (data.dir=FOLDER of IDX files, or download)")):
+    register_dataset(_name, IDXConfig, _desc)(_idx_loader(_name))

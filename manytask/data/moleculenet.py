@@ -1,0 +1,228 @@
+"""MoleculeNet-style CSVs: a SMILES column and one column per task (blank = missing label).
+
+Molecules become RDKit Morgan fingerprints (radius and size configurable, bits or counts). Invalid
+SMILES are dropped and counted, never fatal. Features are cached under the cache directory, keyed by
+the file's sha256 and the featuriser settings. Splits: seeded random 80/10/10 or the Bemis-Murcko
+scaffold split as MoleculeNet defines it (largest scaffold groups to train first).
+
+Tox21 (7,831 molecules, 12 assays) is embedded; ToxCast, SIDER, ClinTox and MUV download on first use.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..registry import register_dataset
+from ..tasks import Task
+from .base import MultiTaskData, random_split_indices, split_arrays
+from .download import cache_dir, fetch, file_hash
+from .synthetic import fake_correlated_labels
+
+log = logging.getLogger("manytask")
+
+# name -> (url, sha256 or None when no checksum is published)
+SOURCES = {
+    "tox21": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/tox21.csv.gz", None),
+    "toxcast": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/toxcast_data.csv.gz", None),
+    "sider": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/sider.csv.gz", None),
+    "clintox": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/clintox.csv.gz", None),
+    "muv": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/muv.csv.gz", None),
+}
+
+
+@dataclass
+class MoleculeNetConfig:
+    path: str = ""  # a CSV (.csv or .csv.gz); empty: the embedded Tox21, or the download for other sets
+    smiles_col: str = "smiles"
+    tasks: tuple[str, ...] = ()  # task columns; empty: every column but SMILES and id columns
+    radius: int = 2
+    bits: int = 2048
+    counts: bool = False  # count fingerprints instead of bits
+    split: Literal["random", "scaffold"] = "random"
+    split_seed: int = 0
+    fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
+    fake_tasks: int = 0  # append k fake binary tasks correlated with each other, not with the data
+    fake_rho: float = 0.8
+    fake_rate: float = 0.1
+    cache: bool = True
+
+
+def embedded_tox21() -> Path:
+    return Path(str(resources.files("manytask.data") / "tox21.csv.gz"))
+
+
+def read_csv(path: Path, smiles_col: str, task_cols: tuple[str, ...]) -> tuple[list[str], list[str], np.ndarray]:
+    """-> (smiles (n,), task names (T,), labels (n, T) float32 with NaN for blanks)."""
+    if not path.exists():
+        raise ConfigError(f"data file {path} does not exist; pass an existing CSV with data.path=...")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path}: not a readable CSV ({e}); expected a header row with a "
+                          f"{smiles_col!r} column") from None
+    if not rows:
+        raise ConfigError(f"{path} is empty; expected a header row with a {smiles_col!r} column")
+    header = [h.strip() for h in rows[0]]
+    if smiles_col not in header:
+        raise ConfigError(f"{path} has no SMILES column {smiles_col!r}; its columns are {', '.join(header)}; "
+                          "name the right one with data.smiles_col=...")
+    s_idx = header.index(smiles_col)
+    names = list(task_cols) or [h for h in header if h != smiles_col and h.lower() not in ("mol_id", "id", "name")]
+    missing = [c for c in names if c not in header]
+    if missing:
+        raise ConfigError(f"{path} has no task column(s) {missing}; its columns are {', '.join(header)}")
+    if not names:
+        raise ConfigError(f"{path} has a SMILES column but no task columns")
+    cols = [header.index(c) for c in names]
+    smiles, labels = [], np.full((len(rows) - 1, len(names)), np.nan, dtype=np.float32)
+    for r, row in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise ConfigError(f"{path}, line {r + 2}: {len(row)} fields where the header has {len(header)}; "
+                              "fix the row or quote fields that contain commas")
+        smiles.append(row[s_idx].strip())
+        for j, c in enumerate(cols):
+            v = row[c].strip()
+            if v:
+                try:
+                    labels[r, j] = float(v)
+                except ValueError:
+                    raise ConfigError(f"{path}, line {r + 2}, column {names[j]!r}: {v!r} is not a number; "
+                                      "labels must be numbers or blank for missing") from None
+    return smiles, names, labels
+
+
+def _generator(radius: int, bits: int):
+    from rdkit.Chem import rdFingerprintGenerator
+    return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
+
+
+def featurize(smiles: list[str], cfg: MoleculeNetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """SMILES -> (fingerprints (n, bits) float32, valid (n,) bool); invalid rows are all zero."""
+    from rdkit import Chem, RDLogger
+    RDLogger.DisableLog("rdApp.*")
+    gen = _generator(cfg.radius, cfg.bits)
+    x = np.zeros((len(smiles), cfg.bits), dtype=np.float32)
+    valid = np.zeros(len(smiles), dtype=bool)
+    for i, s in enumerate(smiles):
+        mol = Chem.MolFromSmiles(s) if s else None
+        if mol is None:
+            continue
+        fp = gen.GetCountFingerprintAsNumPy(mol) if cfg.counts else gen.GetFingerprintAsNumPy(mol)
+        x[i], valid[i] = fp, True
+    return x, valid
+
+
+def scaffold_split_indices(smiles: list[str], fractions=(0.8, 0.1, 0.1)) -> tuple[np.ndarray, ...]:
+    """MoleculeNet's scaffold split: group by Bemis-Murcko scaffold, put the groups, largest first
+    (ties: earliest first), into train until it would pass its share, then val, then test."""
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(smiles):
+        scaffold = MurckoScaffold.MurckoScaffoldSmiles(mol=Chem.MolFromSmiles(s), includeChirality=False)
+        groups.setdefault(scaffold, []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: (len(g), -g[0]), reverse=True)
+    n = len(smiles)
+    train_cut, val_cut = fractions[0] * n, (fractions[0] + fractions[1]) * n
+    train, val, test = [], [], []
+    for g in ordered:
+        if len(train) + len(g) > train_cut:
+            (test if len(train) + len(val) + len(g) > val_cut else val).extend(g)
+        else:
+            train.extend(g)
+    return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
+
+
+def _cached_features(path: Path, smiles: list[str], cfg: MoleculeNetConfig) -> tuple[np.ndarray, np.ndarray]:
+    if not cfg.cache:
+        return featurize(smiles, cfg)
+    key = f"{file_hash(path)[:16]}-{cfg.smiles_col}-r{cfg.radius}-b{cfg.bits}-{'counts' if cfg.counts else 'bits'}"
+    cached = cache_dir() / f"morgan-{key}.npz"
+    if cached.exists():
+        z = np.load(cached)
+        return z["x"].astype(np.float32), z["valid"]
+    x, valid = featurize(smiles, cfg)
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, x=x.astype(np.uint8 if not cfg.counts else np.uint16), valid=valid)
+    tmp.replace(cached)
+    return x, valid
+
+
+def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> MultiTaskData:
+    """The CSV at cfg.path (or `default`) as a MultiTaskData with one fingerprint input "x"."""
+    if cfg.radius < 0 or cfg.bits < 1:
+        raise ConfigError(f"need radius >= 0 and bits >= 1, got radius={cfg.radius}, bits={cfg.bits}")
+    if not cfg.path and default is None:
+        raise ConfigError(f"data set {name!r} needs a file: pass data.path=my.csv")
+    path = Path(cfg.path) if cfg.path else default
+    smiles, names, labels = read_csv(path, cfg.smiles_col, tuple(cfg.tasks))
+    x, valid = _cached_features(path, smiles, cfg)
+    dropped = int((~valid).sum())
+    if dropped:
+        log.warning("%s: dropped %d of %d rows whose SMILES RDKit cannot parse", path.name, dropped, len(smiles))
+    keep = np.flatnonzero(valid)
+    if len(keep) < 3:
+        raise ConfigError(f"{path}: only {len(keep)} valid molecules; need at least 3 to split")
+    x, labels, smiles = x[keep], labels[keep], [smiles[i] for i in keep]
+    for j, c in enumerate(names):
+        vals = np.unique(labels[~np.isnan(labels[:, j]), j])
+        if not set(vals.tolist()) <= {0.0, 1.0}:
+            raise ConfigError(f"{path}: column {c!r} has values other than 0/1 (e.g. {vals[:3].tolist()}); "
+                              "MoleculeNet tasks here are binary; select columns with data.tasks=...")
+    if cfg.fake_tasks > 0:
+        fake = fake_correlated_labels(len(keep), cfg.fake_tasks, cfg.fake_rho, cfg.fake_rate, seed=cfg.split_seed + 1)
+        labels = np.concatenate([labels, fake], axis=1)
+        names = names + [f"fake{k}" for k in range(cfg.fake_tasks)]
+    fr = tuple(cfg.fractions)
+    if cfg.split == "scaffold":
+        parts = scaffold_split_indices(smiles, fr)
+    else:
+        parts = random_split_indices(len(keep), fr, cfg.split_seed)
+    train, val, test = split_arrays(x, labels, names, parts)
+    tasks = [Task(n, "binary") for n in names]
+    meta = {"smiles": {s: [smiles[i] for i in p] for s, p in zip(("train", "val", "test"), parts)},
+            "dropped": dropped}
+    return MultiTaskData(name, tasks, train, val, test, meta)
+
+
+def predict_features(smiles: list[str], cfg: MoleculeNetConfig) -> tuple[torch.Tensor, np.ndarray]:
+    x, valid = featurize(smiles, cfg)
+    return torch.as_tensor(x), valid
+
+
+@register_dataset("tox21", MoleculeNetConfig, "Tox21, 7,831 molecules x 12 assays (embedded)",
+                  featurize=predict_features)
+def load_tox21(cfg: MoleculeNetConfig) -> MultiTaskData:
+    return load_csv(cfg, "tox21", embedded_tox21())
+
+
+@register_dataset("moleculenet", MoleculeNetConfig, "any CSV with a SMILES column and 0/1 task columns (data.path=)",
+                  featurize=predict_features)
+def load_any(cfg: MoleculeNetConfig) -> MultiTaskData:
+    return load_csv(cfg, Path(cfg.path).name.split(".")[0] if cfg.path else "moleculenet")
+
+
+def _downloadable(name: str):
+    url, sha = SOURCES[name]
+
+    def load(cfg: MoleculeNetConfig) -> MultiTaskData:
+        return load_csv(cfg, name, None if cfg.path else fetch(url, sha))
+    return load
+
+
+for _name in ("toxcast", "sider", "clintox", "muv"):
+    register_dataset(_name, MoleculeNetConfig, f"MoleculeNet {_name} (downloads on first use, or data.path=)",
+                     featurize=predict_features)(_downloadable(_name))

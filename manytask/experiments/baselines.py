@@ -1,0 +1,14 @@
+"""The baselines side by side: the `demo` job that `make demo` runs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..registry import register_experiment
+from .runner import Contender, compare
+
+DEMO = [Contender("hard_sharing", "hard_sharing"), Contender("stl", "stl")]
+
+
+@register_experiment("demo", "Tox21 (embedded): hard sharing vs single-task nets, one seed, a few minutes")
+def demo(overrides: list[str], out: Path):
+    return compare("demo", "tox21", DEMO, seeds=(0,), overrides=["epochs=30", *overrides], out=out)

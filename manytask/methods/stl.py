@@ -1,0 +1,50 @@
+"""Single-task learning: one independent MLP per task, nothing shared (the baseline every MTL method
+must beat). With params_per_task > 0 each task's hidden layers get the one width that gives that many
+parameters: the thesis's "NN2 STL", matched to the root weights of an ICNN subnetwork (thesis 000, s. 4).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..nn.mlp import mlp, width_for_params
+from ..registry import register_method
+from ..tasks import Task
+
+
+@dataclass
+class STLConfig:
+    widths: tuple[int, ...] = (512,)  # hidden widths of every task's network
+    activation: str = "relu"
+    dropout: float = 0.25
+    params_per_task: int = 0  # > 0: replace widths by len(widths) equal layers sized to this count
+
+
+class PerTaskMLP(nn.Module):
+    """{task: MLP}; forward(x) -> {task: (batch, task.outputs)} where x is (batch, *shape) or a dict."""
+
+    def __init__(self, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], widths: dict[str, tuple[int, ...]],
+                 act: str, dropout: float):
+        super().__init__()
+        self.tasks = tasks
+        self.nets = nn.ModuleDict({
+            t.name: mlp(math.prod(input_shapes[t.input]), widths[t.name], act, dropout, out_dim=t.outputs)
+            for t in tasks})
+
+    def forward(self, x):
+        return {t.name: self.nets[t.name](t.select(x)) for t in self.tasks}
+
+
+@register_method("stl", STLConfig, "single-task baseline: one independent MLP per task")
+def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: STLConfig) -> nn.Module:
+    widths = {}
+    for t in tasks:
+        d = math.prod(input_shapes[t.input])
+        if cfg.params_per_task > 0:
+            w = width_for_params(d, len(cfg.widths), t.outputs, cfg.params_per_task)
+            widths[t.name] = (w,) * len(cfg.widths)
+        else:
+            widths[t.name] = tuple(cfg.widths)
+    return PerTaskMLP(tasks, input_shapes, widths, cfg.activation, cfg.dropout)

@@ -1,0 +1,76 @@
+"""Tasks: what a model must output for each task, and the loss that skips missing labels.
+
+A task's labels are a float tensor of shape (n,), NaN where the label is missing. Binary labels are 0/1,
+multiclass labels are class indices stored as floats, regression labels are real values.
+A model's output for a task has shape (n, task.outputs): 1 logit (binary), C logits (multiclass) or
+1 value (regression).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+KINDS = ("binary", "multiclass", "regression")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One prediction target.
+
+    name:    unique name, the key of the model's output dict.
+    kind:    "binary" | "multiclass" | "regression".
+    outputs: width of the model's output for this task (1 for binary and regression, C for multiclass).
+    input:   key of the input this task reads when a data set has several inputs (default: the only one).
+    """
+
+    name: str
+    kind: str
+    outputs: int = 1
+    input: str = "x"
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
+        if self.kind == "multiclass" and self.outputs < 2:
+            raise ValueError(f"task {self.name!r}: a multiclass task needs outputs >= 2, got {self.outputs}")
+        if self.kind != "multiclass" and self.outputs != 1:
+            raise ValueError(f"task {self.name!r}: a {self.kind} task has outputs=1, got {self.outputs}")
+
+    def select(self, x):
+        """This task's input from a model's input: the tensor itself, or x[self.input] from a dict."""
+        return x[self.input] if isinstance(x, dict) else x
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean loss over the labelled examples; 0 (still attached to the graph) when none is labelled.
+
+        pred: (n, outputs) or (n,) when outputs == 1; target: (n,) with NaN for missing labels.
+        """
+        pred = pred.reshape(pred.shape[0], -1)  # (n, outputs)
+        known = ~torch.isnan(target)  # (n,)
+        if not bool(known.any()):
+            return pred.sum() * 0.0
+        p, y = pred[known], target[known]
+        if self.kind == "binary":
+            return F.binary_cross_entropy_with_logits(p[:, 0], y)
+        if self.kind == "multiclass":
+            return F.cross_entropy(p, y.long())
+        return F.mse_loss(p[:, 0], y)
+
+    def predict(self, pred: torch.Tensor) -> torch.Tensor:
+        """Model output -> what a user reads: P(1) for binary, class probabilities (n, C) for
+        multiclass, the value for regression."""
+        pred = pred.reshape(pred.shape[0], -1)
+        if self.kind == "binary":
+            return torch.sigmoid(pred[:, 0])
+        if self.kind == "multiclass":
+            return torch.softmax(pred, dim=1)
+        return pred[:, 0]
+
+
+def mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
+              weights: dict[str, float] | None = None) -> torch.Tensor:
+    """Sum over tasks of weight * task loss, divided by the number of tasks (weights default to 1)."""
+    total = sum((weights or {}).get(t.name, 1.0) * t.loss(out[t.name], y[t.name]) for t in tasks)
+    return total / len(tasks)
