@@ -1,0 +1,181 @@
+"""The inter-layer of an interconnected neural network (ICNN; Ramabaja 2018, thesis 000, section 3).
+
+N subnetworks, one per task, run side by side. Layer j of subnetwork i reads every subnetwork's
+previous layer:
+
+    a(j, i) = f( sum_k W(j, k->i) a(j-1, k) + b(j, i) )                                  (thesis s. 3)
+
+W(j, i->i) is subnetwork i's ROOT weight; W(j, k->i), k != i, are the CONNECTOR weights into i.
+Backward rule (gradient isolation): task i's loss updates only subnetwork i's root weights, its biases
+and the connectors INTO i; it never flows into another subnetwork's activations. In autograd terms the
+sources a(j-1, k), k != i, are detached on the connector paths into i. Losses are still summed into one
+scalar: the isolation comes from the graph, not from separate backward passes.
+
+Parameters per inter-layer: n*m*N^2 (n inputs, m outputs per subnetwork). With `targets` (section 6.1)
+only the listed subnetworks receive connectors: n*m*(N + T*(N-1)) for T targets, i.e. n*m*(2N-1) for one
+target (the thesis rounds this to n*m*2N).
+
+Layout. Activations travel as (batch, N, width) so that (batch, N*n) is a view. The full layer stores
+its N^2 blocks as ONE weight of shape (N_src, n, N_dst, m); its (N*n, N*m) view turns the whole layer
+into a single GEMM. Isolation costs one extra batched matmul of the N diagonal blocks:
+
+    z = a.detach() @ W  +  (a - a.detach()) @ blockdiag(W_ii).detach()
+
+The second term is zero in value; it only routes the gradient of z_i back to a_i through W_ii (the root
+path). W's gradient comes entirely from the first term, so every block, root and connector, is trained
+by the loss of the subnetwork it feeds.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import ConfigError
+
+
+class InterLayer(nn.Module):
+    """N parallel subnetworks' layer with connector weights between them (no activation).
+
+    forward(a): (batch, N, n) -> (batch, N, m) pre-activations z.
+    n_tasks: N; n_in: n; n_out: m; isolate: detach connector sources (the thesis's backward rule);
+    targets: indices of the subnetworks that receive connectors (None: all, the full ICNN).
+    """
+
+    def __init__(self, n_tasks: int, n_in: int, n_out: int, isolate: bool = True,
+                 targets: Sequence[int] | None = None):
+        super().__init__()
+        if n_tasks < 1 or n_in < 1 or n_out < 1:
+            raise ConfigError(f"an inter-layer needs n_tasks, n_in, n_out >= 1, got {n_tasks}, {n_in}, {n_out}")
+        self.n_tasks, self.n_in, self.n_out, self.isolate = n_tasks, n_in, n_out, isolate
+        self.full = targets is None
+        bound = 1.0 / np.sqrt(n_in * n_tasks)  # the fan-in of one unit is n * N (all subnetworks feed it)
+        if self.full:
+            self.weight = nn.Parameter(torch.empty(n_tasks, n_in, n_tasks, n_out).uniform_(-bound, bound))  # (N_src, n, N_dst, m)
+        else:
+            targets = sorted(set(int(t) for t in targets))
+            if not targets or targets[0] < 0 or targets[-1] >= n_tasks:
+                raise ConfigError(f"targets={list(targets)}: need subnetwork indices in 0..{n_tasks - 1}, at least one")
+            if n_tasks < 2:
+                raise ConfigError("targets= needs at least 2 subnetworks (connectors come from the others)")
+            self.register_buffer("targets", torch.tensor(targets), persistent=False)  # (T,)
+            others = torch.tensor([[k for k in range(n_tasks) if k != t] for t in targets])  # (T, N-1)
+            self.register_buffer("sources", others, persistent=False)
+            self.root = nn.Parameter(torch.empty(n_tasks, n_in, n_out).uniform_(-bound, bound))  # (N, n, m)
+            self.connector = nn.Parameter(torch.empty(len(targets), n_tasks - 1, n_in, n_out).uniform_(-bound, bound))  # (T, N-1, n, m)
+        self.bias = nn.Parameter(torch.zeros(n_tasks, n_out))  # (N, m)
+
+    def extra_repr(self) -> str:
+        t = "all" if self.full else self.targets.tolist()
+        return f"N={self.n_tasks}, n={self.n_in}, m={self.n_out}, isolate={self.isolate}, targets={t}"
+
+    def root_weights(self) -> torch.Tensor:
+        """(N, n, m): W(i->i) for every subnetwork (a view for the full layer)."""
+        if self.full:
+            return self.weight.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (n, m, N) -> (N, n, m)
+        return self.root
+
+    def blocks_abs_sum(self) -> torch.Tensor:
+        """(N_src, N_dst): sum of |W(k->i)| per ordered pair; 0 where there is no block (targets)."""
+        with torch.no_grad():
+            if self.full:
+                return self.weight.abs().sum(dim=(1, 3))  # (N_src, n, N_dst, m) -> (N_src, N_dst)
+            out = torch.diag(self.root.abs().sum(dim=(1, 2)))  # (N, N), roots on the diagonal
+            conn = self.connector.abs().sum(dim=(2, 3))  # (T, N-1)
+            for j, t in enumerate(self.targets.tolist()):
+                out[self.sources[j], t] = conn[j]
+            return out
+
+    def connector_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(parameter, boolean mask of its connector entries)]: what pruning and the L1 penalty act on."""
+        if self.full:
+            eye = torch.eye(self.n_tasks, dtype=torch.bool, device=self.weight.device)
+            mask = (~eye)[:, None, :, None].expand_as(self.weight)  # (N_src, n, N_dst, m)
+            return [(self.weight, mask)]
+        return [(self.connector, torch.ones_like(self.connector, dtype=torch.bool))]
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """a: (batch, N, n) -> z: (batch, N, m)."""
+        b, N, n = a.shape
+        if N != self.n_tasks or n != self.n_in:
+            raise ValueError(f"InterLayer expects (batch, {self.n_tasks}, {self.n_in}), got {tuple(a.shape)}")
+        if self.full:
+            src = a.detach() if self.isolate else a
+            z = (src.reshape(b, N * n) @ self.weight.reshape(N * n, N * self.n_out)).reshape(b, N, self.n_out)  # (batch, N, m)
+            if self.isolate:  # root path: zero in value, carries d z_i / d a_i = W_ii
+                root = self.root_weights().detach()  # (N, n, m)
+                z = z + torch.bmm((a - a.detach()).transpose(0, 1), root).transpose(0, 1)  # (N, batch, m) -> (batch, N, m)
+            return z + self.bias
+        z = torch.bmm(a.transpose(0, 1), self.root).transpose(0, 1)  # (batch, N, m): root paths, never detached
+        src = a.detach() if self.isolate else a
+        T = len(self.targets)
+        others = src[:, self.sources]  # (batch, T, N-1, n)
+        others = others.reshape(b, T, (N - 1) * n).transpose(0, 1)  # (T, batch, (N-1)*n)
+        conn = torch.bmm(others, self.connector.reshape(T, (N - 1) * n, self.n_out))  # (T, batch, m)
+        z = z.index_add(1, self.targets, conn.transpose(0, 1))  # add into the target subnetworks
+        return z + self.bias
+
+
+def interlayers(model: nn.Module) -> list[InterLayer]:
+    return [m for m in model.modules() if isinstance(m, InterLayer)]
+
+
+def connector_l1(model: nn.Module) -> torch.Tensor:
+    """Sum of |connector weights| over every inter-layer of `model` (roots and biases excluded)."""
+    total = None
+    for layer in interlayers(model):
+        for p, mask in layer.connector_params():
+            s = (p.abs() * mask).sum()
+            total = s if total is None else total + s
+    if total is None:
+        raise ConfigError("connector_l1: the model has no InterLayer")
+    return total
+
+
+def count_connectors(model: nn.Module) -> tuple[int, int]:
+    """(non-zero connector weights, all connector weights) over every inter-layer of `model`."""
+    nz = tot = 0
+    for layer in interlayers(model):
+        for p, mask in layer.connector_params():
+            nz += int((p.detach()[mask] != 0).sum())
+            tot += int(mask.sum())
+    return nz, tot
+
+
+@torch.no_grad()
+def prune_connectors(model: nn.Module, fraction: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Magnitude pruning (thesis s. 6.2): in each inter-layer, zero the `fraction` of connector weights
+    with the smallest |w| (roots and biases untouched). Returns [(parameter, keep mask)] so fine-tuning
+    can hold the pruned weights at zero (`apply_masks` after every optimizer step)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"prune={fraction}: the pruned fraction of connectors must be in [0, 1), e.g. prune=0.9")
+    kept = []
+    for layer in interlayers(model):
+        for p, mask in layer.connector_params():
+            mags = p.abs()[mask]  # (connectors,)
+            k = int(round(fraction * mags.numel()))
+            keep = torch.ones_like(p, dtype=torch.bool)
+            if k > 0:
+                cut = mags.kthvalue(k).values
+                drop = mask & (p.abs() <= cut)
+                extra = int(drop.sum()) - k  # ties at the threshold: keep the surplus (first in order)
+                if extra > 0:
+                    tied = (drop & (p.abs() == cut)).flatten().nonzero().flatten()[:extra]
+                    drop.view(-1)[tied] = False
+                keep = ~drop
+            p.mul_(keep)
+            kept.append((p, keep))
+    return kept
+
+
+@torch.no_grad()
+def apply_masks(kept: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for p, keep in kept:
+        p.mul_(keep)
+
+
+def connector_matrices(model: nn.Module) -> list[np.ndarray]:
+    """One (N_src, N_dst) matrix of sum |W(k->i)| per inter-layer, first to last."""
+    return [layer.blocks_abs_sum().cpu().numpy() for layer in interlayers(model)]

@@ -1,0 +1,223 @@
+"""The ICNN inter-layer against a naive reference (one weight matrix per ordered pair, Python loops,
+explicit detach), gradient isolation, parameter counts, the targets variant, pruning and the L1 term."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from manytask.config import ConfigError
+from manytask.nn.interconnected import (InterLayer, apply_masks, connector_l1, count_connectors,
+                                        prune_connectors)
+
+N, n, m, B = 4, 5, 3, 7
+
+
+def blocks_of(layer: InterLayer) -> dict[tuple[int, int], tuple[torch.Tensor, bool]]:
+    """{(k, i): (W(k->i) as an (n, m) leaf copy, exists)} read out of the layer's storage."""
+    out = {}
+    for k in range(layer.n_tasks):
+        for i in range(layer.n_tasks):
+            if layer.full:
+                w = layer.weight.detach()[k, :, i, :]
+            elif k == i:
+                w = layer.root.detach()[i]
+            elif i in layer.targets.tolist():
+                j = layer.targets.tolist().index(i)
+                w = layer.connector.detach()[j, layer.sources[j].tolist().index(k)]
+            else:
+                continue
+            out[(k, i)] = w.clone().requires_grad_(True)
+    return out
+
+
+def naive(a: torch.Tensor, W: dict, bias: torch.Tensor, isolate: bool) -> torch.Tensor:
+    """The thesis's equation with Python loops: z_i = sum_k W(k->i) a_k + b_i, sources k != i detached."""
+    z = []
+    for i in range(a.shape[1]):
+        acc = bias[i].expand(a.shape[0], -1)
+        for k in range(a.shape[1]):
+            if (k, i) not in W:
+                continue
+            src = a[:, k].detach() if (isolate and k != i) else a[:, k]
+            acc = acc + src @ W[(k, i)]
+        z.append(acc)
+    return torch.stack(z, dim=1)  # (batch, N, m)
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+@pytest.mark.parametrize("targets", [None, [2], [0, 3]])
+def test_parity_with_naive_reference(isolate, targets):
+    torch.manual_seed(0)
+    layer = InterLayer(N, n, m, isolate=isolate, targets=targets).double()
+    with torch.no_grad():
+        layer.bias.normal_()
+    W = blocks_of(layer)
+    bias = layer.bias.detach().clone().requires_grad_(True)
+    a1 = torch.randn(B, N, n, dtype=torch.float64, requires_grad=True)
+    a2 = a1.detach().clone().requires_grad_(True)
+    g = torch.randn(B, N, m, dtype=torch.float64)  # a fixed upstream gradient, different per subnetwork
+    z1, z2 = layer(a1), naive(a2, W, bias, isolate)
+    torch.testing.assert_close(z1, z2, atol=1e-5, rtol=0)
+    (z1 * g).sum().backward()
+    (z2 * g).sum().backward()
+    torch.testing.assert_close(a1.grad, a2.grad, atol=1e-5, rtol=0)
+    torch.testing.assert_close(layer.bias.grad, bias.grad, atol=1e-5, rtol=0)
+    got = blocks_of_grad(layer)
+    for key, w in W.items():
+        torch.testing.assert_close(got[key], w.grad, atol=1e-5, rtol=0, msg=f"block {key}")
+
+
+def blocks_of_grad(layer: InterLayer) -> dict[tuple[int, int], torch.Tensor]:
+    saved = {}
+    for name in ("weight", "root", "connector"):
+        if hasattr(layer, name) and isinstance(getattr(layer, name), torch.nn.Parameter):
+            p = getattr(layer, name)
+            saved[name] = p.data
+            p.data = p.grad
+    out = {k: w.detach() for k, w in blocks_of(layer).items()}
+    for name, data in saved.items():
+        getattr(layer, name).data = data
+    return out
+
+
+def two_layer_net(isolate: bool, targets=None):
+    """Input x -> per-subnetwork first layer -> inter-layer -> per-subnetwork scalar output."""
+    torch.manual_seed(1)
+    first = torch.nn.Linear(6, N * n)
+    layer = InterLayer(N, n, m, isolate=isolate, targets=targets)
+    layer2 = InterLayer(N, m, 2, isolate=isolate, targets=targets)
+
+    def f(x):
+        a = torch.relu(first(x)).reshape(x.shape[0], N, n)  # (batch, N, n)
+        a = torch.tanh(layer(a))  # (batch, N, m)
+        return layer2(a).sum(-1)  # (batch, N)
+    return f, first, layer, layer2
+
+
+@pytest.mark.parametrize("task", range(N))
+def test_task_loss_reaches_only_its_subnetwork(task):
+    """d loss_i / d (subnetwork k's roots, biases, connectors into k) is exactly 0 for k != i, in every
+    layer, and d loss_i / d (its own first-layer weights) is non-zero."""
+    f, first, layer, layer2 = two_layer_net(isolate=True)
+    x = torch.randn(B, 6)
+    f(x)[:, task].pow(2).sum().backward()
+    for lay in (layer, layer2):
+        gw = lay.weight.grad  # (N_src, n, N_dst, m)
+        for k in range(N):
+            if k != task:
+                assert torch.count_nonzero(gw[:, :, k, :]) == 0, f"blocks into subnetwork {k} got a gradient"
+                assert torch.count_nonzero(lay.bias.grad[k]) == 0
+        assert torch.count_nonzero(gw[:, :, task, :]) > 0
+    gfirst = first.weight.grad.reshape(N, n, 6)  # (N, n, d)
+    for k in range(N):
+        nz = torch.count_nonzero(gfirst[k])
+        assert (nz > 0) if k == task else (nz == 0), f"first layer of subnetwork {k}: {nz} non-zero grads"
+
+
+def test_without_isolation_the_loss_reaches_other_subnetworks():
+    f, first, layer, layer2 = two_layer_net(isolate=False)
+    f(torch.randn(B, 6))[:, 0].pow(2).sum().backward()
+    gfirst = first.weight.grad.reshape(N, n, 6)
+    for k in range(1, N):
+        assert torch.count_nonzero(gfirst[k]) > 0
+        assert torch.count_nonzero(layer.weight.grad[:, :, k, :]) > 0  # layer 1 feeds task 0 through layer 2
+
+
+def test_isolation_with_targets():
+    f, first, layer, layer2 = two_layer_net(isolate=True, targets=[1])
+    f(torch.randn(B, 6))[:, 1].pow(2).sum().backward()
+    gfirst = first.weight.grad.reshape(N, n, 6)
+    assert all(torch.count_nonzero(gfirst[k]) == 0 for k in (0, 2, 3))
+    assert torch.count_nonzero(gfirst[1]) > 0
+    for lay in (layer, layer2):
+        assert torch.count_nonzero(lay.connector.grad) > 0
+        assert all(torch.count_nonzero(lay.root.grad[k]) == 0 for k in (0, 2, 3))
+
+
+@pytest.mark.parametrize("N_,n_,m_", [(12, 8, 5), (3, 4, 4), (1, 6, 2)])
+def test_parameter_count_is_n_m_N_squared(N_, n_, m_):
+    layer = InterLayer(N_, n_, m_)
+    assert layer.weight.numel() == n_ * m_ * N_ ** 2
+    assert sum(p.numel() for p in layer.parameters()) == n_ * m_ * N_ ** 2 + N_ * m_  # + biases
+
+
+@pytest.mark.parametrize("targets", [[0], [3], [1, 5, 7]])
+def test_parameter_count_with_targets(targets):
+    """Section 6.1: N roots plus N-1 connectors per target: n*m*(N + T(N-1)), n*m*(2N-1) for one target."""
+    N_, n_, m_ = 12, 8, 5
+    layer = InterLayer(N_, n_, m_, targets=targets)
+    T = len(targets)
+    weights = sum(p.numel() for name, p in layer.named_parameters() if name != "bias")
+    assert weights == n_ * m_ * (N_ + T * (N_ - 1))
+    if T == 1:
+        assert weights == n_ * m_ * (2 * N_ - 1) < n_ * m_ * N_ ** 2
+    mat = layer.blocks_abs_sum()  # (N, N)
+    assert int((mat > 0).sum()) == N_ + T * (N_ - 1)
+    others = [i for i in range(N_) if i not in targets]
+    assert torch.all(mat.clone().fill_diagonal_(0)[:, others] == 0)  # no connector into a non-target
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("targets", [None, [2]])
+def test_pruning_leaves_the_requested_fraction(fraction, targets):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(InterLayer(N, 16, 8, targets=targets), InterLayer(N, 8, 4, targets=targets))
+    roots = [lay.root_weights().detach().clone() for lay in model]
+    nz0, total = count_connectors(model)
+    receivers = N if targets is None else len(targets)
+    assert nz0 == total == (16 * 8 + 8 * 4) * (N - 1) * receivers
+    kept = prune_connectors(model, fraction)
+    nz, _ = count_connectors(model)
+    assert nz == total - sum(round(fraction * c) for c in per_layer_connectors(model))
+    for lay, r in zip(model, roots):  # roots untouched
+        torch.testing.assert_close(lay.root_weights().detach(), r)
+    # the survivors are the largest: every pruned |w| <= every kept |w| within a layer
+    for lay in model:
+        p, mask = lay.connector_params()[0]
+        vals, zero = p.detach().abs()[mask], (p.detach() == 0)[mask]
+        if zero.any() and (~zero).any():
+            assert vals[~zero].min() > 0
+    with torch.no_grad():  # fine-tuning: a step moves the pruned weights, apply_masks puts them back
+        for p in model.parameters():
+            p.add_(1.0)
+    apply_masks(kept)
+    assert count_connectors(model)[0] == nz
+
+
+def per_layer_connectors(model):
+    return [int(mask.sum()) for lay in model for _, mask in lay.connector_params()]
+
+
+def test_pruning_keeps_the_largest_magnitudes():
+    torch.manual_seed(0)
+    lay = InterLayer(3, 4, 4)
+    before = lay.weight.detach().clone()
+    prune_connectors(lay, 0.75)
+    _, mask = lay.connector_params()[0]
+    kept = (lay.weight.detach() != 0) & mask
+    assert before.abs()[kept].min() >= before.abs()[mask & ~kept].max()
+
+
+def test_connector_l1_counts_connectors_only():
+    lay = InterLayer(3, 2, 2)
+    with torch.no_grad():
+        lay.weight.fill_(1.0)
+        lay.bias.fill_(5.0)
+    assert float(connector_l1(lay).detach()) == 2 * 2 * (9 - 3)
+    connector_l1(lay).backward()
+    g = lay.weight.grad
+    assert all(torch.count_nonzero(g[i, :, i, :]) == 0 for i in range(3))  # roots get no L1 gradient
+    assert torch.count_nonzero(g) == 2 * 2 * 6
+
+
+def test_zero_rows_and_bad_input():
+    lay = InterLayer(N, n, m)
+    assert lay(torch.zeros(0, N, n)).shape == (0, N, m)
+    lay_t = InterLayer(N, n, m, targets=[1])
+    assert lay_t(torch.zeros(0, N, n)).shape == (0, N, m)
+    with pytest.raises(ValueError, match="expects"):
+        lay(torch.zeros(2, N + 1, n))
+    with pytest.raises(ConfigError, match="targets"):
+        InterLayer(N, n, m, targets=[N])
+    with pytest.raises(ConfigError, match="prune"):
+        prune_connectors(lay, 1.0)
