@@ -1,0 +1,124 @@
+"""ICNN inter-layer speed: forward + backward of nn/interconnected.InterLayer (one GEMM plus one batched
+root matmul) against the naive per-pair reference (one Parameter per ordered pair, Python loops,
+explicit detach), and a plain matmul of the same shape as the ceiling, all measured in this run.
+
+    .venv/bin/python benchmarks/icnn_layer.py [--threads 1] [--reps 3] [--sizes 4x64,12x64,...]
+
+Useful FLOPs of one forward + backward with isolation (the reference does exactly these):
+    forward 2*B*N^2*n*m, weight gradient 2*B*N^2*n*m, input gradient through the N roots 2*B*N*n*m.
+The ceiling is torch.mm((B, N*n), (N*n, N*m)) forward plus its two backward GEMMs, 6*B*N^2*n*m FLOPs.
+Sizes whose weights (x4: layer, reference, their gradients) do not fit in available memory are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from manytask.nn.interconnected import InterLayer  # noqa: E402
+
+
+class NaivePairs(nn.Module):
+    """The definition, literally: W(k->i) for every ordered pair, sources k != i detached."""
+
+    def __init__(self, N: int, n: int, m: int):
+        super().__init__()
+        self.N = N
+        self.w = nn.ParameterList(nn.Parameter(torch.randn(n, m) * 0.01) for _ in range(N * N))  # index k*N + i
+        self.b = nn.Parameter(torch.zeros(N, m))
+
+    def forward(self, a):  # (batch, N, n) -> (batch, N, m)
+        outs = []
+        for i in range(self.N):
+            z = self.b[i]
+            for k in range(self.N):
+                src = a[:, k] if k == i else a[:, k].detach()
+                z = z + src @ self.w[k * self.N + i]
+            outs.append(z)
+        return torch.stack(outs, dim=1)
+
+
+def timeit(fn, reps: int) -> float:
+    fn()  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return min(ts)  # the least disturbed repetition: the machine is shared
+
+
+def fwd_bwd(module: nn.Module, a: torch.Tensor):
+    def run():
+        for p in module.parameters():
+            p.grad = None
+        a.grad = None
+        module(a).sum().backward()
+    return run
+
+
+def mm_ceiling(B: int, N: int, n: int, m: int):
+    x = torch.randn(B, N * n, requires_grad=True)
+    w = torch.randn(N * n, N * m, requires_grad=True)
+
+    def run():
+        x.grad = w.grad = None
+        (x @ w).sum().backward()
+    return run
+
+
+def available_bytes() -> int:
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--sizes", default=",".join(f"{N}x{w}" for N in (4, 12, 32) for w in (64, 256, 512)),
+                    help="NxWIDTH list (width = n = m)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    B = args.batch
+    rows = []
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, best of {args.reps} after 1 warm-up")
+    head = f"{'N':>3} {'width':>5} {'params':>12} {'naive ms':>10} {'layer ms':>10} {'speed-up':>9} {'layer GF/s':>11} {'naive GF/s':>11} {'matmul GF/s':>12} {'of ceiling':>10}"
+    print(head)
+    print("-" * len(head))
+    for size in args.sizes.split(","):
+        N, w = (int(v) for v in size.lower().split("x"))
+        n = m = w
+        need = 4 * 4 * N * N * n * m + 64 * 2**20
+        if need > 0.6 * available_bytes():
+            print(f"{N:>3} {w:>5}  skipped: needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available")
+            continue
+        a = torch.randn(B, N, n, requires_grad=True)
+        useful = 4 * B * N * N * n * m + 2 * B * N * n * m
+        layer = InterLayer(N, n, m, isolate=True)
+        t_layer = timeit(fwd_bwd(layer, a), args.reps)
+        del layer
+        ref = NaivePairs(N, n, m)
+        t_ref = timeit(fwd_bwd(ref, a), args.reps)
+        del ref
+        t_mm = timeit(mm_ceiling(B, N, n, m), args.reps)
+        gf = lambda flops, t: flops / t / 1e9
+        row = (N, w, n * m * N * N, t_ref * 1e3, t_layer * 1e3, t_ref / t_layer, gf(useful, t_layer), gf(useful, t_ref),
+               gf(6 * B * N * N * n * m, t_mm))
+        rows.append(row)
+        print(f"{N:>3} {w:>5} {row[2]:>12,} {row[3]:>10.2f} {row[4]:>10.2f} {row[5]:>8.2f}x {row[6]:>11.1f} {row[7]:>11.1f} "
+              f"{row[8]:>12.1f} {row[6] / row[8]:>9.0%}", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
