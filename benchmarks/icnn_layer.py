@@ -7,7 +7,7 @@ explicit detach), and a plain matmul of the same shape as the ceiling, all measu
 Useful FLOPs of one forward + backward with isolation (the reference does exactly these):
     forward 2*B*N^2*n*m, weight gradient 2*B*N^2*n*m, input gradient through the N roots 2*B*N*n*m.
 The ceiling is torch.mm((B, N*n), (N*n, N*m)) forward plus its two backward GEMMs, 6*B*N^2*n*m FLOPs.
-Sizes whose weights (x4: layer, reference, their gradients) do not fit in available memory are skipped.
+Sizes whose weights (x5: layer, reference, their gradients, the matmul) do not fit in available memory are skipped.
 """
 from __future__ import annotations
 
@@ -43,14 +43,18 @@ class NaivePairs(nn.Module):
         return torch.stack(outs, dim=1)
 
 
-def timeit(fn, reps: int) -> float:
-    fn()  # warm-up
-    ts = []
+def timeit(fns: list, reps: int) -> list[float]:
+    """Best time of each function; the functions take turns in every repetition so that load from other
+    processes on a shared machine falls on all of them alike."""
+    for fn in fns:
+        fn()  # warm-up
+    best = [float("inf")] * len(fns)
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return min(ts)  # the least disturbed repetition: the machine is shared
+        for j, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[j] = min(best[j], time.perf_counter() - t0)
+    return best
 
 
 def fwd_bwd(module: nn.Module, a: torch.Tensor):
@@ -98,19 +102,15 @@ def main(argv=None):
     for size in args.sizes.split(","):
         N, w = (int(v) for v in size.lower().split("x"))
         n = m = w
-        need = 4 * 4 * N * N * n * m + 64 * 2**20
+        need = 5 * 4 * N * N * n * m + 64 * 2**20
         if need > 0.6 * available_bytes():
             print(f"{N:>3} {w:>5}  skipped: needs ~{need / 2**30:.1f} GiB, {available_bytes() / 2**30:.1f} GiB available")
             continue
         a = torch.randn(B, N, n, requires_grad=True)
         useful = 4 * B * N * N * n * m + 2 * B * N * n * m
-        layer = InterLayer(N, n, m, isolate=True)
-        t_layer = timeit(fwd_bwd(layer, a), args.reps)
-        del layer
-        ref = NaivePairs(N, n, m)
-        t_ref = timeit(fwd_bwd(ref, a), args.reps)
-        del ref
-        t_mm = timeit(mm_ceiling(B, N, n, m), args.reps)
+        layer, ref = InterLayer(N, n, m, isolate=True), NaivePairs(N, n, m)
+        t_layer, t_ref, t_mm = timeit([fwd_bwd(layer, a), fwd_bwd(ref, a), mm_ceiling(B, N, n, m)], args.reps)
+        del layer, ref
         gf = lambda flops, t: flops / t / 1e9
         row = (N, w, n * m * N * N, t_ref * 1e3, t_layer * 1e3, t_ref / t_layer, gf(useful, t_layer), gf(useful, t_ref),
                gf(6 * B * N * N * n * m, t_mm))

@@ -17,13 +17,14 @@ target (the thesis rounds this to n*m*2N).
 
 Layout. Activations travel as (batch, N, width) so that (batch, N*n) is a view. The full layer stores
 its N^2 blocks as ONE weight of shape (N_src, n, N_dst, m); its (N*n, N*m) view turns the whole layer
-into a single GEMM. Isolation costs one extra batched matmul of the N diagonal blocks:
+into a single GEMM z = a @ W. With isolation the backward is written out (`_IsolatedMatmul`): it is
+exactly the autograd of z_i = W_ii a_i + sum_{k != i} W_ki detach(a_k) (tests/nn/test_interconnected.py
+checks it against that naive form), computed as
 
-    z = a.detach() @ W  +  (a - a.detach()) @ blockdiag(W_ii).detach()
+    dL/dW   = a^T g                     one GEMM, every block (root and connector)
+    dL/da_i = g_i W_ii^T                one batched matmul over the N roots; connectors pass nothing back
 
-The second term is zero in value; it only routes the gradient of z_i back to a_i through W_ii (the root
-path). W's gradient comes entirely from the first term, so every block, root and connector, is trained
-by the loss of the subnetwork it feeds.
+so the layer does the same FLOPs as the per-pair definition, in two large kernels instead of N^2 small ones.
 """
 from __future__ import annotations
 
@@ -34,6 +35,32 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+
+
+class _IsolatedMatmul(torch.autograd.Function):
+    """z = a @ W over all N^2 blocks; the gradient reaches a_i only through the root block W_ii.
+
+    a: (batch, N, n), W: (N_src, n, N_dst, m) -> z: (batch, N_dst, m)."""
+
+    @staticmethod
+    def forward(ctx, a, W):
+        b, N, n = a.shape
+        m = W.shape[3]
+        ctx.save_for_backward(a, W)
+        return (a.reshape(b, N * n) @ W.reshape(N * n, N * m)).reshape(b, N, m)
+
+    @staticmethod
+    def backward(ctx, g):  # g: (batch, N, m)
+        a, W = ctx.saved_tensors
+        b, N, n = a.shape
+        m = W.shape[3]
+        grad_a = grad_w = None
+        if ctx.needs_input_grad[0]:
+            roots = W.diagonal(dim1=0, dim2=2).permute(2, 1, 0)  # (n, m, N) -> (N, m, n): W_ii^T
+            grad_a = torch.bmm(g.transpose(0, 1), roots).transpose(0, 1)  # (N, batch, n) -> (batch, N, n)
+        if ctx.needs_input_grad[1]:
+            grad_w = (a.reshape(b, N * n).T @ g.reshape(b, N * m)).reshape(N, n, N, m)  # (N_src, n, N_dst, m)
+        return grad_a, grad_w
 
 
 class InterLayer(nn.Module):
@@ -102,12 +129,10 @@ class InterLayer(nn.Module):
         if N != self.n_tasks or n != self.n_in:
             raise ValueError(f"InterLayer expects (batch, {self.n_tasks}, {self.n_in}), got {tuple(a.shape)}")
         if self.full:
-            src = a.detach() if self.isolate else a
-            z = (src.reshape(b, N * n) @ self.weight.reshape(N * n, N * self.n_out)).reshape(b, N, self.n_out)  # (batch, N, m)
-            if self.isolate:  # root path: zero in value, carries d z_i / d a_i = W_ii
-                root = self.root_weights().detach()  # (N, n, m)
-                z = z + torch.bmm((a - a.detach()).transpose(0, 1), root).transpose(0, 1)  # (N, batch, m) -> (batch, N, m)
-            return z + self.bias
+            if self.isolate:
+                return _IsolatedMatmul.apply(a, self.weight) + self.bias  # (batch, N, m)
+            z = a.reshape(b, N * n) @ self.weight.reshape(N * n, N * self.n_out)  # (batch, N*m)
+            return z.reshape(b, N, self.n_out) + self.bias
         z = torch.bmm(a.transpose(0, 1), self.root).transpose(0, 1)  # (batch, N, m): root paths, never detached
         src = a.detach() if self.isolate else a
         T = len(self.targets)
