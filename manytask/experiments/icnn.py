@@ -12,6 +12,7 @@ The four contenders (thesis section 4, scenario 1):
     NN_STL    one net per task whose units sum to NN MTL's (network A): widths W_M / N per task
     NN2_STL   one net per task with as many parameters as one ICNN subnetwork's root weights and biases
               (network B): stl params_per_task = mlp_params(d, W_I, 1)
+icnn-tox21 adds ICNN_joint: the same ICNN trained without gradient isolation (isolate=false), an ablation.
 Other keys go to compare(): seeds=, training keys (epochs=, lr=...), data.KEY=, LABEL.KEY= (e.g.
 ICNN.dropout=0.5). Every ICNN run directory gets connectors.csv/png (the last inter-layer's heatmap).
 """
@@ -141,6 +142,8 @@ def finish(result: ExperimentResult, name: str, extra: dict) -> None:
 @register_experiment("icnn-tox21", "thesis Table 1: ICNN vs NN MTL / NN STL / NN2 STL on Tox21, 3 seeds")
 def icnn_tox21(overrides: list[str], out: Path):
     data, cons, rest = prepare(overrides, [])
+    icnn = cons[0]  # ablation: the same network trained jointly, without gradient isolation
+    cons.append(Contender("ICNN_joint", "icnn", {**icnn.overrides, "isolate": "false"}))
     result = compare("icnn-tox21", "tox21", cons, (0, 1, 2), rest, out, paper=paper_table(_T1), data=data)
     mean = heatmaps(result)
     m, s, line = diff_line(result, TOX21)

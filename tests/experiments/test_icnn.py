@@ -56,9 +56,10 @@ def read(path):
 
 def test_icnn_tox21_end_to_end(tiny_csv, tmp_path):
     res = icnn_tox21([tiny_csv, *TINY], tmp_path)
-    assert set(res.runs) == {"ICNN", "NN_MTL", "NN_STL", "NN2_STL"}
+    assert set(res.runs) == {"ICNN", "NN_MTL", "NN_STL", "NN2_STL", "ICNN_joint"}
+    assert res.runs["ICNN_joint"][0].spec.method_cfg.isolate is False and res.runs["ICNN"][0].spec.method_cfg.isolate
     rows = read(tmp_path / "table.csv")
-    assert len(rows) == 4 * 12 and {r["task"] for r in rows} == set(TOX21)
+    assert len(rows) == 5 * 12 and {r["task"] for r in rows} == set(TOX21)
     summary = json.loads((tmp_path / "summary.json").read_text())
     diff = summary["icnn_minus_nn2"]["mean"]
     icnn, nn2 = (summary["contenders"][k]["mean_test"][0] for k in ("ICNN", "NN2_STL"))
