@@ -1,0 +1,398 @@
+"""RSN2: disjoint task subnetworks in one network (Renn, Sotnek, Harvey, Caffo 2022, "The Multiple Subnetwork
+Hypothesis: enabling multidomain learning by isolating task-specific subnetworks", paper 001).
+
+Every layer is a task-masked layer (manytask/nn/masked.py): subnetwork s computes
+
+    h_{l+1} = relu(h_l (W_{l,s} * M_{l,s}) + b_{l,s} * m_{l,s}),   y_s = h_L (W_{L,s} * M_{L,s}) + b_{L,s}   (Eq. 1)
+
+with masks disjoint over s (Eq. 3), chosen once after initialisation by Algorithm 1: for each subnetwork
+in turn, |d loss_s / d W_s| on a batch of its data, positions owned by earlier subnetworks excluded, keep
+the top fraction `keep` of each layer (pruning rate = 1 - keep); `criterion=magnitude` uses |W_s| instead.
+
+A subnetwork serves one task (groups=task), all tasks of one input (groups=input, e.g. the 12 Tox21 assays),
+or explicit groups (groups=name:a+b,c). copies=k gives each group k disjoint subnetworks trained
+independently on the same tasks, their predictions averaged (an ensemble, experiment 1).
+Inputs of different shapes get their own first layer (a "task-dedicated first layer", experiments 5-7);
+inputs of one shape share it. The rest of the network is shared by all subnetworks; the head is a masked
+layer too (each output unit of each subnetwork keeps `keep` of its inputs; output biases are per task).
+
+Training (RSN2Hooks): only the subnetworks of the trained tasks get gradients; masked positions and
+frozen subnetworks get exactly zero gradient, weight decay is applied inside the trainable masks only
+(the optimizer's own weight decay is off), and every stage builds a fresh optimizer, so Adam/SGD
+momentum of frozen positions is zero: earlier subnetworks stay bit-identical (train_stages).
+export() packs each layer into ONE tensor of a single-task layer's shape plus an owner index.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from ..config import ConfigError
+from ..data.base import MultiTaskData
+from ..nn.masked import MaskedConv2d, MaskedLayer, MaskedLinear, check_disjoint, masked_layers
+from ..registry import register_method
+from ..tasks import Task, mean_loss
+from ..train import Hooks, TrainConfig, Trainer, evaluate_split
+
+
+@dataclass
+class RSN2Config:
+    widths: tuple[int, ...] = (128, 128)  # fully connected layers; widths[0] is the first layer (per input shape)
+    conv: tuple[int, ...] = ()  # 3x3 conv channels before the FC layers (image inputs); empty = fully connected
+    pool_every: int = 2  # 2x2 max pooling after every `pool_every` conv layers
+    groups: str = "task"  # task | input | explicit "name:taskA+taskB,taskC"
+    copies: int = 1  # disjoint subnetworks per group, predictions averaged (ensemble)
+    keep: float = 0.0  # fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks
+    criterion: Literal["gradient", "magnitude"] = "gradient"
+    mask_batch: int = 512  # examples per subnetwork for the gradient criterion
+
+
+def plan_subnets(tasks: list[Task], groups: str, copies: int = 1) -> list[tuple[str, list[str]]]:
+    """-> [(subnetwork name, [task names])]; copies > 1 gives names GROUP#0, GROUP#1, ..."""
+    if copies < 1:
+        raise ConfigError(f"copies={copies}: need at least 1 subnetwork per group")
+    names = [t.name for t in tasks]
+    if groups == "task":
+        plan = [(t.name, [t.name]) for t in tasks]
+    elif groups == "input":
+        inputs = list(dict.fromkeys(t.input for t in tasks))
+        plan = [(g, [t.name for t in tasks if t.input == g]) for g in inputs]
+    else:
+        plan = []
+        for item in filter(None, (s.strip() for s in groups.split(","))):
+            label, _, members = item.rpartition(":")
+            members_l = [m.strip() for m in members.split("+") if m.strip()]
+            plan.append((label or "+".join(members_l), members_l))
+        flat = [m for _, ms in plan for m in ms]
+        unknown = sorted(set(flat) - set(names))
+        if unknown:
+            raise ConfigError(f"groups={groups}: unknown task(s) {unknown}; tasks are {', '.join(names)}")
+        twice = sorted({m for m in flat if flat.count(m) > 1})
+        if twice or set(flat) != set(names):
+            raise ConfigError(f"groups={groups}: every task must be in exactly one group (twice: {twice}, "
+                              f"missing: {sorted(set(names) - set(flat))}); or use groups=task / groups=input")
+    by = {t.name: t for t in tasks}
+    for label, ms in plan:
+        ins = sorted({by[m].input for m in ms})
+        if len(ins) > 1:
+            raise ConfigError(f"group {label!r} mixes inputs {ins}; a subnetwork's tasks must read one input")
+    if copies > 1:
+        plan = [(f"{label}#{i}", ms) for label, ms in plan for i in range(copies)]
+    return plan
+
+
+class RSN2Net(nn.Module):
+    """forward(x) -> {task: (batch_of_its_input, task.outputs)}; x is (batch, *shape) or {input: tensor}.
+
+    forward_subnets(x, only) -> {subnetwork index: (batch, its outputs)}, every subnetwork separately.
+    """
+
+    def __init__(self, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
+                 subnets: list[tuple[str, list[str]]], widths: tuple[int, ...], conv: tuple[int, ...] = (),
+                 pool_every: int = 2):
+        super().__init__()
+        if not widths or min(widths) < 1:
+            raise ConfigError(f"widths={widths}: rsn2 needs at least one positive hidden width, e.g. widths=128,128")
+        if conv and (min(conv) < 1 or pool_every < 1):
+            raise ConfigError(f"conv={conv}, pool_every={pool_every}: channels and pool_every must be >= 1")
+        self.arch = {"tasks": [asdict(t) for t in tasks], "input_shapes": {k: list(v) for k, v in input_shapes.items()},
+                     "subnets": [[n, list(ms)] for n, ms in subnets], "widths": list(widths), "conv": list(conv),
+                     "pool_every": pool_every}  # everything needed to rebuild the net (export/load_packed)
+        by = {t.name: t for t in tasks}
+        self.tasks = tasks
+        self.subnet_names = [n for n, _ in subnets]
+        self.subnet_tasks = [[by[m] for m in ms] for _, ms in subnets]
+        self.subnet_out = [sum(t.outputs for t in ts) for ts in self.subnet_tasks]
+        inputs = list(dict.fromkeys(ts[0].input for ts in self.subnet_tasks))
+        self.streams = {g: [s for s, ts in enumerate(self.subnet_tasks) if ts[0].input == g] for g in inputs}
+        shapes = list(dict.fromkeys(tuple(input_shapes[g]) for g in inputs))
+        self.first_of = {g: shapes.index(tuple(input_shapes[g])) for g in inputs}
+        # subnetworks of each first layer, and their index on that layer's task axis
+        members = [[s for g in inputs if self.first_of[g] == i for s in self.streams[g]] for i in range(len(shapes))]
+        self.first_local = [{s: j for j, s in enumerate(sorted(m))} for m in members]
+        names = self.subnet_names
+        first_names = [[names[s] for s in sorted(m)] for m in members]
+        self.conv_mode, self.pool_every = bool(conv), pool_every
+        if conv:
+            bad = [s for s in shapes if len(s) != 3]
+            if bad or len({s[1:] for s in shapes}) > 1:
+                raise ConfigError(f"conv={conv} needs image inputs (C, H, W) of one height and width, got "
+                                  f"{shapes}; use conv= (empty) for a fully connected network")
+            self.first = nn.ModuleList(MaskedConv2d(fn, s[0], conv[0]) for fn, s in zip(first_names, shapes))
+            self.convs = nn.ModuleList(MaskedConv2d(names, a, b) for a, b in zip(conv[:-1], conv[1:]))
+            h, w = shapes[0][1:]
+            for j in range(len(conv)):
+                if (j + 1) % pool_every == 0:
+                    if h < 2 or w < 2:
+                        raise ConfigError(f"conv={conv}: {h}x{w} feature maps are too small to pool again; "
+                                          "use fewer conv layers or a larger pool_every")
+                    h, w = h // 2, w // 2
+            self.fcs = nn.ModuleList([MaskedLinear(names, conv[-1] * h * w, widths[0])] +
+                                     [MaskedLinear(names, a, b) for a, b in zip(widths[:-1], widths[1:])])
+        else:
+            self.first = nn.ModuleList(MaskedLinear(fn, math.prod(s), widths[0]) for fn, s in zip(first_names, shapes))
+            self.convs = nn.ModuleList()
+            self.fcs = nn.ModuleList(MaskedLinear(names, a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.head = MaskedLinear(names, widths[-1], max(self.subnet_out), out_limit=self.subnet_out,
+                                 per_output=True, disjoint_bias=False)
+        # ensemble groups: task -> the subnetworks (copies) that serve it, and its column offset there
+        self.serving = {t.name: [] for t in tasks}
+        for s, ts in enumerate(self.subnet_tasks):
+            off = 0
+            for t in ts:
+                self.serving[t.name].append((s, off))
+                off += t.outputs
+
+    def layers(self) -> list[tuple[str, MaskedLayer, dict[int, int]]]:
+        """(name, layer, {subnetwork: index on the layer's task axis}) for every masked layer."""
+        everyone = {s: s for s in range(len(self.subnet_names))}
+        out = [(f"first.{i}", layer, self.first_local[i]) for i, layer in enumerate(self.first)]
+        out += [(f"convs.{i}", layer, everyone) for i, layer in enumerate(self.convs)]
+        out += [(f"fcs.{i}", layer, everyone) for i, layer in enumerate(self.fcs)]
+        return out + [("head", self.head, everyone)]
+
+    def masks_selected(self) -> bool:
+        return bool(self.head.weight_mask.any())
+
+    def forward_subnets(self, x, only=None) -> dict[int, torch.Tensor]:
+        """{subnetwork s: (batch of its input, subnet_out[s])}; only: subnetwork indices to compute."""
+        res = {}
+        for g, stream in self.streams.items():
+            idx = [s for s in stream if only is None or s in only]
+            if not idx:
+                continue
+            xg = x[g] if isinstance(x, dict) else x
+            n, first = len(idx), self.first[self.first_of[g]]
+            local = [self.first_local[self.first_of[g]][s] for s in idx]
+            if self.conv_mode:
+                h = F.relu(first(xg, local))  # (batch, n * C, H, W), task j in channel block j
+                for j, layer in enumerate([None, *self.convs]):
+                    if layer is not None:
+                        h = F.relu(layer(h, idx, stacked=True))
+                    if (j + 1) % self.pool_every == 0:
+                        h = F.max_pool2d(h, 2)
+                b, c, hh, ww = h.shape
+                h = h.reshape(b, n, (c // n) * hh * ww).transpose(0, 1)  # (n, batch, C * H * W)
+                for layer in self.fcs:
+                    h = F.relu(layer(h, idx))  # (n, batch, width)
+            else:
+                h = F.relu(first(xg.flatten(1), local))  # (n, batch, widths[0])
+                for layer in self.fcs:
+                    h = F.relu(layer(h, idx))  # (n, batch, width)
+            y = self.head(h, idx)  # (n, batch, max outputs)
+            for j, s in enumerate(idx):
+                res[s] = y[j, :, :self.subnet_out[s]]  # (batch, subnet_out[s])
+        return res
+
+    def task_outputs(self, s: int, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Subnetwork s's output (batch, subnet_out[s]) -> {task: (batch, task.outputs)}."""
+        out, off = {}, 0
+        for t in self.subnet_tasks[s]:
+            out[t.name] = y[:, off:off + t.outputs]
+            off += t.outputs
+        return out
+
+    def forward(self, x) -> dict[str, torch.Tensor]:
+        ys = self.forward_subnets(x)
+        out = {}
+        for t in self.tasks:
+            preds = [ys[s][:, off:off + t.outputs] for s, off in self.serving[t.name]]
+            out[t.name] = preds[0] if len(preds) == 1 else average(t, preds)
+        return out
+
+
+def average(task: Task, preds: list[torch.Tensor]) -> torch.Tensor:
+    """Ensemble: average the predictions (probabilities, or values for regression) and return them as
+    outputs of the same kind: log of the mean class probabilities, logit of the mean P(1), mean value."""
+    z = torch.stack(preds)  # (copies, batch, outputs)
+    if task.kind == "multiclass":
+        return torch.log(torch.softmax(z, -1).mean(0).clamp_min(1e-12))
+    if task.kind == "binary":
+        return torch.logit(torch.sigmoid(z).mean(0), eps=1e-7)
+    return z.mean(0)
+
+
+@torch.no_grad()
+def _batch_for(data: MultiTaskData, tasks: list[Task], n: int, seed: int):
+    split = data.train
+    g = tasks[0].input
+    order = torch.randperm(split.size(g), generator=torch.Generator().manual_seed(seed))[:n]
+    return {g: split.inputs[g][order]}, {t.name: split.labels[t.name][order] for t in tasks}
+
+
+def select_masks(model: RSN2Net, data: MultiTaskData, keep: float | dict[str, float],
+                 criterion: str = "gradient", batch: int = 512, seed: int = 0) -> None:
+    """Algorithm 1, one shot after initialisation. For each subnetwork s in order: activate every
+    position no earlier subnetwork owns, score it by |d loss_s / d W_s| on `batch` examples of s's data
+    (or |W_s| for criterion=magnitude), keep the top fraction keep[s] of each layer. Checks capacity
+    (fractions sum to at most 1 on every layer) before and disjointness after; both raise ConfigError."""
+    if criterion not in ("gradient", "magnitude"):
+        raise ConfigError(f"criterion={criterion}: choose gradient or magnitude")
+    names = model.subnet_names
+    keeps = {n: keep for n in names} if isinstance(keep, (int, float)) else dict(keep)
+    for n in names:
+        if n not in keeps or not 0 < keeps[n] <= 1:
+            raise ConfigError(f"keep for subnetwork {n!r} must be in (0, 1], got {keeps.get(n)}")
+    layers = model.layers()
+    for lname, layer, local in layers:
+        total = sum(keeps[names[s]] for s in local)
+        if total > 1 + 1e-9:
+            raise ConfigError(f"layer {lname}: subnetworks {[names[s] for s in local]} keep fractions summing to "
+                              f"{total:.3f} > 1; lower keep (pruning rate = 1 - keep) or use fewer subnetworks")
+        layer.weight_mask.zero_()
+        layer.bias_mask.zero_()
+    device = next(model.parameters()).device
+    for s, name in enumerate(names):
+        mine = [(lname, layer, local[s]) for lname, layer, local in layers if s in local]
+        for _, layer, t in mine:  # activate everything still free for s
+            fw, fb = layer.free(t)
+            layer.weight_mask[t], layer.bias_mask[t] = fw, fb
+        if criterion == "gradient":
+            x, y = _batch_for(data, model.subnet_tasks[s], batch, seed + s)
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                out = model.forward_subnets({k: v.to(device) for k, v in x.items()}, only={s})[s]
+                loss = mean_loss(model.subnet_tasks[s], model.task_outputs(s, out), {k: v.to(device) for k, v in y.items()})
+                loss.backward()
+        for lname, layer, t in mine:
+            if criterion == "gradient":
+                sw = layer.weight.grad[t].abs() if layer.weight.grad is not None else torch.zeros_like(layer.weight[t])
+                sb = layer.bias.grad[t].abs() if layer.bias.grad is not None else torch.zeros_like(layer.bias[t])
+            else:
+                sw, sb = layer.weight[t].detach().abs(), layer.bias[t].detach().abs()
+            layer.assign(t, keeps[name], sw, sb, lname)
+    model.zero_grad(set_to_none=True)
+    check_disjoint(model)
+
+
+class RSN2Hooks(Hooks):
+    """Mask selection before the first training, per-subnetwork losses, and updates confined to the
+    trainable subnetworks' masks. `frozen`: names of subnetworks trained in earlier stages."""
+
+    def __init__(self, keep: float, criterion: str = "gradient", mask_batch: int = 512):
+        self.keep, self.criterion, self.mask_batch = keep, criterion, mask_batch
+        self.frozen: set[str] = set()
+        self.trainable: list[int] = []
+        self.grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self.weight_decay = 0.0
+
+    def parameters(self, model: nn.Module):
+        # weight decay is applied in before_optimizer_step, inside the trainable masks only
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
+
+    def before_training(self, tr: Trainer) -> None:
+        model: RSN2Net = tr.model
+        if not model.masks_selected():
+            select_masks(model, tr.data, self.keep, self.criterion, self.mask_batch, tr.cfg.seed)
+        check_disjoint(model)
+        wanted = {t.name for t in tr.tasks}
+        self.trainable = [s for s, ts in enumerate(model.subnet_tasks) if any(t.name in wanted for t in ts)]
+        again = [model.subnet_names[s] for s in self.trainable if model.subnet_names[s] in self.frozen]
+        if again:
+            raise ConfigError(f"subnetworks {again} were trained in an earlier stage and are frozen; "
+                              "train each subnetwork in one stage only")
+        self.weight_decay = tr.cfg.weight_decay
+        self.grad_masks = []
+        for _, layer, local in model.layers():
+            on = torch.zeros(layer.n_tasks, dtype=torch.bool, device=layer.weight.device)
+            for s in self.trainable:
+                if s in local:
+                    on[local[s]] = True
+            shape_w = (-1,) + (1,) * (layer.weight.dim() - 1)
+            self.grad_masks.append((layer.weight, layer.weight_mask & on.view(shape_w)))  # (T, *slice)
+            self.grad_masks.append((layer.bias, layer.bias_mask & on.view(-1, 1)))  # (T, out)
+
+    def training_step(self, tr: Trainer, x, y) -> float:
+        model: RSN2Net = tr.model
+        wanted = {t.name for t in tr.tasks}
+        ys = model.forward_subnets(x, only=set(self.trainable))
+        loss = sum(mean_loss([t for t in model.subnet_tasks[s] if t.name in wanted], model.task_outputs(s, ys[s]),
+                             y, tr.task_weights) for s in self.trainable)  # each subnetwork its own loss
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.before_optimizer_step(tr)
+        tr.optimizer.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def before_optimizer_step(self, tr: Trainer) -> None:
+        for p, m in self.grad_masks:
+            if p.grad is None:
+                continue
+            if self.weight_decay:
+                p.grad.add_(p, alpha=self.weight_decay)
+            p.grad.mul_(m)  # masked, unowned and frozen positions: exactly zero
+
+
+def train_stages(model: RSN2Net, hooks: RSN2Hooks, data: MultiTaskData, stages: list[list[str]],
+                 cfg: TrainConfig | list[TrainConfig], on_stage: Callable[[int], None] | None = None) -> list[dict]:
+    """Train stage after stage (names: subnetworks, groups of copies, or task names); after each stage
+    freeze its subnetworks and record the test loss and metrics of every task trained so far
+    (the forgetting curve, paper Fig. 3-5). on_stage(i) runs after stage i (1-based).
+    -> rows {stage, task, loss, <metric>: value}."""
+    cfgs = cfg if isinstance(cfg, list) else [cfg] * len(stages)
+    if len(cfgs) != len(stages):
+        raise ConfigError(f"{len(stages)} stages but {len(cfgs)} training configs")
+    names = model.subnet_names
+    rows, done = [], []
+    for i, stage in enumerate(stages, 1):
+        tasks = []
+        for n in stage:
+            hits = [s for s, sn in enumerate(names) if sn == n or sn.split("#")[0] == n
+                    or any(t.name == n for t in model.subnet_tasks[s])]
+            if not hits:
+                raise ConfigError(f"stage {i}: {n!r} names no subnetwork or task; subnetworks are {', '.join(names)}")
+            tasks += [t for s in hits for t in model.subnet_tasks[s] if t not in tasks]
+        Trainer(model, data, cfgs[i - 1], hooks, tasks=tasks).fit()
+        hooks.frozen |= {names[s] for s in hooks.trainable}
+        if on_stage:
+            on_stage(i)
+        done += [t for t in tasks if t not in done]
+        table, _ = evaluate_split(model, data.test, done, cfgs[i - 1].eval_batch_size, "cpu")
+        rows += [{"stage": i, "task": t.name, **{k: v for k, v in table[t.name].items() if k != "n"}} for t in done]
+    return rows
+
+
+# ---- compact export ------------------------------------------------------------------------------------
+def export(model: RSN2Net, path: Path | str) -> int:
+    """Pack every masked layer into ONE tensor of a single-task layer's shape plus an owner index and
+    save them (with the architecture as metadata) as safetensors. -> file size in bytes."""
+    check_disjoint(model)
+    tensors = {f"{name}.{k}": v.detach().cpu() for name, layer in masked_layers(model).items()
+               for k, v in layer.pack().items()}
+    save_file(tensors, str(path), metadata={"rsn2": json.dumps(model.arch)})
+    return Path(path).stat().st_size
+
+
+def load_packed(path: Path | str) -> RSN2Net:
+    """Rebuild the masked model from an export(): per task W_t = packed * [owner == t]."""
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        if not meta or "rsn2" not in meta:
+            raise ConfigError(f"{path} is not an rsn2 export (no rsn2 metadata); write it with rsn2.export()")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    a = json.loads(meta["rsn2"])
+    model = RSN2Net([Task(**t) for t in a["tasks"]], {k: tuple(v) for k, v in a["input_shapes"].items()},
+                    [(n, ms) for n, ms in a["subnets"]], tuple(a["widths"]), tuple(a["conv"]), a["pool_every"])
+    for name, layer in masked_layers(model).items():
+        layer.unpack({k[len(name) + 1:]: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == name})
+    return model
+
+
+@register_method("rsn2", RSN2Config, "RSN2: disjoint masked subnetworks per task in one network, packable export")
+def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2Config):
+    subnets = plan_subnets(tasks, cfg.groups, cfg.copies)
+    keep = cfg.keep or 1.0 / len(subnets)
+    if not 0 < keep <= 1:
+        raise ConfigError(f"keep={cfg.keep}: the fraction of weights a subnetwork keeps must be in (0, 1]")
+    model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every)
+    return model, RSN2Hooks(keep, cfg.criterion, cfg.mask_batch)

@@ -1,0 +1,89 @@
+"""RSN2 experiments (manytask/experiments/rsn2.py): data helpers, override errors, tiny end-to-end runs
+of every recipe (one seed, one or two epochs, small nets), and the full runs with the issue's acceptance
+checks under @pytest.mark.slow."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from manytask.config import ConfigError
+from manytask.data.images import write_idx
+from manytask.experiments.rsn2 import class_subset, image_source, parse, rotated_inverted
+from manytask.registry import get_experiment
+
+TINY = ["seeds=0", "epochs=2", "patience=0", "conv=4,8", "widths=16", "data.limit=150", "mask_batch=64"]
+
+
+def test_parse_rejects_unknown_keys_and_applies_defaults():
+    st = parse(["seeds=1,2", "keep=0.25", "epochs=3", "data.limit=10"], {"epochs": 9, "lr": 0.01}, {"keep": 0.1})
+    assert st.seeds == (1, 2) and st.method.keep == 0.25 and st.train.epochs == 3 and st.train.lr == 0.01
+    assert st.limit == 10
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse(["nope=1"], {}, {})
+    with pytest.raises(ConfigError, match="unknown data key"):
+        parse(["data.foo=1"], {}, {})
+    with pytest.raises(ConfigError, match="seeds="):
+        parse(["seeds=a"], {}, {})
+
+
+def test_class_subset_and_derived_domain():
+    digits = image_source("", 0)
+    easy = class_subset(digits, [1, 4, 7], "easy")
+    y_old = digits.train.labels["digits"]
+    assert easy.tasks[0].outputs == 3 and easy.train.size("x") == int(torch.isin(y_old, torch.tensor([1., 4., 7.])).sum())
+    assert set(easy.train.labels["easy"].tolist()) == {0.0, 1.0, 2.0}
+    x = digits.test.inputs["x"][:2]
+    r = rotated_inverted(x)
+    assert r.shape == x.shape and torch.allclose(r[0, 0, 0, -1], 1 - x[0, 0, 0, 0])
+
+
+def test_image_source_reads_mnist_format_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for stem, n in (("train", 60), ("t10k", 20)):
+        write_idx(tmp_path / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 8, 8)).astype(np.uint8))
+        write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    data = image_source(str(tmp_path), limit=30)
+    assert data.input_shapes == {"x": (1, 8, 8)} and data.train.size("x") == 30 and data.test.size("x") == 20
+
+
+@pytest.mark.parametrize("name", ["rsn2-ensemble", "rsn2-split", "rsn2-multidomain-conv"])
+def test_image_experiments_run_end_to_end(name, tmp_path, capsys):
+    get_experiment(name).fn(TINY, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (tmp_path / "table.csv").exists() and (tmp_path / "seed0" / "rsn2_packed.safetensors").exists()
+    assert summary["packed_max_abs_diff"] <= 1e-6 if "packed_max_abs_diff" in summary else True
+    s = summary["sizes"]
+    assert s["packed"] < s["unpacked"]
+    if name == "rsn2-multidomain-conv":
+        assert summary["earlier_stages_bit_identical"] == [True]
+        assert summary["eq3_on_every_layer"] == [True]
+        assert (tmp_path / "forgetting.png").exists()
+        rows = (tmp_path / "forgetting.csv").read_text().splitlines()
+        assert len(rows) == 1 + 3  # stage 1: one task; stage 2: both
+
+
+def test_mnist_files_run_through_the_ensemble(tmp_path):
+    rng = np.random.default_rng(0)
+    d = tmp_path / "files"
+    d.mkdir()
+    for stem, n in (("train", 120), ("t10k", 40)):
+        write_idx(d / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 8, 8)).astype(np.uint8))
+        write_idx(d / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
+    get_experiment("rsn2-ensemble").fn([*TINY, f"data.dir={d}"], tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["data"] == "files"
+
+
+# ---- full runs: the issue's acceptance checks (minutes each) ----------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rsn2-ensemble", "rsn2-split", "rsn2-multidomain", "rsn2-multidomain-conv"])
+def test_acceptance(name, tmp_path):
+    get_experiment(name).fn([], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["all_within"], summary.get("within")
+    assert summary["sizes"]["packed_over_one_control"] <= 1.1
+    assert summary.get("packed_max_abs_diff", 0.0) <= 1e-6
+    if "earlier_stages_bit_identical" in summary:
+        assert all(summary["earlier_stages_bit_identical"]) and all(summary["eq3_on_every_layer"])

@@ -1,0 +1,215 @@
+"""RSN2 (manytask/methods/rsn2.py): Algorithm 1 mask selection, capacity and disjointness, sequential
+stages that leave earlier tasks bit-identical, ensembles, dedicated first layers, compact export."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from manytask.config import ConfigError
+from manytask.data.base import MultiTaskData, Split, model_input
+from manytask.methods.rsn2 import (RSN2Config, average, build, export, load_packed, plan_subnets, select_masks,
+                                   train_stages)
+from manytask.nn.masked import check_disjoint, masked_layers, ownership_report
+from manytask.tasks import Task
+from manytask.train import TrainConfig, Trainer, predict_split
+
+from ..conftest import tiny_multi, tiny_shared
+
+FAST = TrainConfig(epochs=3, batch_size=16, patience=0, progress=False, lr=3e-3)
+
+
+def make(data, **kw):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(RSN2Config(widths=(16, 16), mask_batch=32), **kw)
+    return build(data.tasks, data.input_shapes, cfg)
+
+
+def test_plan_subnets():
+    data = tiny_multi()
+    assert plan_subnets(data.tasks, "task") == [("img", ["img"]), ("tab_bin", ["tab_bin"]), ("tab_reg", ["tab_reg"])]
+    assert plan_subnets(data.tasks, "input") == [("img", ["img"]), ("tab", ["tab_bin", "tab_reg"])]
+    assert plan_subnets(data.tasks, "pics:img,tab_bin+tab_reg", copies=2)[1] == ("pics#1", ["img"])
+    with pytest.raises(ConfigError, match="mixes inputs"):
+        plan_subnets(data.tasks, "img+tab_bin,tab_reg")
+    with pytest.raises(ConfigError, match="unknown task"):
+        plan_subnets(data.tasks, "img,nope")
+    with pytest.raises(ConfigError, match="exactly one group"):
+        plan_subnets(data.tasks, "img,tab_bin")
+
+
+def test_masks_keep_the_fraction_and_are_disjoint():
+    data = tiny_multi()
+    model, hooks = make(data, keep=0.3, groups="task")
+    select_masks(model, data, 0.3)
+    check_disjoint(model)
+    rows, ok = ownership_report(model)
+    assert ok
+    for r in rows:
+        owners = [n for n in model.subnet_names if n in r and r[n] > 0]
+        if r["layer"] != "head":  # heads keep 30% of each of their own output units
+            assert all(r[n] == pytest.approx(0.3, abs=0.02) for n in owners)
+    # the image input (1, 8, 8) and the table (5,) have different shapes: one first layer each
+    assert len(model.first) == 2 and model.first[0].names == ["img"] and model.first[1].names == ["tab_bin", "tab_reg"]
+
+
+def test_gradient_criterion_picks_the_largest_gradients():
+    """Reference for the first subnetwork: all positions free, |dL/dW| on its batch, top 25% kept."""
+    data = tiny_shared()
+    model, _ = make(data, groups="task")
+    layer = model.fcs[0]
+    for lay in masked_layers(model).values():
+        lay.weight_mask[0], lay.bias_mask[0] = lay.allowed(0)
+    x = data.train.inputs["x"][torch.randperm(64, generator=torch.Generator().manual_seed(0))[:32]]
+    y = data.train.labels["bin"][torch.randperm(64, generator=torch.Generator().manual_seed(0))[:32]]
+    model.tasks[0].loss(model.forward_subnets(x, only={0})[0], y).backward()
+    grad = layer.weight.grad[0].abs().clone()
+    select_masks(model, data, 0.25, batch=32, seed=0)
+    chosen = layer.weight_mask[0]
+    assert int(chosen.sum()) == 64  # 25% of 16 x 16
+    assert grad[chosen].min() >= grad[~chosen].max()
+
+
+def test_magnitude_criterion_picks_the_largest_weights():
+    data = tiny_shared()
+    model, _ = make(data, groups="task")
+    w = model.fcs[0].weight[0].detach().abs().clone()
+    select_masks(model, data, 0.25, criterion="magnitude")
+    chosen = model.fcs[0].weight_mask[0]
+    assert w[chosen].min() >= w[~chosen].max()
+
+
+def test_selection_is_deterministic_even_with_zero_gradients():
+    data = tiny_shared()
+    zero = MultiTaskData("z", data.tasks, Split({"x": torch.zeros_like(data.train.inputs["x"])}, data.train.labels),
+                         data.val, data.test)  # zero inputs: zero first-layer gradients, ties everywhere
+    masks = []
+    for _ in range(2):
+        model, _ = make(zero, groups="task")
+        select_masks(model, zero, 1 / 3)
+        check_disjoint(model)
+        masks.append(torch.cat([b.flatten().float() for n, b in model.named_buffers() if n.endswith("mask")]))
+    assert torch.equal(masks[0], masks[1])
+
+
+def test_capacity_check_names_layer_and_subnetworks():
+    data = tiny_shared()
+    model, _ = make(data, groups="task")
+    with pytest.raises(ConfigError, match=r"layer first\.0: subnetworks \['bin', 'multi', 'reg'\].*1\.500 > 1"):
+        select_masks(model, data, 0.5)
+    with pytest.raises(ConfigError, match="keep=1.5"):
+        make(data, keep=1.5)
+
+
+def stage_data():
+    return tiny_multi()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_later_stages_leave_earlier_tasks_bit_identical(optimizer):
+    """Weight decay and momentum on: stage 2 must not move a single bit of stage 1's subnetworks."""
+    data = stage_data()
+    model, hooks = make(data, groups="input", keep=0.4)
+    cfg = dataclasses.replace(FAST, optimizer=optimizer, weight_decay=0.05, momentum=0.9)
+    after = {}
+    train_stages(model, hooks, data, [["img"], ["tab"]], cfg,
+                 on_stage=lambda i: after.setdefault(i, (predict_split(model, data.test, data.tasks),
+                                                         {k: v.clone() for k, v in model.state_dict().items()})))
+    (p1, s1), (p2, s2) = after[1], after[2]
+    assert torch.equal(p1["img"], p2["img"])  # exact equality of the earlier task's test predictions
+    assert not torch.equal(p1["tab_reg"], p2["tab_reg"])  # the later task did train
+    for name, layer in masked_layers(model).items():
+        if "img" in layer.names:
+            t = layer.names.index("img")
+            assert torch.equal(s1[f"{name}.weight"][t], s2[f"{name}.weight"][t]), name
+            assert torch.equal(s1[f"{name}.bias"][t], s2[f"{name}.bias"][t]), name
+    check_disjoint(model)
+
+
+def test_masked_and_unowned_weights_never_change():
+    data = tiny_shared()
+    model, hooks = make(data, groups="task", keep=0.2)
+    tr = Trainer(model, data, dataclasses.replace(FAST, weight_decay=0.1), hooks)
+    hooks.before_training(tr)
+    w0 = {n: lay.weight.detach().clone() for n, lay in masked_layers(model).items()}
+    tr.fit()
+    for n, lay in masked_layers(model).items():
+        off = ~lay.weight_mask
+        assert torch.equal(lay.weight.detach()[off], w0[n][off]), n
+        assert not torch.equal(lay.weight.detach()[~off], w0[n][~off]), n
+
+
+def test_a_frozen_subnetwork_cannot_be_trained_again():
+    data = stage_data()
+    model, hooks = make(data, groups="input", keep=0.4)
+    with pytest.raises(ConfigError, match=r"\['img'\] were trained in an earlier stage"):
+        train_stages(model, hooks, data, [["img"], ["img"]], FAST)
+    with pytest.raises(ConfigError, match="names no subnetwork"):
+        train_stages(model, hooks, data, [["nope"]], FAST)
+
+
+def test_forgetting_rows_cover_every_task_trained_so_far():
+    data = stage_data()
+    model, hooks = make(data, groups="input", keep=0.4)
+    rows = train_stages(model, hooks, data, [["img"], ["tab"]], FAST)
+    assert [(r["stage"], r["task"]) for r in rows] == [(1, "img"), (2, "img"), (2, "tab_bin"), (2, "tab_reg")]
+    assert rows[0]["loss"] == rows[1]["loss"]  # no forgetting
+
+
+def test_ensemble_averages_disjoint_copies():
+    data = tiny_shared()
+    model, hooks = make(data, groups="input", copies=3)
+    assert model.subnet_names == ["x#0", "x#1", "x#2"]
+    Trainer(model, data, FAST, hooks).fit()
+    check_disjoint(model)
+    x = data.test.inputs["x"]
+    ys, out = model.forward_subnets(x), model(x)
+    probs = torch.stack([torch.softmax(ys[s][:, 1:4], 1) for s in range(3)]).mean(0)
+    torch.testing.assert_close(torch.softmax(out["multi"], 1), probs)
+    torch.testing.assert_close(out["reg"], torch.stack([ys[s][:, 4:5] for s in range(3)]).mean(0))
+    torch.testing.assert_close(torch.sigmoid(out["bin"]), torch.stack([torch.sigmoid(ys[s][:, :1]) for s in range(3)]).mean(0))
+    assert not torch.equal(ys[0], ys[1])  # the copies are different subnetworks
+    assert average(Task("r", "regression"), [torch.ones(2, 1), 3 * torch.ones(2, 1)]).tolist() == [[2.0], [2.0]]
+
+
+def test_conv_trunk_shares_first_layer_for_same_shaped_inputs():
+    gen = torch.Generator().manual_seed(0)
+    tasks = [Task("a", "multiclass", 3, input="a"), Task("b", "binary", input="b")]
+    split = lambda n, m: Split({"a": torch.rand(n, 1, 8, 8, generator=gen), "b": torch.rand(m, 1, 8, 8, generator=gen)},  # noqa: E731
+                               {"a": torch.randint(0, 3, (n,), generator=gen).float(),
+                                "b": torch.randint(0, 2, (m,), generator=gen).float()})
+    data = MultiTaskData("imgs", tasks, split(40, 24), split(8, 8), split(8, 6))
+    model, hooks = make(data, conv=(4, 8), pool_every=1, groups="task", keep=0.5)
+    assert len(model.first) == 1 and model.first[0].names == ["a", "b"]
+    Trainer(model, data, FAST, hooks).fit()
+    check_disjoint(model)
+    out = model(model_input({"a": torch.rand(0, 1, 8, 8), "b": torch.rand(3, 1, 8, 8)}))  # 0-row chunk
+    assert out["a"].shape == (0, 3) and out["b"].shape == (3, 1)
+    with pytest.raises(ConfigError, match="needs image inputs"):
+        make(tiny_shared(), conv=(4,))
+
+
+def test_export_packs_into_one_model_with_equal_outputs(tmp_path):
+    data = stage_data()
+    model, hooks = make(data, groups="task", widths=(64, 64))
+    Trainer(model, data, FAST, hooks).fit()
+    size = export(model, tmp_path / "packed.safetensors")
+    packed = load_packed(tmp_path / "packed.safetensors")
+    a, b = predict_split(model, data.test, data.tasks), predict_split(packed, data.test, data.tasks)
+    for t in data.tasks:
+        torch.testing.assert_close(a[t.name], b[t.name], atol=1e-6, rtol=0)
+    check_disjoint(packed)
+    # the same architecture with ONE dense subnetwork (a dedicated control), exported the same way
+    torch.manual_seed(0)
+    control, _ = build([data.tasks[1]], {"tab": (5,)}, RSN2Config(widths=(64, 64), keep=1.0))
+    for lay in masked_layers(control).values():
+        lay.weight_mask.fill_(True)
+        lay.bias_mask.fill_(True)
+    one = export(control, tmp_path / "control.safetensors")
+    # packed: two first layers (img 64 inputs, tab 5) + shared layers with a 1.6-bit owner index
+    assert size < 2.2 * one
+    with pytest.raises(ConfigError, match="not an rsn2 export"):
+        from safetensors.torch import save_file
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+        load_packed(tmp_path / "other.safetensors")
