@@ -1,7 +1,17 @@
-"""Synthetic tasks: fake correlated binary tasks (thesis 000, scenario 2 and section 5.3)."""
+"""Synthetic tasks: fake correlated binary tasks (thesis 000, scenario 2 and section 5.3) and the grouped
+linear regression benchmark of Kang, Grauman & Sha (2011) used by MUiR (paper 003)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import torch
+
+from ..config import ConfigError
+from ..registry import register_dataset
+from ..tasks import Task
+from .base import MultiTaskData, Split
 
 
 def fake_correlated_labels(n: int, k: int, rho: float = 0.8, rate: float = 0.1,
@@ -17,3 +27,90 @@ def fake_correlated_labels(n: int, k: int, rho: float = 0.8, rate: float = 0.1,
     z = rng.standard_normal((n, 1))  # (n, 1) shared latent
     score = np.sqrt(rho) * z + np.sqrt(1 - rho) * rng.standard_normal((n, k))  # (n, k)
     return (score > np.quantile(score, 1 - rate, axis=0)).astype(np.float32)
+
+
+# ---- grouped linear regression (Kang, Grauman & Sha 2011; the MUiR poster's synthetic benchmark) ----
+
+def grouped_regression_arrays(tasks: int = 30, groups: int = 3, dim: int = 20, train: int = 15, test: int = 50,
+                              noise: float = 0.0, scale: tuple[float, float] = (0.5, 1.0),
+                              seed: int = 0) -> dict[str, np.ndarray]:
+    """Linear tasks y = x . w_t (+ noise), x ~ U(-1, 1)^dim, no bias; `groups` groups of consecutive tasks.
+    Inside group g every w_t = a_t v_g with v_g ~ N(0, I) and a_t ~ U(scale) > 0 (rank one).
+
+    Returns train_X (tasks, train, dim), train_Y (tasks, train), test_X (tasks, test, dim),
+    test_Y (tasks, test), groups (tasks,) and W (tasks, dim), all float32 except groups (int64).
+    """
+    if tasks < 1 or groups < 1 or tasks % groups or dim < 1 or train < 2 or test < 1 or noise < 0:
+        raise ValueError(f"need tasks divisible by groups, dim >= 1, train >= 2, test >= 1 and noise >= 0; got "
+                         f"tasks={tasks}, groups={groups}, dim={dim}, train={train}, test={test}, noise={noise}")
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(groups), tasks // groups)  # (tasks,)
+    v = rng.standard_normal((groups, dim))  # (groups, dim)
+    w = rng.uniform(*scale, size=(tasks, 1)) * v[group]  # (tasks, dim)
+    out = {"groups": group, "W": w.astype(np.float32)}
+    for split, n in (("train", train), ("test", test)):
+        x = rng.uniform(-1, 1, size=(tasks, n, dim))  # (tasks, n, dim)
+        y = np.einsum("tnd,td->tn", x, w) + noise * rng.standard_normal((tasks, n))  # (tasks, n)
+        out[f"{split}_X"], out[f"{split}_Y"] = x.astype(np.float32), y.astype(np.float32)
+    return out
+
+
+def grouped_regression_data(arrays: dict[str, np.ndarray], val: int = 5,
+                            name: str = "grouped_regression") -> MultiTaskData:
+    """Arrays as from grouped_regression_arrays (or an .npz with train_X, train_Y, test_X, test_Y and
+    optionally groups) -> MultiTaskData with one input per task: task "tNN" reads input "tNN" (n, dim).
+    The last `val` training points of each task are the validation split. meta["groups"] holds the
+    group of every task when known."""
+    need = ("train_X", "train_Y", "test_X", "test_Y")
+    missing = [k for k in need if k not in arrays]
+    if missing:
+        raise ConfigError(f"grouped regression arrays lack {missing}; need train_X (tasks, n, d), train_Y (tasks, n), "
+                          "test_X, test_Y")
+    tx, ty, sx, sy = (np.asarray(arrays[k], dtype=np.float32) for k in need)
+    if tx.ndim != 3 or sx.ndim != 3 or ty.shape != tx.shape[:2] or sy.shape != sx.shape[:2] or tx.shape[0] != sx.shape[0] \
+            or tx.shape[2] != sx.shape[2]:
+        raise ConfigError(f"grouped regression arrays have inconsistent shapes: train_X {tx.shape}, train_Y {ty.shape}, "
+                          f"test_X {sx.shape}, test_Y {sy.shape}; need (tasks, n, d) and (tasks, n)")
+    if not 0 < val < tx.shape[1]:
+        raise ConfigError(f"data.val={val}: need 0 < val < {tx.shape[1]} training points per task")
+    T = tx.shape[0]
+    names = [f"t{i:02d}" for i in range(T)]
+    tasks = [Task(n, "regression", input=n) for n in names]
+
+    def split(x, y):  # x (tasks, n, d), y (tasks, n)
+        return Split({n: torch.as_tensor(x[i]) for i, n in enumerate(names)},
+                     {n: torch.as_tensor(y[i]) for i, n in enumerate(names)})
+
+    cut = tx.shape[1] - val
+    meta = {"groups": np.asarray(arrays["groups"]).tolist()} if "groups" in arrays else {}
+    return MultiTaskData(name, tasks, split(tx[:, :cut], ty[:, :cut]), split(tx[:, cut:], ty[:, cut:]),
+                         split(sx, sy), meta)
+
+
+@dataclass
+class GroupedRegressionConfig:
+    path: str = ""  # an .npz with train_X, train_Y, test_X, test_Y (optional groups); empty = generate
+    tasks: int = 30
+    groups: int = 3
+    dim: int = 20
+    train: int = 15  # per task, including the `val` held out for validation
+    val: int = 5
+    test: int = 50
+    noise: float = 0.0  # std of Gaussian label noise (the noisy benchmark: 0.31)
+    seed: int = 0
+
+
+@register_dataset("grouped_regression", GroupedRegressionConfig,
+                  "30 linear regression tasks in 3 rank-one groups, one input per task (Kang et al. 2011)")
+def load_grouped_regression(cfg: GroupedRegressionConfig) -> MultiTaskData:
+    if cfg.path:
+        if not Path(cfg.path).exists():
+            raise ConfigError(f"data.path={cfg.path}: no such file; give an .npz with train_X, train_Y, test_X, test_Y")
+        with np.load(cfg.path) as z:
+            arrays = {k: z[k] for k in z.files}
+        return grouped_regression_data(arrays, cfg.val, Path(cfg.path).stem)
+    try:
+        arrays = grouped_regression_arrays(cfg.tasks, cfg.groups, cfg.dim, cfg.train, cfg.test, cfg.noise, seed=cfg.seed)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return grouped_regression_data(arrays, cfg.val)

@@ -1,0 +1,124 @@
+"""manytask/methods/muir.py: the (1+lambda)-EA schedule in hooks, any user models, default models, the
+alignment surviving a save/load, and the EA finding the known alignment of a toy problem."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from manytask.config import ConfigError
+from manytask.experiments.muir import fit_steps
+from manytask.methods.muir import MuirHooks, MuirNet
+from manytask.registry import get_dataset, get_method
+from manytask.tasks import Task
+from manytask.train import TrainConfig, Trainer
+
+from ..conftest import tiny_multi
+
+
+def test_schedule_burn_in_generations_final_and_soft_reset():
+    data = tiny_multi()
+    cfg = get_method("muir").config(steps_per_generation=3, burn_in=1, generations=2, final=1, challengers=2,
+                                    challenger_mass=0.4, soft_lr=0.05)
+    model, hooks = get_method("muir").fn(data.tasks, data.input_shapes, cfg)
+    tr = Trainer(model, data, TrainConfig(epochs=50, batch_size=16, patience=0, progress=False), hooks)
+    muir = model.muir
+    assert torch.equal(muir.psi, torch.arange(muir.n_locations))  # pessimistic start
+    assert tr.optimizer.param_groups[1]["params"] == [muir.soft] and tr.optimizer.param_groups[1]["lr"] == 0.05
+    seen = []  # (generation, mixing locations, s) at the start of every step
+    step = hooks.training_step
+
+    def spy(trainer, x, y):
+        seen.append((hooks.generation, int(muir.active.sum()), muir.soft.detach().clone()))
+        return step(trainer, x, y)
+
+    hooks.training_step = spy
+    tr.fit()
+    # generation 0 is burn-in (nothing mixes), 1 and 2 evolve half of the locations, 3 is final
+    active = {g: a for g, a, _ in seen}
+    assert active[0] == 0 and active[3] == 0
+    assert active[1] == active[2] == round(0.5 * muir.n_locations)
+    assert hooks.generation == 4 and tr.stop and tr.step == hooks.steps
+    assert tr.epoch == -(-12 // 3)  # stops at the end of the epoch in which the schedule ends (3 steps/epoch)
+    # s starts from (1 - mass, mass/lambda, mass/lambda) at the first step of every evolving generation
+    first = [s for (g, a, s), prev in zip(seen, [None] + seen) if a and (prev is None or prev[0] != g)]
+    assert len(first) == 2
+    want = torch.log(torch.tensor([0.6, 0.2, 0.2]))
+    for s in first:
+        torch.testing.assert_close(s, want.expand_as(s))
+    assert [h["generation"] for h in hooks.history] == [0, 1, 2, 3, 4]
+    assert hooks.history[0]["modules"] == muir.n_locations and not muir.active.any()
+
+
+def test_any_user_models_train_together():
+    torch.manual_seed(0)
+
+    class Tagger(nn.Module):  # (batch, time, 8) -> (batch, 3) through an LSTM
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(8, 8, batch_first=True)
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.out(self.rnn(x)[0].mean(1))
+
+    tasks = [Task("seq", "multiclass", 3, input="seq"), Task("img", "binary", input="img")]
+    models = [Tagger(), nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 16, 1))]
+    net = MuirNet(tasks, models, block=(4, 4), context=2)
+    users = net.sharing()
+    assert all(len(v) == 1 for v in users.values()) and len(users) == net.muir.n_locations
+    g = torch.Generator().manual_seed(1)
+    x = {"seq": torch.randn(32, 5, 8, generator=g), "img": torch.randn(32, 1, 8, 8, generator=g)}
+    y = {"seq": (x["seq"].sum((1, 2)) > 0).float() + (x["seq"][:, 0, 0] > 0).float(),
+         "img": (x["img"].mean((1, 2, 3)) > 0).float()}
+    hooks = MuirHooks(steps_per_generation=10, generations=5)
+    opt = torch.optim.Adam(hooks.parameters(net)[0]["params"], lr=1e-2)
+    from manytask.tasks import mean_loss
+    first = None
+    for _ in range(60):
+        loss = mean_loss(tasks, net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else float(loss)
+    assert float(loss) < 0.7 * first
+
+
+def test_alignment_is_saved_and_restored(tmp_path):
+    from safetensors.torch import load_model, save_model
+    data = tiny_multi()
+    cfg = get_method("muir").config()
+    model, _ = get_method("muir").fn(data.tasks, data.input_shapes, cfg)
+    with torch.no_grad():
+        model.muir.psi[:] = 0  # everything shares hypermodule 0
+        model.muir.propose(0.5, 0.5, torch.Generator().manual_seed(0))
+    save_model(model, str(tmp_path / "m.safetensors"))
+    torch.manual_seed(9)
+    other, _ = get_method("muir").fn(data.tasks, data.input_shapes, cfg)
+    load_model(other, str(tmp_path / "m.safetensors"))
+    assert torch.equal(other.muir.psi, model.muir.psi) and torch.equal(other.muir.active, model.muir.active)
+    x = {k: v for k, v in data.test.inputs.items()}
+    model.eval(), other.eval()
+    for t in data.tasks:
+        torch.testing.assert_close(model(x)[t.name], other(x)[t.name])
+
+
+def test_default_architectures_and_bad_config():
+    shapes = {"img": (1, 8, 8), "seq": (2, 12), "tok": (20,), "tab": (32,)}
+    tasks = [Task(k, "binary", input=k) for k in shapes]
+    cfg = get_method("muir").config(arch=("tok:lstm",))
+    model, _ = get_method("muir").fn(tasks, shapes, cfg)
+    kinds = {t.name: {type(m).__name__ for m in model.muir.solo[str(i)].modules()} if str(i) in model.muir.solo else set()
+             for i, t in enumerate(tasks)}
+    assert "Conv2d" in kinds["img"] and "Conv1d" in kinds["seq"] and "LSTM" in kinds["tok"] and "Linear" in kinds["tab"]
+    x = {"img": torch.randn(3, 1, 8, 8), "seq": torch.randn(3, 2, 12), "tok": torch.randint(1, 60, (3, 20)).float(),
+         "tab": torch.randn(3, 32)}
+    assert all(v.shape == (3, 1) for v in model(x).values())
+    with pytest.raises(ConfigError, match="INPUT:ARCH"):
+        get_method("muir").fn(tasks, shapes, get_method("muir").config(arch=("tok:rnn",)))
+    with pytest.raises(ConfigError, match="lstm"):
+        get_method("muir").fn(tasks, shapes, get_method("muir").config(arch=("tab:lstm", "img:lstm")))
+    with pytest.raises(ConfigError, match="alignment"):
+        get_method("muir").fn(tasks, shapes, get_method("muir").config(alignment=(0, 1)))
+    with pytest.raises(ConfigError, match="challenger_mass"):
+        get_method("muir").fn(tasks, shapes, get_method("muir").config(challenger_mass=1.0))
