@@ -153,3 +153,27 @@ def combine(*datas: MultiTaskData, name: str | None = None) -> MultiTaskData:
     meta = {d.name: d.meta for d in datas}
     return MultiTaskData(name or "+".join(d.name for d in datas), tasks, merged("train"), merged("val"),
                          merged("test"), meta)
+
+
+def hide_labels(data: MultiTaskData, labelled: int, unlabelled: int | None = None, seed: int = 0) -> MultiTaskData:
+    """Semi-supervised training data: `labelled` training rows keep their labels, the next `unlabelled`
+    rows of a seeded order keep only their input (labels NaN), the rest of the training split is dropped;
+    val and test are unchanged. unlabelled=None: every remaining training row, unlabelled. The orders are
+    nested: for one seed, a larger `unlabelled` adds rows to a smaller one, and `labelled` rows come first.
+    One shared input only (train rows are rows of that input)."""
+    if not data.shared_input:
+        raise ValueError(f"hide_labels needs one shared input, {data.name} has {data.input_names}")
+    (name, x), = data.train.inputs.items()
+    n = int(x.shape[0])
+    u = n - labelled if unlabelled is None else unlabelled
+    if labelled < 0 or u < 0 or labelled + u > n:
+        raise ValueError(f"{data.name}: asked for {labelled} labelled + {u} unlabelled training rows, "
+                         f"the training split has {n}; lower l or u (u=None takes all the rest)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:labelled + u]  # (l + u,)
+    labels = {}
+    for task, y in data.train.labels.items():
+        y = y[order].clone()  # (l + u,)
+        y[labelled:] = float("nan")
+        labels[task] = y
+    meta = {**data.meta, "labelled": labelled, "unlabelled": u, "label_seed": seed}
+    return MultiTaskData(data.name, data.tasks, Split({name: x[order]}, labels), data.val, data.test, meta)

@@ -1,0 +1,149 @@
+"""Evolving weights: a supervised MLP plus one denoising auto-encoder per hidden layer, weighted over time.
+
+Belharbi, Hérault, Chatelain & Adam, "Deep multi-task learning with evolving weights", ESANN 2016.
+
+    J(t) = lambda_s(t) J_s + lambda_r(t) J_r,   lambda_s(t) + lambda_r(t) = 1, both in [0, 1]    (Eq. 4)
+    J_s  = sum over labelled i of C_s(M(x_i; w_sh, w_s), y_i)                                  (Eq. 1)
+    J_r  = sum over all i of sum_k C_dae,k(R_k(f(x_{i,k-1}); w_c,k, w_d,k), x_{i,k-1})          (Eq. 5)
+
+- M is an MLP with K hidden layers, x_{i,k} = act(W_k x_{i,k-1} + b_k), x_{i,0} = x_i, then one linear head
+  per task (w_s). The coding layer w_c,k of DAE k IS hidden layer k (the same nn.Linear): w_sh = {w_c,k}.
+- R_k decodes the code of the corrupted x_{k-1} back to x_{k-1} with a private linear decoder w_d,k;
+  f is masking noise (each input unit zeroed with probability p); C_dae,k is the squared error
+  ||R_k(f(x_{k-1})) - x_{k-1}||^2 summed over the units of x_{k-1} (the usual DAE cost).
+  x_{k-1} is the representation entering layer k, taken as a constant (no gradient into layers < k):
+  DAE k trains its own coding layer and decoder, as in layer-wise denoising auto-encoders.
+- Both criteria are means over the rows they cover (J_s over the labelled rows of the batch, NaN labels
+  skipped by Task.loss; J_r over every row), so the learning rate means the same for any batch size.
+- Algorithm 1, per minibatch B: a gradient step on lambda_r(t) J_r with all of B (updates w_sh and the
+  decoders), then a step on lambda_s(t) J_s with its labelled rows (updates w_sh and the heads), t = epochs
+  completed. A step whose weight is 0 is not taken (a step on 0 * J is no step), so with lambda_r = 0
+  the method is exactly plain supervised training of the same network.
+- The paper trains with plain SGD (lr 0.01); with Adam, lambda only rescales a gradient that Adam
+  normalises away, so use optimizer=sgd for the paper's schedules to mean what they say.
+
+The default schedule is `constant` with value 0.5 (the static weighting of Eq. 3): both steps are taken
+from the first minibatch. The paper's schedules are schedule=stairs|lin|lin_t1|exp with t1 and sigma in
+epochs (see manytask/weighting.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from ..nn.mlp import activation
+from ..registry import register_method
+from ..tasks import Task, mean_loss
+from ..train import Hooks, Trainer
+from ..weighting import SCHEDULES, Schedule
+
+
+@dataclass
+class EvolvingConfig:
+    widths: tuple[int, ...] = (50,)  # hidden layers = coding layers of the DAEs; the paper's NN1..NN4
+    activation: str = "sigmoid"
+    noise: float = 0.25  # masking probability p of the DAEs' corruption f
+    schedule: str = "constant"  # constant | stairs | lin | lin_t1 | exp
+    t1: float = 10.0  # stairs and lin_t1: the epoch where lambda_s reaches 1
+    sigma: float = 5.0  # exp: lambda_r(t) = exp(-t / sigma)
+    value: float = 0.5  # constant: lambda_s
+
+
+class EvolvingNet(nn.Module):
+    """forward(x) -> {task: (batch, task.outputs)}; x is (batch, *shape), flattened to (batch, d0)."""
+
+    def __init__(self, tasks: list[Task], in_dim: int, widths: tuple[int, ...], act: str = "sigmoid",
+                 noise: float = 0.25):
+        super().__init__()
+        if not widths:
+            raise ConfigError("evolving needs at least one hidden layer, e.g. widths=50 or widths=70,60,50")
+        if not 0.0 <= noise < 1.0:
+            raise ConfigError(f"evolving: noise is a masking probability in [0, 1), got {noise}")
+        dims = (in_dim, *widths)
+        self.tasks, self.noise = tasks, noise
+        self.act = activation(act)
+        # layers[k-1] is hidden layer k of M and the coding layer w_c,k of DAE k
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.decoders = nn.ModuleList(nn.Linear(b, a) for a, b in zip(dims[:-1], dims[1:]))  # w_d,k
+        self.heads = nn.ModuleDict({t.name: nn.Linear(widths[-1], t.outputs) for t in tasks})  # w_s
+
+    def representations(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[x_0 (batch, d0), x_1 (batch, widths[0]), ..., x_K (batch, widths[-1])]."""
+        reps = [x.reshape(x.shape[0], -1)]  # (batch, d0)
+        for layer in self.layers:
+            reps.append(self.act(layer(reps[-1])))
+        return reps
+
+    def forward(self, x):
+        h = self.representations(x)[-1]  # (batch, widths[-1])
+        return {t.name: self.heads[t.name](h) for t in self.tasks}
+
+    def corrupt(self, x: torch.Tensor) -> torch.Tensor:
+        """Masking noise f: each entry of x (batch, d) zeroed with probability p."""
+        return x * (torch.rand_like(x) >= self.noise) if self.noise > 0 else x
+
+    def reconstruction_loss(self, x: torch.Tensor) -> torch.Tensor:
+        """J_r on a batch (Eq. 5): sum over DAEs k of the squared error of R_k(f(x_{k-1})) to x_{k-1},
+        summed over units and averaged over the batch's rows."""
+        with torch.no_grad():
+            reps = self.representations(x)  # inputs and targets of the DAEs, constants
+        total = x.new_zeros(())
+        for k, (enc, dec) in enumerate(zip(self.layers, self.decoders)):
+            target = reps[k]  # (batch, d_{k}) the representation entering layer k+1
+            code = self.act(enc(self.corrupt(target)))  # (batch, d_{k+1})
+            total = total + (dec(code) - target).pow(2).sum(1).mean()  # (batch, d_k) -> ()
+        return total
+
+
+class EvolvingHooks(Hooks):
+    """Algorithm 1: per minibatch, a step on lambda_r(t) J_r (whole batch), then on lambda_s(t) J_s
+    (labelled rows), with the weights of the schedule at t = epochs completed."""
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+        self.last_weights = (math.nan, math.nan)
+
+    def before_training(self, tr: Trainer) -> None:
+        # the schedule's length is the run's: lin ends at the last epoch of this training
+        kw = {k: getattr(self.schedule, k) for k in ("name", "t1", "sigma", "value")}
+        self.schedule = Schedule(epochs=tr.cfg.epochs, **kw)
+
+    def _step(self, tr: Trainer, loss: torch.Tensor) -> None:
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.before_optimizer_step(tr)
+        tr.optimizer.step()
+
+    def training_step(self, tr: Trainer, x, y: dict[str, torch.Tensor]) -> float:
+        lam_s, lam_r = self.schedule(max(tr.epoch - 1, 0))
+        self.last_weights = (lam_s, lam_r)
+        total = 0.0
+        if lam_r > 0:  # step toward J_r with the whole batch B (updates w' = w_sh + decoders)
+            j_r = lam_r * tr.model.reconstruction_loss(x)
+            self._step(tr, j_r)
+            total += float(j_r.detach())
+        labelled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # (batch,) rows of B_s
+        for t in tr.tasks:
+            labelled |= ~torch.isnan(y[t.name])
+        if lam_s > 0 and bool(labelled.any()):  # step toward J_s with B_s (updates w = w_sh + heads)
+            out = tr.model(x[labelled])
+            j_s = lam_s * mean_loss(tr.tasks, out, {k: v[labelled] for k, v in y.items()}, tr.task_weights)
+            self._step(tr, j_s)
+            total += float(j_s.detach())
+        return total
+
+
+@register_method("evolving", EvolvingConfig, "MLP + one denoising auto-encoder per hidden layer (shared "
+                 "coding layers), loss weights evolving over epochs (Belharbi et al. 2016)", multi_input=False)
+def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: EvolvingConfig):
+    if len(input_shapes) != 1 or len({t.input for t in tasks}) != 1:
+        raise ConfigError(f"evolving needs one input shared by every task, got inputs {sorted(input_shapes)}")
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"evolving: unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    (shape,) = input_shapes.values()
+    model = EvolvingNet(tasks, math.prod(shape), tuple(cfg.widths), cfg.activation, cfg.noise)
+    return model, EvolvingHooks(Schedule(cfg.schedule, 1, cfg.t1, cfg.sigma, cfg.value))
