@@ -157,3 +157,82 @@ def _idx_loader(name: str):
 for _name, _desc in (("mnist", "MNIST (data.dir=FOLDER of IDX files, or download)"),
                      ("fashion_mnist", "Fashion-MNIST (data.dir=FOLDER of IDX files, or download)")):
     register_dataset(_name, IDXConfig, _desc)(_idx_loader(_name))
+
+
+def digit_pairs(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray | None, test_labels: np.ndarray | None,
+                n_tasks: int = 10, n_train: int = 40, max_eval: int = 500, val_fraction: float = 0.15,
+                test_fraction: float = 0.25, seed: int = 0, scale: float = 16.0,
+                name: str = "digit_pairs") -> MultiTaskData:
+    """Binary "digit a vs digit b" tasks, each with its own examples (Meyerson & Miikkulainen 2018, MNIST).
+
+    images (n, H, W) or (n, C, H, W), labels (n,) digit classes. `n_tasks` distinct pairs a < b are drawn
+    with `seed`; task "aVb" labels digit b as 1 and digit a as 0 and reads its own input named "aVb"
+    (n, C, H, W) in [0, 1]. Train: n_train examples, half of each digit. Val and test: the pair's examples
+    of the held-out pools (val at most max_eval). Without test arrays, the pools come from one seeded
+    split of `images` (train/val/test fractions); with them, val comes from `images` and test from them.
+    """
+    labels = np.asarray(labels).astype(int)
+    rng = np.random.default_rng(seed)
+    if test_images is None:
+        parts = random_split_indices(len(labels), (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
+        pools = [(images[p], labels[p]) for p in parts]
+    else:
+        tr, va, _ = random_split_indices(len(labels), (1 - val_fraction, val_fraction, 0.0), seed)
+        pools = [(images[tr], labels[tr]), (images[va], labels[va]), (test_images, np.asarray(test_labels).astype(int))]
+    classes = np.unique(labels)
+    all_pairs = [(int(a), int(b)) for i, a in enumerate(classes) for b in classes[i + 1:]]
+    if not 1 <= n_tasks <= len(all_pairs):
+        raise ConfigError(f"tasks={n_tasks}: choose between 1 and {len(all_pairs)} digit pairs")
+    if n_train < 2 or n_train % 2:
+        raise ConfigError(f"n_train={n_train}: need an even number >= 2 (half of each digit)")
+    pairs = [all_pairs[i] for i in rng.choice(len(all_pairs), n_tasks, replace=False)]
+
+    def prep(x):
+        x = torch.as_tensor(np.asarray(x, dtype=np.float32) / scale)
+        return x.unsqueeze(1) if x.ndim == 3 else x  # (n, C, H, W)
+
+    tasks, splits = [], [Split({}, {}), Split({}, {}), Split({}, {})]
+    for a, b in pairs:
+        tname = f"{a}v{b}"
+        tasks.append(Task(tname, "binary", input=tname))
+        for s, (split, (x, y)) in enumerate(zip(splits, pools)):
+            if s == 0:  # half of each digit
+                per = []
+                for c in (a, b):
+                    have = np.flatnonzero(y == c)
+                    if len(have) < n_train // 2:
+                        raise ConfigError(f"digit {c} has {len(have)} training examples, fewer than n_train/2="
+                                          f"{n_train // 2}; lower n_train")
+                    per.append(rng.choice(have, n_train // 2, replace=False))
+                idx = rng.permutation(np.concatenate(per))
+            else:
+                idx = np.flatnonzero((y == a) | (y == b))
+                if s == 1 and len(idx) > max_eval:
+                    idx = np.sort(rng.choice(idx, max_eval, replace=False))
+            split.inputs[tname] = prep(x[idx])
+            split.labels[tname] = torch.as_tensor((y[idx] == b).astype(np.float32))
+    return MultiTaskData(name, tasks, *splits, {"pairs": pairs, "scale": scale})
+
+
+@dataclass
+class DigitPairsConfig:
+    dir: str = ""  # folder with MNIST-format IDX files; empty: scikit-learn's embedded 8x8 digits
+    tasks: int = 10  # number of digit pairs (at most 45)
+    n_train: int = 40  # training examples per task, half of each digit
+    max_eval: int = 500  # validation examples per task at most
+    seed: int = 0  # draws the pairs, the split and the training examples
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25  # embedded digits only; an IDX folder brings its own test files
+
+
+@register_dataset("digit_pairs", DigitPairsConfig,
+                  "binary 'digit a vs digit b' tasks with their own inputs (embedded digits, or data.dir=IDX folder)")
+def load_digit_pairs(cfg: DigitPairsConfig) -> MultiTaskData:
+    if cfg.dir:
+        xtr, ytr, xte, yte = load_idx_dir(cfg.dir)
+        return digit_pairs(xtr, ytr, xte, yte, cfg.tasks, cfg.n_train, cfg.max_eval, cfg.val_fraction, 0.0,
+                           cfg.seed, 255.0)
+    from sklearn.datasets import load_digits as sk_digits
+    d = sk_digits()
+    return digit_pairs(d.images, d.target, None, None, cfg.tasks, cfg.n_train, cfg.max_eval, cfg.val_fraction,
+                       cfg.test_fraction, cfg.seed, 16.0)

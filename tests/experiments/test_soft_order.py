@@ -1,0 +1,124 @@
+"""Soft ordering experiments: the digit-pair data, the expressivity claim (parallel ordering cannot fit two
+random patterns on the same inputs, permuted ordering can), and small runs of the registered recipes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from manytask.config import ConfigError
+from manytask.data.images import digit_pairs, write_idx
+from manytask.experiments.soft_order import (fit_patterns, paired, PatternsConfig, soft_order_digits,
+                                             soft_order_patterns, soft_order_tables)
+from manytask.registry import get_dataset
+
+
+def coded_digits(n_per_class=30, size=4):
+    """Images whose every pixel is the digit's class, so a task's examples reveal their digits."""
+    labels = np.repeat(np.arange(10), n_per_class)
+    images = np.broadcast_to(labels[:, None, None], (len(labels), size, size)).astype(np.uint8).copy()
+    return images, labels
+
+
+def test_digit_pairs_tasks_hold_only_their_two_digits():
+    images, labels = coded_digits()
+    data = digit_pairs(images, labels, None, None, n_tasks=6, n_train=8, seed=1, scale=1.0)
+    pairs = data.meta["pairs"]
+    assert len(set(pairs)) == 6 and all(a < b for a, b in pairs)
+    for (a, b), t in zip(pairs, data.tasks):
+        assert t.name == f"{a}v{b}" and t.input == t.name and t.kind == "binary"
+        for split in (data.train, data.val, data.test):
+            x, y = split.inputs[t.name], split.labels[t.name]  # (n, 1, 4, 4), (n,)
+            digit = x[:, 0, 0, 0]
+            assert torch.equal(digit, torch.where(y == 1, float(b), float(a)))
+        assert data.train.labels[t.name].sum() == 4  # half of n_train is digit b
+    # train, val and test images come from disjoint pools: a pair's test set is larger than zero and
+    # the same seed gives the same tasks
+    again = digit_pairs(images, labels, None, None, n_tasks=6, n_train=8, seed=1, scale=1.0)
+    assert again.meta["pairs"] == pairs
+    assert digit_pairs(images, labels, None, None, n_tasks=6, n_train=8, seed=2, scale=1.0).meta["pairs"] != pairs
+
+
+def test_digit_pairs_bad_settings():
+    images, labels = coded_digits(n_per_class=5)
+    with pytest.raises(ConfigError, match="tasks=46"):
+        digit_pairs(images, labels, None, None, n_tasks=46)
+    with pytest.raises(ConfigError, match="even number"):
+        digit_pairs(images, labels, None, None, n_train=7)
+    with pytest.raises(ConfigError, match="lower n_train"):
+        digit_pairs(images, labels, None, None, n_train=40)
+
+
+def test_digit_pairs_from_idx_files(tmp_path):
+    images, labels = coded_digits(n_per_class=20, size=6)
+    test_images, test_labels = coded_digits(n_per_class=7, size=6)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels.astype(np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", test_images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", test_labels.astype(np.uint8))
+    entry = get_dataset("digit_pairs")
+    data = entry.fn(entry.config(dir=str(tmp_path), tasks=3, n_train=10))
+    assert data.input_shapes == {t.name: (1, 6, 6) for t in data.tasks}
+    assert all(data.test.size(t.name) == 14 for t in data.tasks)  # all test-file examples of the two digits
+    assert all(data.train.size(t.name) == 10 for t in data.tasks)
+
+
+def test_parallel_cannot_fit_two_patterns_but_permuted_can():
+    cfg = PatternsConfig(n=16, width=16, epochs=250, lr=0.02)
+    par, floor, _, _ = fit_patterns("parallel", cfg, seed=0)
+    perm, floor2, _, curve = fit_patterns("permuted", cfg, seed=0)
+    assert floor == floor2 > 0.1
+    assert par >= floor - 1e-4  # one function for both tasks: never below the floor
+    assert perm < 0.1 * floor  # two orderings of the same layers: both patterns fitted
+    assert curve[-1] < curve[0]
+
+
+def test_paired_counts_and_signs():
+    t = paired([0.1, 0.2, 0.1, 0.3, 0.2], [0.2, 0.3, 0.3, 0.4, 0.25])
+    assert t["lower_in"] == 5 and t["mean_diff"] == pytest.approx(-0.11)
+    assert 0 < t["t_p"] < 0.05 and t["wilcoxon_p"] == pytest.approx(0.0625)
+    same = paired([0.1, 0.2], [0.1, 0.2])
+    assert same["lower_in"] == 0 and np.isnan(same["t_p"])
+
+
+def test_digits_experiment_small(tmp_path, capsys):
+    result = soft_order_digits(["seeds=0,1", "epochs=2", "data.tasks=2", "data.n_train=10", "data.max_eval=20",
+                                "width=8"], tmp_path)
+    assert set(result.runs) == {"soft", "parallel", "permuted", "single_task"}
+    rows = (tmp_path / "errors.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 * 2
+    tests = json.loads((tmp_path / "paired.json").read_text())["tests"]
+    assert set(tests) == {"parallel", "permuted", "single_task"}
+    for label in ("soft", "parallel", "permuted"):
+        assert (tmp_path / label / "seed0" / "mixing.png").exists()
+        assert (tmp_path / label / "seed1" / "mixing.csv").exists()
+    assert result.runs["soft"][0].model.bank.weight.shape == (4, 8, 8)
+    out = capsys.readouterr().out
+    assert "ordering distance" in out and "Wilcoxon p" in out
+
+
+def test_tables_experiment_small(tmp_path):
+    result = soft_order_tables(["seeds=0", "epochs=2"], tmp_path)
+    assert [t.name for t in result.data.tasks] == ["wine", "breast_cancer", "iris"]
+    assert result.data.input_shapes == {"wine": (13,), "breast_cancer": (30,), "iris": (4,)}
+    assert (tmp_path / "report.txt").exists()
+
+
+def test_patterns_experiment_small(tmp_path):
+    summary = soft_order_patterns(["seeds=0", "epochs=20", "n=8"], tmp_path)
+    assert summary["config"]["n"] == 8 and len(summary["train_mse"]["permuted"]) == 1
+    assert (tmp_path / "loss.png").exists() and (tmp_path / "soft" / "mixing.csv").exists()
+    with pytest.raises(ConfigError, match="unknown"):
+        soft_order_patterns(["width_x=3"], tmp_path)
+
+
+@pytest.mark.slow
+def test_soft_ordering_beats_parallel_on_digit_pairs(tmp_path):
+    result = soft_order_digits([], tmp_path)
+    tests = json.loads((tmp_path / "paired.json").read_text())
+    soft, par = np.mean(tests["errors"]["soft"]), np.mean(tests["errors"]["parallel"])
+    assert soft < par, f"soft {soft:.4f} vs parallel {par:.4f}"
+    assert np.mean(tests["ordering_distance"]["soft"]) > 0.0
+    assert len(result.runs["soft"]) == 5

@@ -1,0 +1,182 @@
+"""soft_order: the forward pass equals the paper's equation written naively, the three orderings do what
+they say, the mixing weights start uniform and become task-specific, runs reload exactly, and bad settings
+fail with a one-line ConfigError."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from manytask.config import ConfigError
+from manytask.data.base import model_input
+from manytask.methods.soft_order import SoftOrderConfig, build, ordering_distance, write_mixing
+from manytask.runs import RunSpec, evaluate_run, resolve, train_run
+from manytask.train import TrainConfig, Trainer
+
+from ..conftest import tiny_multi, tiny_shared
+
+
+def naive_forward(model, x):
+    """y(0) = E_t(x); y(k) = sum_j softmax(s[t,k])_j relu(y(k-1) W_j + b_j) [+ identity]; out = D_t(y(D)),
+    one task and one layer at a time, with weights read from the model."""
+    W, b = model.bank.weight, model.bank.bias  # (D, w, w), (D, w)
+    mix = model.mixing()  # (T, D, K)
+    out = {}
+    for i, t in enumerate(model.tasks):
+        y = model.encoders[t.name](t.select(x))  # (n, w)
+        for k in range(model.depth):
+            new = sum(mix[i, k, j] * F.relu(y @ W[j] + b[j]) for j in range(model.depth))
+            if mix.shape[-1] > model.depth:
+                new = new + mix[i, k, -1] * y
+            y = new
+        out[t.name] = model.decoders[t.name](y)
+    return out
+
+
+def built(data, **cfg):
+    torch.manual_seed(0)
+    return build(data.tasks, data.input_shapes, SoftOrderConfig(dropout=0.0, **cfg))
+
+
+@pytest.mark.parametrize("identity", [False, True])
+@pytest.mark.parametrize("maker", [tiny_shared, tiny_multi])
+def test_soft_forward_equals_the_equation(maker, identity):
+    data = maker()
+    model = built(data, width=16, depth=3, identity=identity).eval()
+    with torch.no_grad():
+        model.scores.normal_(0, 2)  # non-uniform, different per task and depth
+    x = model_input(data.train.inputs)  # tiny_multi: inputs of 48 and 32 rows, so padding is exercised
+    out, ref = model(x), naive_forward(model, x)
+    for t in data.tasks:
+        torch.testing.assert_close(out[t.name], ref[t.name])
+
+
+def test_parallel_is_the_plain_stack_and_permuted_follows_its_order():
+    data = tiny_multi()
+    x = model_input(data.train.inputs)
+    for ordering in ("parallel", "permuted"):
+        model = built(data, width=8, depth=4, ordering=ordering).eval()
+        W, b = model.bank.weight, model.bank.bias
+        out = model(x)
+        for i, t in enumerate(data.tasks):
+            y = model.encoders[t.name](t.select(x))
+            for k in range(4):
+                j = k if ordering == "parallel" else int(model.order[i, k])
+                y = F.relu(y @ W[j] + b[j])
+            torch.testing.assert_close(out[t.name], model.decoders[t.name](y))
+        if ordering == "parallel":
+            assert model.order.tolist() == [[0, 1, 2, 3]] * 3
+
+
+def test_permutations_come_from_the_seed_and_differ_between_tasks():
+    from manytask.tasks import Task
+    tasks = [Task(f"t{i}", "binary") for i in range(10)]
+
+    def order(seed):
+        torch.manual_seed(seed)
+        return build(tasks, {"x": (12,)}, SoftOrderConfig(ordering="permuted")).order
+
+    a, b = order(3), order(3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, order(4))
+    assert all(sorted(row) == [0, 1, 2, 3] for row in a.tolist())  # each row a permutation
+    assert len({tuple(r) for r in a.tolist()}) > 1  # tasks assemble the layers differently
+
+
+def test_mixing_starts_uniform_and_distance_measures_disagreement():
+    data = tiny_shared()
+    soft = built(data, depth=4)
+    torch.testing.assert_close(soft.mixing(), torch.full((3, 4, 4), 0.25))
+    assert ordering_distance(soft.mixing().detach().numpy()) == 0.0
+    assert ordering_distance(built(data, ordering="parallel").mixing().numpy()) == 0.0
+    perm = built(data, ordering="permuted", depth=4)
+    o = perm.order.numpy()
+    differ = np.mean([(o[a] != o[b]).mean() for a in range(3) for b in range(a + 1, 3)])
+    assert ordering_distance(perm.mixing().numpy()) == pytest.approx(differ)
+    with_id = built(data, depth=3, identity=True)
+    assert with_id.mixing().shape == (3, 3, 4)
+
+
+def test_identity_candidate_lets_a_task_skip_every_layer():
+    data = tiny_multi()
+    model = built(data, width=8, depth=3, identity=True).eval()
+    with torch.no_grad():
+        model.scores.zero_()
+        model.scores[:, :, -1] = 50.0  # all mass on the identity
+    x = model_input(data.test.inputs)
+    out = model(x)
+    for t in data.tasks:
+        torch.testing.assert_close(out[t.name], model.decoders[t.name](model.encoders[t.name](t.select(x))))
+
+
+def test_conv_variant_trains_on_images_and_matches_its_equation():
+    from manytask.data.images import digit_pairs
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    data = digit_pairs(d.images, d.target, None, None, n_tasks=2, n_train=20, max_eval=20, seed=0)
+    model = built(data, width=8, depth=2, conv=True).eval()
+    with torch.no_grad():
+        model.scores.normal_()
+    x = model_input(data.test.inputs)
+    out = model(x)
+    W, b, mix = model.bank.weight, model.bank.bias, model.mixing()
+    for i, t in enumerate(data.tasks):
+        y = model.encoders[t.name](x[t.input])  # (n, C, 8, 8)
+        for k in range(2):
+            y = sum(mix[i, k, j] * F.relu(F.conv2d(y, W[j], b[j], padding=1)) for j in range(2))
+        torch.testing.assert_close(out[t.name], model.decoders[t.name](y))
+    model.train()
+    tr = Trainer(model, data, TrainConfig(epochs=20, batch_size=20, lr=1e-2, patience=0, progress=False))
+    before = tr.evaluate("train")[1]
+    tr.fit()
+    assert tr.evaluate("train")[1] < 0.8 * before
+
+
+def test_learned_orderings_differ_between_tasks(tmp_path):
+    spec = resolve("digit_pairs", "soft_order", {"data.tasks": "3", "data.n_train": "20", "epochs": "10",
+                                                 "patience": "0", "lr": "0.01", "progress": "false", "width": "16"})
+    run = train_run(spec, out=tmp_path, name="run", echo=False)
+    mix = run.model.mixing().detach().numpy()  # (3, 4, 4)
+    assert not np.allclose(mix, 0.25, atol=1e-3)  # moved away from uniform
+    dist = write_mixing(run.model, run.dir)
+    assert dist == pytest.approx(ordering_distance(mix)) and dist > 0.01
+    rows = list(csv.DictReader(open(run.dir / "mixing.csv")))
+    assert len(rows) == 3 * 4 * 4
+    sums = {}
+    for r in rows:
+        sums[(r["task"], r["depth"])] = sums.get((r["task"], r["depth"]), 0.0) + float(r["weight"])
+    assert np.allclose(list(sums.values()), 1.0, atol=1e-5)
+    assert (run.dir / "mixing.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("ordering", ["soft", "permuted"])
+def test_run_reloads_exactly(tmp_path, ordering):
+    spec = resolve("digit_pairs", "soft_order", {"data.tasks": "3", "data.n_train": "10", "epochs": "2",
+                                                 "ordering": ordering, "seed": "5", "progress": "false"})
+    run = train_run(spec, out=tmp_path, name="run", echo=False)
+    _, same = evaluate_run(run.dir, echo=False)
+    assert same
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"identity": True, "ordering": "parallel"}, "identity=true needs ordering=soft"),
+    ({"conv": True}, "conv=true needs image inputs"),
+    ({"width": 0}, "width >= 1"),
+    ({"dropout": 1.0}, "dropout"),
+])
+def test_bad_settings_are_config_errors(cfg, match):
+    data = tiny_multi()
+    with pytest.raises(ConfigError, match=match):
+        build(data.tasks, data.input_shapes, SoftOrderConfig(**cfg))
+
+
+def test_conv_needs_one_image_size():
+    from manytask.tasks import Task
+    tasks = [Task("a", "binary", input="a"), Task("b", "binary", input="b")]
+    with pytest.raises(ConfigError, match="one image size"):
+        build(tasks, {"a": (1, 8, 8), "b": (1, 28, 28)}, SoftOrderConfig(conv=True))
+    with pytest.raises(ConfigError, match="ordering=.*choose one of"):
+        resolve("digit_pairs", "soft_order", {"ordering": "random"})
