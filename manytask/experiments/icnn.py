@@ -228,10 +228,11 @@ def icnn_prune(overrides: list[str], out: Path):
     L1 penalty first (thesis s. 8)."""
     kv = split_overrides(list(overrides))
     try:
-        fraction = float(kv.pop("prune", "0.9"))
-        ft_epochs = int(kv.pop("finetune", "3"))
+        fraction, ft_epochs = float(kv.pop("prune", "0.9")), int(kv.pop("finetune", "3"))
     except ValueError:
-        raise ConfigError("prune= is a fraction in [0, 1) and finetune= a number of epochs, e.g. prune=0.9 finetune=3") from None
+        fraction, ft_epochs = math.nan, 0
+    if not (0.0 <= fraction < 1.0) or ft_epochs < 0:
+        raise ConfigError("prune= is a fraction in [0, 1) and finetune= a number of epochs >= 0, e.g. prune=0.9 finetune=3")
     data, cons, rest = prepare([f"{k}={v}" for k, v in kv.items()], [])
     result = compare("icnn-prune", "tox21", cons[:1], (0, 1, 2), rest, out, data=data)
     heatmaps(result)
