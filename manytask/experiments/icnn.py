@@ -34,7 +34,7 @@ from ..nn.interconnected import apply_masks, count_connectors, prune_connectors
 from ..nn.mlp import mlp_params
 from ..registry import register_experiment
 from ..report import fmt, heatmap, mean_std, pm, text_table, write_csv
-from ..runs import load_data, n_params, resolve
+from ..runs import load_data, load_run, n_params, resolve
 from ..train import Hooks, Trainer, evaluate_split
 from .runner import Contender, ExperimentResult, compare
 
@@ -132,10 +132,14 @@ def means_over(result: ExperimentResult, tasks: list[str]) -> dict[str, list[flo
 
 
 def finish(result: ExperimentResult, name: str, extra: dict) -> None:
-    """Append the experiment's own figures to summary.json and print them."""
-    summary = json.loads((result.dir / "summary.json").read_text())
+    finish_dir(result.dir, name, extra)
+
+
+def finish_dir(out: Path, name: str, extra: dict) -> None:
+    """Append the experiment's own figures to out/summary.json and print them."""
+    summary = json.loads((out / "summary.json").read_text())
     summary.update(extra)
-    (result.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"{name}: " + json.dumps(extra, indent=1))
 
 
@@ -223,9 +227,11 @@ class KeepPruned(Hooks):
 
 @register_experiment("icnn-prune", "thesis s. 6.2: prune ICNN connectors after training, fine-tune, report the change")
 def icnn_prune(overrides: list[str], out: Path):
-    """ICNN on Tox21 (3 seeds), then prune=FRACTION of each inter-layer's connectors by magnitude and
-    fine-tune finetune=EPOCHS epochs with the pruned weights held at zero. connector_l1= trains with the
-    L1 penalty first (thesis s. 8)."""
+    """Train ICNN on Tox21 (3 seeds) or load trained ICNN runs (from=DIR: an icnn-tox21 directory, whose
+    ICNN/seed* runs are used, or one run directory); then zero the prune=FRACTION smallest-|w| connectors
+    of each inter-layer and fine-tune finetune=EPOCHS epochs with them held at zero. Reports parameters
+    and mean test AUC before, after pruning, and after fine-tuning. connector_l1= trains with the L1
+    penalty first (thesis s. 8). The pruned weights go to out/pruned-seedS.safetensors."""
     kv = split_overrides(list(overrides))
     try:
         fraction, ft_epochs = float(kv.pop("prune", "0.9")), int(kv.pop("finetune", "3"))
@@ -233,37 +239,50 @@ def icnn_prune(overrides: list[str], out: Path):
         fraction, ft_epochs = math.nan, 0
     if not (0.0 <= fraction < 1.0) or ft_epochs < 0:
         raise ConfigError("prune= is a fraction in [0, 1) and finetune= a number of epochs >= 0, e.g. prune=0.9 finetune=3")
-    data, cons, rest = prepare([f"{k}={v}" for k, v in kv.items()], [])
-    result = compare("icnn-prune", "tox21", cons[:1], (0, 1, 2), rest, out, data=data)
-    heatmaps(result)
-    rows, per = [], []
-    for r in result.runs["ICNN"]:
-        model, tr_cfg = r.model, r.spec.train
+    source = kv.pop("from", "")
+    if source:
+        src = Path(source)
+        dirs = [src] if (src / "config.json").exists() else sorted(src.glob("ICNN/seed*"))
+        if not dirs:
+            raise ConfigError(f"from={source}: neither a run directory nor an experiment directory with ICNN/seed* runs")
+        trained = []
+        for d in dirs:
+            spec, data, model = load_run(d)
+            if spec.method != "icnn":
+                raise ConfigError(f"from={source}: {d} is a {spec.method} run, not icnn")
+            trained.append((spec, data, model))
+    else:
+        data, cons, rest = prepare([f"{k}={v}" for k, v in kv.items()], [])
+        result = compare("icnn-prune", "tox21", cons[:1], (0, 1, 2), rest, out, data=data)
+        heatmaps(result)
+        trained = [(r.spec, data, r.model) for r in result.runs["ICNN"]]
+    rows = []
+    for spec, data, model in trained:
+        model.to("cpu")
         auc = lambda: mean_over_tasks(evaluate_split(model, data.test, data.tasks)[0], data.tasks)["auc"]
         before_auc, total_before = auc(), n_params(model)
-        nz0, conns = count_connectors(model)
+        nz0, _ = count_connectors(model)
         kept = prune_connectors(model, fraction)
         nz1, _ = count_connectors(model)
-        pruned_auc = auc()
-        ft_auc = math.nan
+        pruned_auc, ft_auc = auc(), math.nan
         if ft_epochs > 0:
-            cfg = dataclasses.replace(tr_cfg, epochs=ft_epochs, patience=0, progress=False)
+            cfg = dataclasses.replace(spec.train, epochs=ft_epochs, patience=0, progress=False)
             Trainer(model, data, cfg, KeepPruned(kept)).fit()
             model.to("cpu")
             ft_auc = auc()
-        nonzero_after = total_before - (nz0 - count_connectors(model)[0])
-        row = {"seed": r.spec.train.seed, "params_before": total_before, "params_after": nonzero_after,
-               "connectors_before": nz0, "connectors_after": nz1, "auc_before": before_auc,
-               "auc_pruned": pruned_auc, "auc_finetuned": ft_auc}
-        per.append(row)
-        rows.append(tuple(row.values()))
-        save_model(model, str(r.dir / f"model-pruned{fraction:g}.safetensors"))
-    header = tuple(per[0])
-    write_csv(out / "prune.csv", header, rows)
-    print(text_table(header, rows, digits=4))
-    d_pruned = [p["auc_pruned"] - p["auc_before"] for p in per]
-    d_ft = [p["auc_finetuned"] - p["auc_before"] for p in per]
-    finish(result, "icnn-prune", {"prune": fraction, "finetune_epochs": ft_epochs,
-                                  "auc_change_pruned": mean_std(d_pruned), "auc_change_finetuned": mean_std(d_ft),
-                                  "params_before": per[0]["params_before"], "params_after": [p["params_after"] for p in per]})
-    return result
+        rows.append({"seed": spec.train.seed, "params_before": total_before,
+                     "params_after": total_before - (nz0 - count_connectors(model)[0]),
+                     "connectors_before": nz0, "connectors_after": nz1, "auc_before": before_auc,
+                     "auc_pruned": pruned_auc, "auc_finetuned": ft_auc})
+        save_model(model, str(out / f"pruned-seed{spec.train.seed}.safetensors"))
+    header = tuple(rows[0])
+    write_csv(out / "prune.csv", header, [tuple(r.values()) for r in rows])
+    print(text_table(header, [tuple(r.values()) for r in rows], digits=4))
+    extra = {"prune": fraction, "finetune_epochs": ft_epochs, "from": source,
+             "auc_change_pruned": mean_std([r["auc_pruned"] - r["auc_before"] for r in rows]),
+             "auc_change_finetuned": mean_std([r["auc_finetuned"] - r["auc_before"] for r in rows]),
+             "params_before": rows[0]["params_before"], "params_after": [r["params_after"] for r in rows]}
+    if not (out / "summary.json").exists():
+        (out / "summary.json").write_text(json.dumps({"experiment": "icnn-prune"}))
+    finish_dir(out, "icnn-prune", extra)
+    return rows

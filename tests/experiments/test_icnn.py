@@ -93,13 +93,22 @@ def test_fake_runs_each_assay_with_eleven_fakes(tiny_csv, tmp_path):
 
 
 def test_prune_leaves_the_fraction_and_reports_the_change(tiny_csv, tmp_path):
-    icnn_prune([tiny_csv, *TINY, "prune=0.5", "finetune=1"], tmp_path)
-    (row,) = read(tmp_path / "prune.csv")
+    icnn_prune([tiny_csv, *TINY, "prune=0.5", "finetune=1"], tmp_path / "a")
+    (row,) = read(tmp_path / "a" / "prune.csv")
     before, after = int(row["connectors_before"]), int(row["connectors_after"])
     assert before == 8 * 4 * 12 * 11 and after == before - round(0.5 * before)
     assert int(row["params_before"]) - int(row["params_after"]) == before - after
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["prune"] == 0.5 and len(summary["auc_change_finetuned"]) == 2
+    # from=: prune the trained run again without training; the source directory is left as it was
+    run = tmp_path / "a" / "ICNN" / "seed0"
+    weights = (run / "model.safetensors").read_bytes()
+    (tmp_path / "b").mkdir()
+    (row2,) = icnn_prune([f"from={tmp_path / 'a'}", "prune=0.9", "finetune=0"], tmp_path / "b")
+    assert row2["connectors_after"] == before - round(0.9 * before) and row2["auc_before"] == float(row["auc_before"])
+    assert (run / "model.safetensors").read_bytes() == weights and (tmp_path / "b" / "pruned-seed0.safetensors").exists()
+    with pytest.raises(ConfigError, match="from="):
+        icnn_prune([f"from={tmp_path / 'b'}"], tmp_path / "c")
 
 
 @pytest.mark.slow
