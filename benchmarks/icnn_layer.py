@@ -44,16 +44,17 @@ class NaivePairs(nn.Module):
 
 
 def timeit(fns: list, reps: int) -> list[float]:
-    """Best time of each function; the functions take turns in every repetition so that load from other
-    processes on a shared machine falls on all of them alike."""
+    """Best CPU time (time.process_time) of each function. On a shared machine wall time mostly measures
+    the scheduler; the CPU time of this single-threaded process does not. The functions take turns in
+    every repetition so that cache and memory-bandwidth pressure from other processes falls on all alike."""
     for fn in fns:
         fn()  # warm-up
     best = [float("inf")] * len(fns)
     for _ in range(reps):
         for j, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             fn()
-            best[j] = min(best[j], time.perf_counter() - t0)
+            best[j] = min(best[j], time.process_time() - t0)
     return best
 
 
@@ -91,11 +92,13 @@ def main(argv=None):
     ap.add_argument("--sizes", default=",".join(f"{N}x{w}" for N in (4, 12, 32) for w in (64, 256, 512)),
                     help="NxWIDTH list (width = n = m)")
     args = ap.parse_args(argv)
+    if args.threads != 1:
+        print("note: with several threads process_time adds up all threads' CPU time, not the elapsed time")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B = args.batch
     rows = []
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, best of {args.reps} after 1 warm-up")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, CPU time, best of {args.reps} after 1 warm-up")
     head = f"{'N':>3} {'width':>5} {'params':>12} {'naive ms':>10} {'layer ms':>10} {'speed-up':>9} {'layer GF/s':>11} {'naive GF/s':>11} {'matmul GF/s':>12} {'of ceiling':>10}"
     print(head)
     print("-" * len(head))
