@@ -252,14 +252,13 @@ def comparison(name: str, out: Path, data: MultiTaskData, rsn2: dict[str, list[f
 
 
 # ---- experiments --------------------------------------------------------------------------------------
-CONV = {"conv": (16, 32), "pool_every": 1, "widths": (128,)}
-IMG_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 2e-3, "patience": 5, "min_delta": 0.0, "progress": False}
+CONV = {"conv": (32, 64), "pool_every": 1, "widths": (128,)}  # conv-pool-conv-pool-fc-head on 8x8 digits
+IMG_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 3e-3, "patience": 8, "min_delta": 0.0, "progress": False}
 
 
 @register_experiment("rsn2-ensemble", "RSN2 exp. 1: 5 disjoint 20% conv subnetworks on digits, each and averaged, vs control")
 def ensemble(overrides: list[str], out: Path):
-    st = parse(overrides, {**IMG_TRAIN, "lr": 3e-3, "patience": 8},
-               {**CONV, "conv": (32, 64), "copies": 5, "keep": 0.2, "groups": "input"})
+    st = parse(overrides, IMG_TRAIN, {**CONV, "copies": 5, "keep": 0.2, "groups": "input"})
     t0 = time.perf_counter()
     data = image_source(st.data_dir, st.limit)
     (task,) = data.tasks

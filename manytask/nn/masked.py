@@ -67,12 +67,23 @@ class MaskedLayer(nn.Module):
     def _idx(self, idx) -> list[int]:
         return list(range(self.n_tasks)) if idx is None else list(idx)
 
+    def float_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The masks in the weights' dtype, cached until a mask changes (in place, .to(), loading):
+        multiplying by a float mask is cheaper than by a bool one on every forward."""
+        key = (id(self.weight_mask), self.weight_mask._version, id(self.bias_mask), self.bias_mask._version,
+               self.weight.dtype, self.weight.device)
+        if getattr(self, "_mask_key", None) != key:
+            self._masks_f = (self.weight_mask.to(self.weight.dtype), self.bias_mask.to(self.weight.dtype))
+            self._mask_key = key
+        return self._masks_f
+
     def effective(self, idx=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(W * M, b * m) for tasks idx: (n, *weight slice), (n, out)."""
+        mw, mb = self.float_masks()
         if idx is None or list(idx) == list(range(self.n_tasks)):
-            return self.weight * self.weight_mask, self.bias * self.bias_mask
+            return self.weight * mw, self.bias * mb
         i = torch.as_tensor(list(idx), device=self.weight.device)
-        return self.weight[i] * self.weight_mask[i], self.bias[i] * self.bias_mask[i]
+        return self.weight[i] * mw[i], self.bias[i] * mb[i]
 
     # ---- masks -------------------------------------------------------------------------------------
     def allowed(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,9 +227,8 @@ class MaskedLinear(MaskedLayer):
     def forward(self, x: torch.Tensor, idx=None) -> torch.Tensor:
         w, b = self.effective(idx)  # (n, in, out), (n, out)
         n = w.shape[0]
-        if x.dim() == 2:  # (batch, in) shared by the n tasks: one matmul against (in, n * out)
-            y = x @ w.permute(1, 0, 2).reshape(self.in_features, n * self.out_features)  # (batch, n * out)
-            return y.view(x.shape[0], n, self.out_features).transpose(0, 1) + b[:, None, :]  # (n, batch, out)
+        if x.dim() == 2:  # (batch, in) shared by the n tasks: one broadcast matmul, no copy of x or w
+            return torch.matmul(x, w) + b[:, None, :]  # (n, batch, out)
         if x.dim() != 3 or x.shape[0] != n:
             raise ValueError(f"MaskedLinear: expected (batch, {self.in_features}) or ({n}, batch, "
                              f"{self.in_features}), got {tuple(x.shape)}")
