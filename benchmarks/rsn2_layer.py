@@ -1,5 +1,5 @@
 """RSN2 layer speed, as ratios against references measured in the same run (interleaved repetitions,
-median of each).
+median CPU time of this process, so that other jobs on a shared machine do not skew the ratios).
 
 1. Masked Linear forward+backward over T tasks vs T plain nn.Linear of the same shape (target <= 1.3x):
    shared input (batch, in) -> (T, batch, out) in one matmul, and stacked inputs (T, batch, in) in one bmm.
@@ -38,9 +38,9 @@ def interleaved(fns: dict, reps: int) -> dict[str, float]:
     times = {k: [] for k in fns}
     for _ in range(reps):
         for k, f in fns.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             f()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(time.process_time() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -92,9 +92,9 @@ def packed_rows(reps: int):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "packed.safetensors"
         export(model, path)
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         packed = load_packed(path)
-        unpack = time.perf_counter() - t0
+        unpack = time.process_time() - t0
     model.eval(), packed.eval()
     with torch.no_grad():
         r = interleaved({"masked": lambda: model(x), "packed": lambda: packed(x)}, reps)
