@@ -83,3 +83,26 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Training curves of one run (train and validation loss, and validation metrics) as a PNG."""
+    if not history:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [r["epoch"] for r in history]
+    metrics = [k for k in history[0] if k.startswith("val_") and k != "val_loss"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for k in ("train_loss", "val_loss"):
+        axes[0].plot(epochs, [r[k] for r in history], label=k)
+    for k in metrics:
+        axes[1].plot(epochs, [r.get(k, math.nan) for r in history], label=k)
+    for ax, title in zip(axes, ("loss", "validation metrics")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -6,6 +6,9 @@ A run directory holds
     results.json    per-task metrics for every split, their means, epochs, timing, parameter count
     results.csv     the same as rows: split, task, metric, value
     model.safetensors  the weights (and buffers such as masks)
+    curves.png      training and validation curves
+    ...             whatever the model's optional write_artifacts(run_dir) -> dict writes (its dict goes to
+                    results.json as "artifacts")
 An existing directory is never overwritten: a name that is taken gets a -2, -3, ... suffix.
 """
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +29,7 @@ from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
 from .metrics import mean_over_tasks, primary
 from .registry import get_dataset, get_method
-from .report import fmt, text_table, write_csv
+from .report import plot_history, text_table, write_csv
 from .train import Hooks, TrainConfig, Trainer, evaluate_split, seed_everything
 
 log = logging.getLogger("manytask")
@@ -165,8 +167,11 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
                "mean": {s: mean_over_tasks(tables[s], data.tasks) for s in SPLITS}}
     if run_dir:
         save_model(model, str(run_dir / "model.safetensors"))
+        if hasattr(model, "write_artifacts"):  # optional: a model's own plots and tables, e.g. mixing weights
+            summary["artifacts"] = model.write_artifacts(run_dir) or {}
         (run_dir / "results.json").write_text(json.dumps({**summary, "splits": tables}, indent=2))
         write_csv(run_dir / "results.csv", ("split", "task", "metric", "value"), results_rows(tables))
+        plot_history(trainer.history, run_dir / "curves.png")
     if echo:
         print(task_table(data, tables))
         print(f"{spec.method} on {spec.data}: {summary['params']:,} parameters, {trainer.epoch} epochs "

@@ -13,11 +13,10 @@ step" returns a Hooks subclass from its builder and overrides some of:
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch

@@ -4,7 +4,6 @@ A new method gets these checks by registering itself."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from manytask.data.base import model_input
 from manytask.registry import METHODS, load_all

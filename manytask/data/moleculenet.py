@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import logging
-import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path

@@ -21,7 +21,7 @@ from ..data.base import MultiTaskData
 from ..metrics import mean_over_tasks, primary
 from ..registry import get_dataset, get_method
 from ..report import fmt, mean_std, pm, text_table, write_csv
-from ..runs import RunResult, RunSpec, load_data, resolve, train_run
+from ..runs import RunResult, load_data, resolve, train_run
 from ..train import TrainConfig
 
 
