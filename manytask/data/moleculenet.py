@@ -5,7 +5,8 @@ SMILES are dropped and counted, never fatal. Features are cached under the cache
 the file's sha256 and the featuriser settings. Splits: seeded random 80/10/10 or the Bemis-Murcko
 scaffold split as MoleculeNet defines it (largest scaffold groups to train first).
 
-Tox21 (7,831 molecules, 12 assays) is embedded; ToxCast, SIDER, ClinTox and MUV download on first use.
+Tox21 (7,831 molecules, 12 assays) is embedded; ToxCast, SIDER, ClinTox and MUV download on first use
+(MD5-checked) into the cache directory, or read a local copy given with data.path=.
 """
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ from .synthetic import fake_correlated_labels
 
 log = logging.getLogger("manytask")
 
-# name -> (url, sha256 or None when no checksum is published)
+# name -> (url, MD5 of the file as published with the MoleculeNet loaders of DeepChem/TorchDrug)
+_S3 = "https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/"
 SOURCES = {
-    "tox21": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/tox21.csv.gz", None),
-    "toxcast": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/toxcast_data.csv.gz", None),
-    "sider": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/sider.csv.gz", None),
-    "clintox": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/clintox.csv.gz", None),
-    "muv": ("https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/muv.csv.gz", None),
+    "tox21": (_S3 + "tox21.csv.gz", "2882d69e70bba0fec14995f26787cc25"),
+    "toxcast": (_S3 + "toxcast_data.csv.gz", "92911bbf9c1e2ad85231014859388cd6"),
+    "sider": (_S3 + "sider.csv.gz", "77c0ef421f7cc8ce963c5836c8761fd2"),
+    "clintox": (_S3 + "clintox.csv.gz", "db4f2df08be8ae92814e9d6a2d015284"),
+    "muv": (_S3 + "muv.csv.gz", "9c40bd41310991efd40f4d4868fa3ddf"),
 }
 
 
@@ -214,10 +216,10 @@ def load_any(cfg: MoleculeNetConfig) -> MultiTaskData:
 
 
 def _downloadable(name: str):
-    url, sha = SOURCES[name]
+    url, md5 = SOURCES[name]
 
     def load(cfg: MoleculeNetConfig) -> MultiTaskData:
-        return load_csv(cfg, name, None if cfg.path else fetch(url, sha))
+        return load_csv(cfg, name, None if cfg.path else fetch(url, md5, "md5"))
     return load
 
 
