@@ -18,6 +18,7 @@ ICNN.dropout=0.5). Every ICNN run directory gets connectors.csv/png (the last in
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -286,3 +287,54 @@ def icnn_prune(overrides: list[str], out: Path):
         (out / "summary.json").write_text(json.dumps({"experiment": "icnn-prune"}))
     finish_dir(out, "icnn-prune", extra)
     return rows
+
+
+@register_experiment("icnn-merge", "merge icnn-tox21(-noise) directories run with different seeds= into one table")
+def icnn_merge(overrides: list[str], out: Path):
+    """from=DIR1,DIR2,...: directories of the SAME experiment (icnn-tox21 or icnn-tox21-noise) run with
+    different seeds (e.g. in parallel processes); writes the combined table.csv / table.txt /
+    summary.json to out, with the paper's column and the ICNN - NN2 STL difference over all seeds."""
+    kv = split_overrides(list(overrides))
+    dirs = [Path(d) for d in kv.pop("from", "").split(",") if d.strip()]
+    if kv or not dirs:
+        raise ConfigError("icnn-merge takes only from=DIR1,DIR2,... (experiment directories with table.csv)")
+    summaries = []
+    for d in dirs:
+        if not (d / "summary.json").exists():
+            raise ConfigError(f"from=: {d} has no summary.json; is it a finished icnn-tox21 run?")
+        summaries.append(json.loads((d / "summary.json").read_text()))
+    names = {s["experiment"] for s in summaries}
+    if len(names) != 1 or names - {"icnn-tox21", "icnn-tox21-noise"}:
+        raise ConfigError(f"from=: need directories of one experiment (icnn-tox21 or icnn-tox21-noise), got {sorted(names)}")
+    name = names.pop()
+    seeds = [s for sm in summaries for s in sm["seeds"]]
+    per: dict[tuple[str, str], list[float]] = {}
+    for d in dirs:
+        for r in csv.DictReader(open(d / "table.csv")):
+            per.setdefault((r["contender"], r["task"]), []).extend(json.loads(r["per_seed"]))
+    labels = list(dict.fromkeys(c for c, _ in per))
+    tasks = list(dict.fromkeys(t for _, t in per))
+    paper = paper_table(_T1 if name == "icnn-tox21" else _T2)
+    rows = [[t, *(pm(per[(lb, t)]) for lb in labels), *(fmt(paper[p].get(t, math.nan), 2) for p in paper)] for t in tasks]
+
+    def mean_over(label, subset):  # mean over `subset` tasks of the test AUC, one value per seed
+        return [float(np.nanmean([per[(label, t)][i] for t in subset])) for i in range(len(seeds))]
+
+    rows.append(["mean auc", *(pm(mean_over(lb, tasks)) for lb in labels), *(fmt(float(np.mean(list(paper[p].values()))), 3) for p in paper)])
+    if name == "icnn-tox21-noise":
+        rows.append(["mean auc (12 Tox21)", *(pm(mean_over(lb, TOX21)) for lb in labels), *([""] * len(paper))])
+    rows.append(["parameters", *(f"{summaries[0]['contenders'][lb]['params']:,}" for lb in labels), *([""] * len(paper))])
+    table = text_table(["task", *labels, *(f"paper {p}" for p in paper)], rows)
+    diff = [a - b for a, b in zip(mean_over("ICNN", TOX21), mean_over("NN2_STL", TOX21))]
+    line = f"ICNN - NN2_STL, mean test AUC over the 12 Tox21 tasks: {pm(diff)} (per seed {[round(v, 4) for v in diff]})"
+    print(f"{name}, seeds {seeds}")
+    print(table)
+    print(line)
+    write_csv(out / "table.csv", ("contender", "task", "mean", "std", "per_seed"),
+              [(lb, t, *mean_std(per[(lb, t)]), json.dumps(per[(lb, t)])) for lb in labels for t in tasks])
+    (out / "table.txt").write_text(f"{name}, seeds {seeds}\n{table}\n{line}\n")
+    extra = {k: [sm.get(k) for sm in summaries] for k in ("connector_blocks", "seconds") if k in summaries[0]}
+    (out / "summary.json").write_text(json.dumps({"experiment": name, "merged_from": [str(d) for d in dirs], "seeds": seeds,
+                                                  "icnn_minus_nn2_tox21": dict(zip(("mean", "std"), mean_std(diff))),
+                                                  "mean_test_auc": {lb: mean_over(lb, tasks) for lb in labels}, **extra}, indent=2))
+    return table

@@ -12,7 +12,7 @@ import pytest
 from manytask.config import ConfigError
 from manytask.data.base import MultiTaskData, Split
 from manytask.data.moleculenet import embedded_tox21
-from manytask.experiments.icnn import (TOX21, contenders, icnn_prune, icnn_tox21, icnn_tox21_fake,
+from manytask.experiments.icnn import (TOX21, contenders, icnn_merge, icnn_prune, icnn_tox21, icnn_tox21_fake,
                                        icnn_tox21_noise)
 from manytask.methods.icnn import ICNN
 from manytask.nn.mlp import mlp_params
@@ -54,8 +54,17 @@ def read(path):
     return list(csv.DictReader(open(path)))
 
 
-def test_icnn_tox21_end_to_end(tiny_csv, tmp_path):
-    res = icnn_tox21([tiny_csv, *TINY], tmp_path)
+@pytest.fixture(scope="module")
+def two_seeds(tiny_csv, tmp_path_factory):
+    """icnn-tox21 run twice, with seeds=0 and seeds=1 (as parallel processes would)."""
+    a, b = tmp_path_factory.mktemp("seed0"), tmp_path_factory.mktemp("seed1")
+    res = icnn_tox21([tiny_csv, *TINY], a)
+    icnn_tox21([tiny_csv, *TINY[:1], "seeds=1", *TINY[2:]], b)
+    return res, a, b
+
+
+def test_icnn_tox21_end_to_end(two_seeds):
+    res, tmp_path, _ = two_seeds
     assert set(res.runs) == {"ICNN", "NN_MTL", "NN_STL", "NN2_STL", "ICNN_joint"}
     assert res.runs["ICNN_joint"][0].spec.method_cfg.isolate is False and res.runs["ICNN"][0].spec.method_cfg.isolate
     rows = read(tmp_path / "table.csv")
@@ -70,6 +79,19 @@ def test_icnn_tox21_end_to_end(tiny_csv, tmp_path):
     assert (run_dir / "connectors.png").stat().st_size > 0
     assert (tmp_path / "connectors_mean.png").exists()
     assert "paper ICNN" in res.table
+
+
+def test_merge_combines_seed_directories(two_seeds, tmp_path):
+    res, a, b = two_seeds
+    icnn_merge([f"from={a},{b}"], tmp_path)
+    rows = {(r["contender"], r["task"]): json.loads(r["per_seed"]) for r in read(tmp_path / "table.csv")}
+    one = {(r["contender"], r["task"]): json.loads(r["per_seed"]) for r in read(a / "table.csv")}
+    same = lambda x, y: x == y or (math.isnan(x) and math.isnan(y))
+    assert rows.keys() == one.keys() and all(len(v) == 2 and same(v[0], one[k][0]) for k, v in rows.items())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["mean_test_auc"]["ICNN"]) == 2
+    with pytest.raises(ConfigError, match="from="):
+        icnn_merge([f"from={tmp_path / 'nope'}"], tmp_path)
 
 
 def test_noise_adds_four_fake_tasks_and_reports_blocks(tiny_csv, tmp_path):
