@@ -234,12 +234,12 @@ def size_summary(per_seed: list[dict]) -> dict:
     return s
 
 
-def comparison(name: str, out: Path, data: MultiTaskData, rsn2: dict[str, list[float]],
+def comparison(name: str, out: Path, tasks: list[Task], rsn2: dict[str, list[float]],
                ctrl: dict[str, list[float]], extra: dict, labels: dict[str, str] | None = None) -> dict:
     """Rows per task: rsn2 and control, mean ± std over seeds, the difference of the means, within bound."""
     header = ["task", "metric", "rsn2", "control", "rsn2 - control", "within bound"]
     rows, ok = [], {}
-    for t in data.tasks:
+    for t in tasks:
         if t.name not in rsn2:
             continue
         m_r, m_c = mean_std(rsn2[t.name])[0], mean_std(ctrl[t.name])[0]
@@ -320,7 +320,7 @@ def split(overrides: list[str], out: Path):
             ctrl.setdefault(t.name, []).append(score(test_scores(controls[-1], one)[t.name], t))
         sizes.append(sizes_row(sd, model, controls))
         checks.append(packed_equal(model, data, sd / "rsn2_packed.safetensors"))
-    return comparison("rsn2-split", out, data, rsn2, ctrl, {
+    return comparison("rsn2-split", out, data.tasks, rsn2, ctrl, {
         "packed_max_abs_diff": max(checks),
         "seeds": list(st.seeds), "seconds": time.perf_counter() - t0, "class_splits": splits,
         "control_10_classes": ten, "sizes": size_summary(sizes), "data": base.name,
@@ -371,6 +371,9 @@ def staged(name: str, out: Path, data: MultiTaskData, st: Settings, stages: list
         report, ok = ownership_report(model)
         eq3.append(ok)
         (sd / "ownership.json").write_text(json.dumps(report, indent=1))
+        (sd / "scores.json").write_text(json.dumps({"rsn2": {k: v[-1] for k, v in rsn2.items()},
+                                                    "control": {k: v[-1] for k, v in ctrl.items()},
+                                                    "bit_identical": identical, "sizes": sizes[-1]}, indent=1))
     forgetting_outputs(out, rows, data, group_of)
     # groups with several tasks (Tox21's 12 assays): also their mean, the paper's one-subnetwork view
     for g in dict.fromkeys(group_of.values()):
@@ -378,8 +381,7 @@ def staged(name: str, out: Path, data: MultiTaskData, st: Settings, stages: list
         if len(ts) > 1:
             for d in (rsn2, ctrl):
                 d[f"{g} (mean of {len(ts)})"] = [float(np.nanmean([d[t.name][i] for t in ts])) for i in range(len(st.seeds))]
-    shown = MultiTaskData(data.name, data.tasks + [Task(k, "binary") for k in rsn2 if k.endswith(")")],
-                          data.train, data.val, data.test, data.meta) if any(k.endswith(")") for k in rsn2) else data
+    shown = data.tasks + [Task(k, "binary") for k in rsn2 if k.endswith(")")]  # table rows of the group means
     return comparison(name, out, shown, rsn2, ctrl, {
         "seeds": list(st.seeds), "seconds": time.perf_counter() - t0, "stages": stages,
         "earlier_stages_bit_identical": same, "eq3_on_every_layer": eq3, "packed_max_abs_diff": max(checks),
