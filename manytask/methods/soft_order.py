@@ -91,6 +91,10 @@ class SoftOrder(nn.Module):
             return torch.softmax(self.scores, dim=-1)
         return nn.functional.one_hot(self.order, self.depth).float()
 
+    def write_artifacts(self, run_dir: Path) -> dict:
+        """Called by runs.train_run: mixing.csv and mixing.png in the run directory (see write_mixing)."""
+        return {"ordering_distance": write_mixing(self, run_dir)}
+
     def forward(self, x):
         hs = [self.encoders[t.name](t.select(x)) for t in self.tasks]  # T x (n_t, *feat)
         sizes = [h.shape[0] for h in hs]

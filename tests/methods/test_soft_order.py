@@ -4,6 +4,7 @@ fail with a one-line ConfigError."""
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 
 from manytask.config import ConfigError
 from manytask.data.base import model_input
-from manytask.methods.soft_order import SoftOrderConfig, build, ordering_distance, write_mixing
-from manytask.runs import RunSpec, evaluate_run, resolve, train_run
+from manytask.methods.soft_order import SoftOrderConfig, build, ordering_distance
+from manytask.runs import evaluate_run, resolve, train_run
 from manytask.train import TrainConfig, Trainer
 
 from ..conftest import tiny_multi, tiny_shared
@@ -141,8 +142,9 @@ def test_learned_orderings_differ_between_tasks(tmp_path):
     run = train_run(spec, out=tmp_path, name="run", echo=False)
     mix = run.model.mixing().detach().numpy()  # (3, 4, 4)
     assert not np.allclose(mix, 0.25, atol=1e-3)  # moved away from uniform
-    dist = write_mixing(run.model, run.dir)
+    dist = run.summary["artifacts"]["ordering_distance"]  # train_run wrote mixing.csv and mixing.png
     assert dist == pytest.approx(ordering_distance(mix)) and dist > 0.01
+    assert json.loads((run.dir / "results.json").read_text())["artifacts"]["ordering_distance"] == dist
     rows = list(csv.DictReader(open(run.dir / "mixing.csv")))
     assert len(rows) == 3 * 4 * 4
     sums = {}
