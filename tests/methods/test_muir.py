@@ -10,6 +10,7 @@ from manytask.config import ConfigError
 from manytask.experiments.muir import fit_steps
 from manytask.methods.muir import MuirHooks, MuirNet
 from manytask.registry import get_dataset, get_method
+from manytask.runs import resolve
 from manytask.tasks import Task
 from manytask.train import TrainConfig, Trainer
 
@@ -122,3 +123,21 @@ def test_default_architectures_and_bad_config():
         get_method("muir").fn(tasks, shapes, get_method("muir").config(alignment=(0, 1)))
     with pytest.raises(ConfigError, match="challenger_mass"):
         get_method("muir").fn(tasks, shapes, get_method("muir").config(challenger_mass=1.0))
+
+
+def test_ea_finds_the_known_alignment_of_a_toy_problem():
+    """6 linear tasks in 2 rank-one groups, 6 training points each in 8 dims (a task alone cannot pin its
+    direction): from one hypermodule per task, the EA must end with exactly the two groups."""
+    over = {"data.tasks": "6", "data.groups": "2", "data.dim": "8", "data.train": "9", "data.val": "3",
+            "widths": "", "bias": "false", "block": "1,8", "context": "1", "challengers": "2",
+            "challenger_mass": "0.8", "soft_lr": "0.05", "steps_per_generation": "50", "generations": "8",
+            "final": "1", "lr": "0.01", "progress": "false"}
+    spec = resolve("grouped_regression", "muir", over)
+    data = get_dataset("grouped_regression").fn(spec.data_cfg)
+    model, hooks, _ = fit_steps(spec, data, 10**6)
+    assert hooks.history[0]["modules"] == 6 and hooks.steps == 9 * 50
+    groups = sorted(sorted(v) for v in model.sharing().values())
+    assert groups == [["t00", "t01", "t02"], ["t03", "t04", "t05"]]
+    # the single-task control (alignment never changes) shares nothing
+    control, _, _ = fit_steps(resolve("grouped_regression", "muir", {**over, "generations": "0", "final": "9"}), data, 10**6)
+    assert len(control.sharing()) == 6
