@@ -395,4 +395,8 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2
     if not 0 < keep <= 1:
         raise ConfigError(f"keep={cfg.keep}: the fraction of weights a subnetwork keeps must be in (0, 1]")
     model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every)
+    for name, _, local in model.layers():  # capacity, before any data is touched
+        if keep * len(local) > 1 + 1e-9:
+            raise ConfigError(f"keep={keep:g} for {len(local)} subnetworks on layer {name} sums to "
+                              f"{keep * len(local):.3f} > 1; use keep <= {1 / len(local):.4f} (pruning rate = 1 - keep)")
     return model, RSN2Hooks(keep, cfg.criterion, cfg.mask_batch)

@@ -100,6 +100,8 @@ def test_capacity_check_names_layer_and_subnetworks():
         select_masks(model, data, 0.5)
     with pytest.raises(ConfigError, match="keep=1.5"):
         make(data, keep=1.5)
+    with pytest.raises(ConfigError, match=r"keep=0.5 for 3 subnetworks on layer first\.0 sums to 1\.500 > 1"):
+        make(data, keep=0.5, groups="task")  # caught by the builder, before training starts
 
 
 def stage_data():
