@@ -9,13 +9,17 @@ A model receives the single input tensor when there is one input, else the dict 
 """
 from __future__ import annotations
 
+import csv
+import gzip
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from ..tasks import Task
 
 
@@ -177,3 +181,35 @@ def hide_labels(data: MultiTaskData, labelled: int, unlabelled: int | None = Non
         labels[task] = y
     meta = {**data.meta, "labelled": labelled, "unlabelled": u, "label_seed": seed}
     return MultiTaskData(data.name, data.tasks, Split({name: x[order]}, labels), data.val, data.test, meta)
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """(header, data rows) of a CSV (.csv or .csv.gz) whose rows all have the header's length; a
+    missing, unreadable, empty or ragged file is a one-line ConfigError."""
+    if not path.exists():
+        raise ConfigError(f"data file {path} does not exist; pass an existing CSV with data.path=...")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ConfigError(f"{path}: not a readable CSV ({e}); expected a header row and data rows") from None
+    if not rows:
+        raise ConfigError(f"{path} is empty; expected a header row and data rows")
+    header = [h.strip() for h in rows[0]]
+    for r, row in enumerate(rows[1:]):
+        if len(row) != len(header):
+            raise ConfigError(f"{path}, line {r + 2}: {len(row)} fields where the header has {len(header)}; "
+                              "fix the row or quote fields that contain commas")
+    return header, rows[1:]
+
+
+def parse_number(text: str, path: Path, line: int, column: str, hint: str) -> float:
+    """float(text), NaN for a blank; anything else is a ConfigError naming the line and column."""
+    text = text.strip()
+    if not text:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{path}, line {line}, column {column!r}: {text!r} is not a number; {hint}") from None

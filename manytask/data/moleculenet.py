@@ -10,8 +10,6 @@ Tox21 (7,831 molecules, 12 assays) is embedded; ToxCast, SIDER, ClinTox and MUV 
 """
 from __future__ import annotations
 
-import csv
-import gzip
 import logging
 from dataclasses import dataclass
 from importlib import resources
@@ -24,7 +22,7 @@ import torch
 from ..config import ConfigError
 from ..registry import register_dataset
 from ..tasks import Task
-from .base import MultiTaskData, random_split_indices, split_arrays
+from .base import MultiTaskData, parse_number, random_split_indices, read_csv_rows, split_arrays
 from .download import cache_dir, fetch, file_hash
 from .synthetic import fake_correlated_labels
 
@@ -64,18 +62,7 @@ def embedded_tox21() -> Path:
 
 def read_csv(path: Path, smiles_col: str, task_cols: tuple[str, ...]) -> tuple[list[str], list[str], np.ndarray]:
     """-> (smiles (n,), task names (T,), labels (n, T) float32 with NaN for blanks)."""
-    if not path.exists():
-        raise ConfigError(f"data file {path} does not exist; pass an existing CSV with data.path=...")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"{path}: not a readable CSV ({e}); expected a header row with a "
-                          f"{smiles_col!r} column") from None
-    if not rows:
-        raise ConfigError(f"{path} is empty; expected a header row with a {smiles_col!r} column")
-    header = [h.strip() for h in rows[0]]
+    header, rows = read_csv_rows(path)
     if smiles_col not in header:
         raise ConfigError(f"{path} has no SMILES column {smiles_col!r}; its columns are {', '.join(header)}; "
                           "name the right one with data.smiles_col=...")
@@ -87,20 +74,11 @@ def read_csv(path: Path, smiles_col: str, task_cols: tuple[str, ...]) -> tuple[l
     if not names:
         raise ConfigError(f"{path} has a SMILES column but no task columns")
     cols = [header.index(c) for c in names]
-    smiles, labels = [], np.full((len(rows) - 1, len(names)), np.nan, dtype=np.float32)
-    for r, row in enumerate(rows[1:]):
-        if len(row) != len(header):
-            raise ConfigError(f"{path}, line {r + 2}: {len(row)} fields where the header has {len(header)}; "
-                              "fix the row or quote fields that contain commas")
+    smiles, labels = [], np.full((len(rows), len(names)), np.nan, dtype=np.float32)
+    for r, row in enumerate(rows):
         smiles.append(row[s_idx].strip())
         for j, c in enumerate(cols):
-            v = row[c].strip()
-            if v:
-                try:
-                    labels[r, j] = float(v)
-                except ValueError:
-                    raise ConfigError(f"{path}, line {r + 2}, column {names[j]!r}: {v!r} is not a number; "
-                                      "labels must be numbers or blank for missing") from None
+            labels[r, j] = parse_number(row[c], path, r + 2, names[j], "labels must be numbers or blank for missing")
     return smiles, names, labels
 
 

@@ -6,8 +6,6 @@ regression targets too (so MSE is in units of the target's std), unless turned o
 """
 from __future__ import annotations
 
-import csv
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,7 +16,7 @@ import torch
 from ..config import ConfigError
 from ..registry import register_dataset
 from ..tasks import Task
-from .base import MultiTaskData, Split, random_split_indices
+from .base import MultiTaskData, Split, parse_number, random_split_indices, read_csv_rows
 
 
 def infer_kind(y: np.ndarray) -> str:
@@ -67,34 +65,16 @@ class TabularConfig:
 
 
 def read_table(path: Path, targets: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    if not path.exists():
-        raise ConfigError(f"data file {path} does not exist; pass an existing CSV with data.path=...")
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"{path}: not a readable CSV ({e})") from None
-    if len(rows) < 2:
+    header, rows = read_csv_rows(path)
+    if not rows:
         raise ConfigError(f"{path}: needs a header row and at least one data row")
-    header = [h.strip() for h in rows[0]]
     if not targets:
         raise ConfigError(f"name the target column(s) with data.target=COL[,COL]; columns: {', '.join(header)}")
     missing = [t for t in targets if t not in header]
     if missing:
         raise ConfigError(f"{path} has no column(s) {missing}; its columns are {', '.join(header)}")
-    values = np.full((len(rows) - 1, len(header)), np.nan, dtype=np.float64)
-    for r, row in enumerate(rows[1:]):
-        if len(row) != len(header):
-            raise ConfigError(f"{path}, line {r + 2}: {len(row)} fields where the header has {len(header)}")
-        for c, v in enumerate(row):
-            v = v.strip()
-            if v:
-                try:
-                    values[r, c] = float(v)
-                except ValueError:
-                    raise ConfigError(f"{path}, line {r + 2}, column {header[c]!r}: {v!r} is not a number; "
-                                      "encode categorical columns as numbers first") from None
+    values = np.array([[parse_number(v, path, r + 2, header[c], "encode categorical columns as numbers first")
+                        for c, v in enumerate(row)] for r, row in enumerate(rows)], dtype=np.float64)
     feat = [c for c, h in enumerate(header) if h not in targets]
     if not feat:
         raise ConfigError(f"{path}: no feature columns left besides the targets")
