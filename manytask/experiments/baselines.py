@@ -7,6 +7,7 @@ from ..registry import register_experiment
 from .runner import Contender, compare
 
 DEMO = [Contender("hard_sharing", "hard_sharing"), Contender("stl", "stl")]
+DEMO.append(Contender("icnn", "icnn", {"widths": "32,16"}))  # interconnected subnetworks (thesis 000), small widths
 
 
 @register_experiment("demo", "Tox21 (embedded): hard sharing vs single-task nets, one seed, a few minutes")
