@@ -182,7 +182,7 @@ def fit_patterns(ordering: str, cfg: PatternsConfig, seed: int) -> tuple[float, 
 
 @register_experiment("soft-order-patterns",
                      "the slides' expressivity test: two tasks fitted to random patterns on the same inputs; "
-                     "parallel ordering cannot fit both, permuted can (5 seeds, under a minute)")
+                     "parallel ordering cannot fit both, permuted can (5 seeds, about 25 s of CPU)")
 def soft_order_patterns(overrides: list[str], out: Path) -> dict:
     kv = split_overrides(overrides)
     seeds = SEEDS

@@ -182,3 +182,16 @@ def test_conv_needs_one_image_size():
         build(tasks, {"a": (1, 8, 8), "b": (1, 28, 28)}, SoftOrderConfig(conv=True))
     with pytest.raises(ConfigError, match="ordering=.*choose one of"):
         resolve("digit_pairs", "soft_order", {"ordering": "random"})
+
+
+def test_scores_get_their_own_learning_rate():
+    data = tiny_shared()
+    model, hooks = build(data.tasks, data.input_shapes, SoftOrderConfig(scores_lr=0.05))
+    tr = Trainer(model, data, TrainConfig(lr=1e-3, progress=False), hooks)
+    groups = tr.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 0.05]
+    assert groups[1]["params"] == [model.scores]
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert not isinstance(build(data.tasks, data.input_shapes, SoftOrderConfig(ordering="parallel", scores_lr=0.05)), tuple)
+    with pytest.raises(ConfigError, match="scores_lr"):
+        build(data.tasks, data.input_shapes, SoftOrderConfig(scores_lr=-1.0))
