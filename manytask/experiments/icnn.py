@@ -228,8 +228,8 @@ class KeepPruned(Hooks):
 
 @register_experiment("icnn-prune", "thesis s. 6.2: prune ICNN connectors after training, fine-tune, report the change")
 def icnn_prune(overrides: list[str], out: Path):
-    """Train ICNN on Tox21 (3 seeds) or load trained ICNN runs (from=DIR: an icnn-tox21 directory, whose
-    ICNN/seed* runs are used, or one run directory); then zero the prune=FRACTION smallest-|w| connectors
+    """Train ICNN on Tox21 (3 seeds) or load trained ICNN runs (from=DIR,...: icnn-tox21 directories, whose
+    ICNN/seed* runs are used, or run directories); then zero the prune=FRACTION smallest-|w| connectors
     of each inter-layer and fine-tune finetune=EPOCHS epochs with them held at zero. Reports parameters
     and mean test AUC before, after pruning, and after fine-tuning. connector_l1= trains with the L1
     penalty first (thesis s. 8). The pruned weights go to out/pruned-seedS.safetensors."""
@@ -242,10 +242,12 @@ def icnn_prune(overrides: list[str], out: Path):
         raise ConfigError("prune= is a fraction in [0, 1) and finetune= a number of epochs >= 0, e.g. prune=0.9 finetune=3")
     source = kv.pop("from", "")
     if source:
-        src = Path(source)
-        dirs = [src] if (src / "config.json").exists() else sorted(src.glob("ICNN/seed*"))
-        if not dirs:
-            raise ConfigError(f"from={source}: neither a run directory nor an experiment directory with ICNN/seed* runs")
+        dirs = []
+        for src in (Path(s) for s in source.split(",") if s.strip()):
+            found = [src] if (src / "config.json").exists() else sorted(src.glob("ICNN/seed*"))
+            if not found:
+                raise ConfigError(f"from={src}: neither a run directory nor an experiment directory with ICNN/seed* runs")
+            dirs += found
         trained = []
         for d in dirs:
             spec, data, model = load_run(d)
