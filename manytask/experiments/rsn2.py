@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -30,7 +29,6 @@ from sklearn.metrics import f1_score
 from ..config import ConfigError, apply, field_types, split_overrides
 from ..data.base import MultiTaskData, Split, combine
 from ..data.images import image_data, load_idx_dir
-from ..metrics import primary
 from ..methods.rsn2 import RSN2Config, RSN2Net, build, export, load_packed, train_stages
 from ..nn.masked import check_disjoint, ownership_report
 from ..registry import get_dataset, register_experiment
@@ -78,7 +76,7 @@ def parse(overrides: list[str], train: dict, method: dict) -> Settings:
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}; valid: seeds, data.dir, data.dir2, data.limit, training keys "
                           f"({', '.join(sorted(tkeys))}), rsn2 keys ({', '.join(sorted(mkeys))})")
-    t = apply(apply(TrainConfig(), {}, "training"), {k: v for k, v in kv.items() if k in tkeys}, "training")
+    t = apply(TrainConfig(), {k: v for k, v in kv.items() if k in tkeys}, "training")
     t = dataclasses.replace(t, **{k: v for k, v in train.items() if k not in kv})
     m = apply(RSN2Config(), {k: v for k, v in kv.items() if k in mkeys}, "rsn2")
     m = dataclasses.replace(m, **{k: v for k, v in method.items() if k not in kv})
