@@ -31,7 +31,7 @@ from scipy.stats import ttest_rel
 
 from ..config import ConfigError, apply, split_overrides
 from ..data.base import MultiTaskData, hide_labels
-from ..registry import register_experiment
+from ..registry import get_method, register_experiment
 from ..report import fmt, line_plot, mean_std, text_table, write_csv
 from ..runs import load_data, resolve, train_run
 from ..weighting import SCHEDULES, Schedule
@@ -85,13 +85,8 @@ def parse(overrides: list[str], defaults: dict[str, str], grid: Grid, data_name:
 
 def label(schedule: str, run_kv: dict[str, str]) -> str:
     """The paper's name of a schedule with this run's t1 / sigma, e.g. exp_10."""
-    spec = resolve_defaults(run_kv)
-    return Schedule(schedule, 1, spec.t1, spec.sigma, 1.0).label
-
-
-def resolve_defaults(run_kv):
-    from ..registry import get_method
-    return apply(get_method("evolving").config(), {k: v for k, v in run_kv.items() if k in ("t1", "sigma")}, "evolving")
+    cfg = apply(get_method("evolving").config(), {k: v for k, v in run_kv.items() if k in ("t1", "sigma")}, "evolving")
+    return Schedule(schedule, 1, cfg.t1, cfg.sigma, 1.0).label
 
 
 def grid_run(name: str, data_name: str, base: MultiTaskData, grid: Grid, run_kv: dict[str, str], out: Path,
