@@ -54,7 +54,7 @@ def test_image_experiments_run_end_to_end(name, tmp_path, capsys):
     get_experiment(name).fn(TINY, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert (tmp_path / "table.csv").exists() and (tmp_path / "seed0" / "rsn2_packed.safetensors").exists()
-    assert summary["packed_max_abs_diff"] <= 1e-6 if "packed_max_abs_diff" in summary else True
+    assert summary["packed_max_abs_diff"] <= 1e-6
     s = summary["sizes"]
     assert s["packed"] < s["unpacked"]
     if name == "rsn2-multidomain-conv":
