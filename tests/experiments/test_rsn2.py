@@ -84,6 +84,6 @@ def test_acceptance(name, tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["all_within"], summary.get("within")
     assert summary["sizes"]["packed_over_one_control"] <= 1.1
-    assert summary.get("packed_max_abs_diff", 0.0) <= 1e-6
+    assert summary["packed_max_abs_diff"] <= 1e-6
     if "earlier_stages_bit_identical" in summary:
         assert all(summary["earlier_stages_bit_identical"]) and all(summary["eq3_on_every_layer"])
