@@ -110,7 +110,7 @@ def _run(name: str, data_name: str, defaults: list[str], overrides: list[str], o
                      "training examples each (embedded digits; data.dir=IDX folder for MNIST), 5 seeds, paired tests")
 def soft_order_digits(overrides: list[str], out: Path) -> ExperimentResult:
     return _run("soft-order-digits", "digit_pairs",
-                ["epochs=150", "patience=20", "batch_size=16", "lr=0.003", "data.n_train=10", "progress=false"], overrides, out)
+                ["epochs=150", "patience=50", "batch_size=16", "lr=0.003", "data.n_train=10", "progress=false"], overrides, out)
 
 
 @dataclass
