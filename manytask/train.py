@@ -101,7 +101,7 @@ def predict_split(model: nn.Module, split: Split, tasks: list[Task], batch_size:
         x = {k: split.inputs[k][start:start + batch_size].to(device) for k in names}
         out = model(model_input(x))
         for t in tasks:
-            parts[t.name].append(out[t.name].reshape(x[t.input].shape[0], -1).float().cpu())
+            parts[t.name].append(out[t.name].reshape(x[t.input].shape[0], t.outputs).float().cpu())
     model.train(was_training)
     return {t: torch.cat(p) for t, p in parts.items()}
 

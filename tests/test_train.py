@@ -65,3 +65,14 @@ def test_training_a_task_subset_leaves_other_heads_alone():
     after = model.state_dict()
     assert not torch.equal(before["nets.bin.1.weight"], after["nets.bin.1.weight"])
     assert torch.equal(before["nets.reg.1.weight"], after["nets.reg.1.weight"])
+
+
+def test_evaluation_handles_inputs_of_very_different_sizes():
+    """Chunks past the end of the smaller input carry 0 rows; every task still gets all its rows."""
+    from .conftest import tiny_multi
+    data = tiny_multi()
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False))
+    model, _ = build(spec, data)
+    table, _ = evaluate_split(model, data.train, data.tasks, batch_size=20)  # img has 48 rows, tab 32
+    assert table["img"]["n"] == 48 and table["tab_bin"]["n"] == 32

@@ -69,6 +69,11 @@ class ICNN(nn.Module):
             a = self.drop(self.act(layer(a)))  # (batch, N, w_j)
         return {t.name: head(a[:, i]) for i, (t, head) in enumerate(zip(self.tasks, self.heads))}  # (batch, outputs)
 
+    def write_artifacts(self, run_dir: Path) -> dict:
+        """Every run directory gets the last inter-layer's connector heatmap (connectors.csv/.png)."""
+        paths = connector_heatmap(self, [t.name for t in self.tasks], Path(run_dir) / "connectors")
+        return {"connector_heatmap": [p.name for p in paths]}
+
     def root_params_per_subnetwork(self, task: int = 0) -> int:
         """Root weights and biases of one subnetwork (first layer, inter-layer roots, head): the size of
         the thesis's NN2 STL network."""
