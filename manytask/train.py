@@ -162,7 +162,8 @@ class Trainer:
         best_loss, best_state, waited = math.inf, None, 0
         self.model.train()
         self.hooks.before_training(self)
-        bar = tqdm(range(cfg.epochs), desc="train", disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(range(cfg.epochs), desc="train", disable=None if cfg.progress else True,  # None: off when not a terminal
+                   leave=False, dynamic_ncols=True)
         for _ in bar:
             self.epoch += 1
             t0, losses = time.perf_counter(), []
