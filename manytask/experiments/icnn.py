@@ -30,7 +30,6 @@ from safetensors.torch import save_model
 from ..config import ConfigError, split_overrides
 from ..data.base import MultiTaskData
 from ..metrics import mean_over_tasks
-from ..methods.icnn import connector_heatmap
 from ..nn.interconnected import apply_masks, count_connectors, prune_connectors
 from ..nn.mlp import mlp_params
 from ..registry import register_experiment
@@ -101,12 +100,11 @@ def prepare(overrides: list[str], data_defaults: list[str]) -> tuple[MultiTaskDa
 
 
 def heatmaps(result: ExperimentResult, label: str = "ICNN") -> np.ndarray:
-    """connectors.csv/png in every ICNN run directory and their mean over seeds in the experiment
-    directory; -> the mean (N_src, N_dst) matrix of the last inter-layer."""
+    """The mean over seeds of the connectors.csv that every ICNN run directory holds (ICNN.write_artifacts),
+    as CSV and PNG in the experiment directory; -> the mean (N_src, N_dst) matrix of the last inter-layer."""
     names = [t.name for t in result.data.tasks]
     mats = []
     for r in result.runs[label]:
-        connector_heatmap(r.model, names, r.dir / "connectors")
         mats.append(np.loadtxt(r.dir / "connectors.csv", delimiter=",", skiprows=1, usecols=range(1, len(names) + 1)))
     mean = np.mean(mats, axis=0)
     write_csv(result.dir / "connectors_mean.csv", ("source", *names), [(n, *row) for n, row in zip(names, mean)])
