@@ -23,4 +23,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .manytask-cache
+	rm -rf $(VENV) runs
