@@ -166,12 +166,12 @@ def hide_labels(data: MultiTaskData, labelled: int, unlabelled: int | None = Non
     nested: for one seed, a larger `unlabelled` adds rows to a smaller one, and `labelled` rows come first.
     One shared input only (train rows are rows of that input)."""
     if not data.shared_input:
-        raise ValueError(f"hide_labels needs one shared input, {data.name} has {data.input_names}")
+        raise ConfigError(f"hide_labels needs one shared input, {data.name} has {data.input_names}")
     (name, x), = data.train.inputs.items()
     n = int(x.shape[0])
     u = n - labelled if unlabelled is None else unlabelled
     if labelled < 0 or u < 0 or labelled + u > n:
-        raise ValueError(f"{data.name}: asked for {labelled} labelled + {u} unlabelled training rows, "
+        raise ConfigError(f"{data.name}: asked for {labelled} labelled + {u} unlabelled training rows, "
                          f"the training split has {n}; lower l or u (u=None takes all the rest)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:labelled + u]  # (l + u,)
     labels = {}

@@ -229,10 +229,8 @@ def crossmodal(overrides: list[str], out: Path):
     """Overrides as for every compare() experiment: seeds=0,1, epochs=..., data.KEY=..., LABEL.KEY=..."""
     contenders = [Contender("single-task", "muir", {**CROSS_METHOD, "generations": "0"}),
                   Contender("muir", "muir", CROSS_METHOD)]
-    # eval_batch_size: one evaluation chunk per split, since the inputs differ in size and the core
-    # predict_split cannot reshape a 0-row chunk of an input that has run out
     result = compare("muir-crossmodal", "crossmodal", contenders, seeds=(0,),
-                     overrides=["epochs=10", "patience=0", "progress=false", "eval_batch_size=100000", *overrides], out=out)
+                     overrides=["epochs=10", "patience=0", "progress=false", *overrides], out=out)
     tasks = [t.name for t in result.data.tasks]
     for run in result.runs["muir"]:
         write_sharing(run.trainer.hooks.history, tasks, run.dir, "cross-modal:")
