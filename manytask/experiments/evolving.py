@@ -27,12 +27,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import ttest_rel
 
 from ..config import ConfigError, apply, split_overrides
 from ..data.base import MultiTaskData, hide_labels
 from ..registry import get_method, register_experiment
-from ..report import fmt, line_plot, mean_std, text_table, write_csv
+from ..report import fmt, line_plot, mean_std, paired, text_table, write_csv
 from ..runs import load_data, resolve, train_run
 from ..weighting import SCHEDULES, Schedule
 
@@ -134,7 +133,7 @@ def grid_run(name: str, data_name: str, base: MultiTaskData, grid: Grid, run_kv:
                 line = [u, pm2(b)]
                 for s in scheds:
                     d = list(np.subtract(results[(net, l, u, s)], b))  # (seeds,) paired differences
-                    p = paired_p(results[(net, l, u, s)], b)
+                    p = paired(results[(net, l, u, s)], b)["t_p"]
                     line.append(f"{pm2(d, signed=True)} (p={fmt(p, 3)})")
                     table_rows.append((net, l, u, s, *mean_std(b), *mean_std(d), p, len(d), json.dumps(d)))
                 lines.append(line)
@@ -172,16 +171,6 @@ def grid_run(name: str, data_name: str, base: MultiTaskData, grid: Grid, run_kv:
 def pm2(values, signed: bool = False) -> str:
     m, s = mean_std(list(values))
     return f"{m:+.2f} ± {s:.2f}" if signed else f"{m:.2f} ± {s:.2f}"
-
-
-def paired_p(a, b) -> float:
-    """Two-sided paired t-test p-value over seeds; 1 when the pairs are identical, NaN with one seed."""
-    d = np.subtract(a, b)
-    if len(d) < 2:
-        return math.nan
-    if np.allclose(d, d[0]):
-        return 1.0 if d[0] == 0 else 0.0
-    return float(ttest_rel(a, b).pvalue)
 
 
 # Digits (1,078 training images): plain SGD with sigmoid units, the paper's choice, leaves NN3 at chance

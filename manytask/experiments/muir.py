@@ -15,7 +15,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from ..config import ConfigError, split_overrides
 from ..data.base import MultiTaskData, Split, combine, model_input
 from ..methods.muir import MuirHooks
 from ..registry import get_dataset, register_dataset, register_experiment
-from ..report import line_plot, mean_std, pm, text_table, write_csv
+from ..report import line_plot, mean_std, text_table, write_csv
 from ..runs import RunSpec, build, evaluate_all, resolve
 from ..tasks import Task
 from ..train import Trainer

@@ -18,13 +18,10 @@ mixing.png (the per-task mixing weights, depth x layer); the table adds their or
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from ..config import ConfigError, apply, split_overrides
@@ -33,7 +30,7 @@ from ..data.tabular import SKLEARN_TABLES, SklearnTableConfig, sklearn_table
 from ..methods.soft_order import SoftOrder, write_mixing
 from ..nn.soft_order import DenseBank
 from ..registry import register_dataset, register_experiment
-from ..report import fmt, line_plot, pm, text_table, write_csv
+from ..report import fmt, line_plot, paired, pm, text_table, write_csv
 from ..tasks import Task
 from ..train import TrainConfig, Trainer, seed_everything
 from .runner import Contender, ExperimentResult, compare
@@ -54,18 +51,6 @@ def contenders(width: int = 64, depth: int = 4, dropout: float = 0.2, scores_lr:
 def test_errors(result: ExperimentResult, label: str) -> list[float]:
     """Per seed: mean over tasks of the test error, 1 - accuracy (binary at threshold 0.5, multiclass argmax)."""
     return [1.0 - r.summary["mean"]["test"]["accuracy"] for r in result.runs[label]]
-
-
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Paired tests over seeds of a against b: mean difference, t-test and Wilcoxon signed-rank p-values
-    (two-sided), and how many seeds a is lower."""
-    d = np.asarray(a) - np.asarray(b)
-    out = {"mean_diff": float(d.mean()), "lower_in": int((d < 0).sum()), "seeds": len(d),
-           "t_p": math.nan, "wilcoxon_p": math.nan}
-    if len(d) > 1 and np.any(d != 0):
-        out["t_p"] = float(stats.ttest_rel(a, b).pvalue)
-        out["wilcoxon_p"] = float(stats.wilcoxon(a, b).pvalue)
-    return out
 
 
 def report(result: ExperimentResult, out: Path, reference: str = "soft") -> str:

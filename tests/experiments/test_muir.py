@@ -7,7 +7,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from manytask.config import ConfigError
 from manytask.experiments.muir import smiles_tokens, subset_shares, synthetic, write_sharing

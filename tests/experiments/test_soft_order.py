@@ -80,7 +80,10 @@ def test_paired_counts_and_signs():
     assert t["lower_in"] == 5 and t["mean_diff"] == pytest.approx(-0.11)
     assert 0 < t["t_p"] < 0.05 and t["wilcoxon_p"] == pytest.approx(0.0625)
     same = paired([0.1, 0.2], [0.1, 0.2])
-    assert same["lower_in"] == 0 and np.isnan(same["t_p"])
+    assert same["lower_in"] == 0 and same["t_p"] == same["wilcoxon_p"] == 1.0  # identical: no evidence
+    shifted = paired([0.1, 0.2, 0.3], [0.2, 0.3, 0.4])
+    assert shifted["t_p"] == 0.0 and shifted["lower_in"] == 3
+    assert np.isnan(paired([0.1], [0.2])["t_p"])
 
 
 def test_digits_experiment_small(tmp_path, capsys):
