@@ -1,8 +1,9 @@
 """MUiR recipes (paper 003): the grouped linear regression benchmark and a small cross-modal run.
 
-muir-synthetic   30 linear tasks in 3 rank-one groups (Kang et al. 2011), clean and noisy: single-task,
-                 an oracle alignment that knows the groups, and MUiR; RMSE = sqrt(mean over tasks of
-                 test MSE), seeds 0,1,2, next to the poster's table.
+muir-synthetic   30 linear tasks in 3 rank-one groups (Kang et al. 2011), clean and noisy: single-task
+                 (per-task minimum-norm least squares), no-sharing (MUiR's reparameterised model with one
+                 hypermodule per task, never aligned), an oracle alignment that knows the groups, and MUiR;
+                 RMSE = sqrt(mean over tasks of test MSE), seeds 0,1,2, next to the poster's table.
 muir-crossmodal  a conv net on digits, an LSTM on SMILES characters (one Tox21 assay) and an MLP on
                  Tox21 fingerprints (another assay): single-task vs MUiR, per-task table, sharing figure.
 
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from sklearn.linear_model import LinearRegression
 
 from ..config import ConfigError, split_overrides
 from ..data.base import MultiTaskData, Split, combine, model_input
@@ -63,7 +66,7 @@ def write_sharing(history: list[dict], tasks: list[str], out: Path, label: str =
 
 # ---- muir-synthetic -----------------------------------------------------------------------------
 
-POSTER = {"clean": {"single-task": 1.35, "oracle": 0.77, "muir": 0.00},
+POSTER = {"clean": {"single-task": 1.35, "oracle": 0.77, "muir": 0.00},  # no "no-sharing" row in the poster
           "noisy": {"single-task": 1.49, "oracle": 0.37, "muir": 0.38}}
 SYNTH_METHOD = {"widths": "", "bias": "false", "context": "1", "challengers": "4",
                 "soft_lr": "0.01", "steps_per_generation": "100", "challenger_mass": "0.8"}  # 0.8: uniform start
@@ -95,16 +98,33 @@ def fit_steps(spec: RunSpec, data: MultiTaskData, steps: int) -> tuple[torch.nn.
     return model, hooks, time.perf_counter() - t0
 
 
+def least_squares(data: MultiTaskData) -> tuple[dict, float]:
+    """Single-task learning, the benchmark's reference: per task, the minimum-norm least-squares weight
+    vector on its own training points, no bias (scikit-learn's LinearRegression, an lstsq solve; with 10
+    points in 20 dimensions the weights outside the data's span are 0). -> ({split: {task: {"mse"}}}, s)."""
+    t0 = time.perf_counter()
+    tables = {name: {} for name in ("train", "val", "test")}
+    for t in data.tasks:
+        x, y = t.select(data.train.inputs).flatten(1).numpy(), data.train.labels[t.name].numpy()  # (n, d), (n,)
+        known = ~np.isnan(y)
+        fit = LinearRegression(fit_intercept=False).fit(x[known], y[known])
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test)):
+            xs, ys = t.select(split.inputs).flatten(1).numpy(), split.labels[t.name].numpy()
+            k = ~np.isnan(ys)
+            tables[name][t.name] = {"mse": float(np.mean((fit.predict(xs[k]) - ys[k]) ** 2)) if k.any() else math.nan}
+    return tables, time.perf_counter() - t0
+
+
 def rmse(tables: dict, tasks: list[Task]) -> float:
     """sqrt(mean over tasks of test MSE)."""
     return math.sqrt(float(np.mean([tables["test"][t.name]["mse"] for t in tasks])))
 
 
-@register_experiment("muir-synthetic", "MUiR on 30 grouped linear tasks, clean and noisy: single-task, oracle, MUiR; "
+@register_experiment("muir-synthetic", "MUiR on 30 grouped linear tasks, clean and noisy: single-task, no-sharing, oracle, MUiR; "
                      "3 seeds; default 1000 + 200 generations = 120,000 steps per run (about 6 ms CPU per step measured here)")
 def synthetic(overrides: list[str], out: Path):
     """Overrides: seeds=0,1,2, settings=clean,noisy, noise=0.31, generations=N and final=N (generations of
-    the EA and after it; single-task and oracle train as many steps), contenders=single-task,oracle,muir,
+    the EA and after it; no-sharing and oracle train as many steps), contenders=single-task,no-sharing,oracle,muir,
     data.path=FILE.npz (then settings is ignored), and any muir key or training key (lr=...)."""
     kv = split_overrides(list(overrides))
     seeds = tuple(int(s) for s in kv.pop("seeds", "0,1,2").split(","))
@@ -113,7 +133,7 @@ def synthetic(overrides: list[str], out: Path):
     if "data.path" in kv:
         settings = ["file"]
     gens, final = int(kv.pop("generations", "1000")), int(kv.pop("final", "200"))
-    only = [c for c in kv.pop("contenders", "single-task,oracle,muir").split(",") if c]
+    only = [c for c in kv.pop("contenders", "single-task,no-sharing,oracle,muir").split(",") if c]
     out.mkdir(parents=True, exist_ok=True)
     rows, summary = [], {}
     t_all = time.perf_counter()
@@ -127,7 +147,8 @@ def synthetic(overrides: list[str], out: Path):
         groups = data.meta.get("groups")
         block = {"block": f"1,{next(iter(data.input_shapes.values()))[0]}"}  # one 1 x d block per task
         total = (gens + final) * int(base.method_cfg.steps_per_generation)
-        contenders = {"single-task": {"generations": "0", "final": str(gens + final)},
+        contenders = {"single-task": None,  # least squares, no training steps
+                      "no-sharing": {"generations": "0", "final": str(gens + final)},
                       "muir": {"generations": str(gens), "final": str(final)}}
         if groups is not None:  # one location per task: psi(task) = first task of its group
             first = {g: groups.index(g) for g in groups}
@@ -140,23 +161,30 @@ def synthetic(overrides: list[str], out: Path):
             vals, secs = [], []
             for seed in seeds:
                 spec = resolve("grouped_regression", "muir",
-                               {**data_kv, **SYNTH_METHOD, **block, "progress": "false", **rest, **over,
+                               {**data_kv, **SYNTH_METHOD, **block, "progress": "false", **rest, **(over or {}),
                                 "seed": str(seed), "data.seed": str(seed)})
                 data = get_dataset("grouped_regression").fn(spec.data_cfg)
-                model, hooks, sec = fit_steps(spec, data, total)
-                tables = evaluate_all(model, data, spec.train)
-                vals.append(rmse(tables, data.tasks))
-                secs.append(sec)
                 run = out / setting / label / f"seed{seed}"
                 run.mkdir(parents=True, exist_ok=True)
-                (run / "config.json").write_text(json.dumps(spec.to_json(), indent=2))
-                (run / "results.json").write_text(json.dumps({"rmse": vals[-1], "seconds": sec, "steps": hooks.steps,
-                                                              "final_sharing": hooks.history[-1]["sharing"],
-                                                              "splits": tables}, indent=2))
-                if label == "muir":
-                    write_sharing(hooks.history, [t.name for t in data.tasks], run, f"{setting} seed {seed}:")
-                print(f"[muir-synthetic] {setting} {label} seed {seed}: RMSE {vals[-1]:.4f}, "
-                      f"{hooks.history[-1]['modules']} modules, {hooks.steps} steps, {sec:.0f} s", flush=True)
+                if over is None:
+                    tables, sec = least_squares(data)
+                    record = {"solver": "per-task minimum-norm least squares (sklearn LinearRegression, no intercept)"}
+                    config = {"data": spec.data, "data_cfg": spec.to_json()["data_cfg"]}
+                else:
+                    model, hooks, sec = fit_steps(spec, data, total)
+                    tables = evaluate_all(model, data, spec.train)
+                    record = {"steps": hooks.steps, "modules": hooks.history[-1]["modules"],
+                              "final_sharing": hooks.history[-1]["sharing"]}
+                    config = spec.to_json()
+                    if label == "muir":
+                        write_sharing(hooks.history, [t.name for t in data.tasks], run, f"{setting} seed {seed}:")
+                vals.append(rmse(tables, data.tasks))
+                secs.append(sec)
+                (run / "config.json").write_text(json.dumps(config, indent=2))
+                (run / "results.json").write_text(json.dumps({"rmse": vals[-1], "seconds": sec, **record, "splits": tables},
+                                                             indent=2))
+                what = f"{record['modules']} modules, {record['steps']} steps" if "steps" in record else "least squares"
+                print(f"[muir-synthetic] {setting} {label} seed {seed}: RMSE {vals[-1]:.4f}, {what}, {sec:.0f} s", flush=True)
             rows.append((setting, label, *mean_std(vals), float(np.mean(secs)), POSTER.get(setting, {}).get(label, math.nan)))
             summary.setdefault(setting, {})[label] = {"rmse": vals, "seconds": secs}
     table = text_table(("setting", "contender", "RMSE mean", "std", "s per run", "poster"), rows)
