@@ -7,17 +7,22 @@ explicit detach), and a plain matmul of the same shape as the ceiling, all measu
 Useful FLOPs of one forward + backward with isolation (the reference does exactly these):
     forward 2*B*N^2*n*m, weight gradient 2*B*N^2*n*m, input gradient through the N roots 2*B*N*n*m.
 The ceiling is torch.mm((B, N*n), (N*n, N*m)) forward plus its two backward GEMMs, 6*B*N^2*n*m FLOPs.
+Transparent huge pages for PyTorch's large CPU allocations are on, as `import manytask` sets them; run with
+THP_MEM_ALLOC_ENABLE=0 to see the layer without them (its 150 MB+ weight gradient is then page-faulted
+in on every step, and the layer falls behind the reference at width 512).
 Sizes whose weights (x5: layer, reference, their gradients, the matmul) do not fit in available memory are skipped.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what `import manytask` does; must precede torch's first allocation
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from manytask.nn.interconnected import InterLayer  # noqa: E402
@@ -98,7 +103,8 @@ def main(argv=None):
     torch.manual_seed(0)
     B = args.batch
     rows = []
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, CPU time, best of {args.reps} after 1 warm-up")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, CPU time, best of {args.reps} after 1 warm-up, "
+          f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}")
     head = f"{'N':>3} {'width':>5} {'params':>12} {'naive ms':>10} {'layer ms':>10} {'speed-up':>9} {'layer GF/s':>11} {'naive GF/s':>11} {'matmul GF/s':>12} {'of ceiling':>10}"
     print(head)
     print("-" * len(head))
