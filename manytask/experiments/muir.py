@@ -5,7 +5,7 @@ muir-synthetic   30 linear tasks in 3 rank-one groups (Kang et al. 2011), clean 
                  hypermodule per task, never aligned), an oracle alignment that knows the groups, and MUiR;
                  RMSE = sqrt(mean over tasks of test MSE), seeds 0,1,2, next to the poster's table.
 muir-crossmodal  a conv net on digits, an LSTM on SMILES characters (one Tox21 assay) and an MLP on
-                 Tox21 fingerprints (another assay): single-task vs MUiR, per-task table, sharing figure.
+                 Tox21 fingerprints (another assay): no-sharing vs MUiR, per-task table, sharing figure.
 
 Sharing statistics of every MUiR run: sharing.csv (generation, modules in use, share of modules used by
 each subset of tasks) and sharing.png / modules.png in the run directory.
@@ -254,7 +254,7 @@ CROSS_METHOD = {"arch": "smiles:lstm", "vocab": "64", "block": "16,16", "context
                      "fingerprints) vs the same models without sharing; per-task table and sharing figure")
 def crossmodal(overrides: list[str], out: Path):
     """Overrides as for every compare() experiment: seeds=0,1, epochs=..., data.KEY=..., LABEL.KEY=..."""
-    contenders = [Contender("single-task", "muir", {**CROSS_METHOD, "generations": "0"}),
+    contenders = [Contender("no-sharing", "muir", {**CROSS_METHOD, "generations": "0"}),
                   Contender("muir", "muir", CROSS_METHOD)]
     result = compare("muir-crossmodal", "crossmodal", contenders, seeds=(0,),
                      overrides=["epochs=10", "patience=0", "progress=false", *overrides], out=out)
