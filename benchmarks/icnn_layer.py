@@ -1,5 +1,5 @@
-"""ICNN inter-layer speed: forward + backward of nn/interconnected.InterLayer (one GEMM plus one batched
-root matmul) against the naive per-pair reference (one Parameter per ordered pair, Python loops,
+"""ICNN inter-layer speed: forward + backward of nn/interconnected.InterLayer (batched matmuls over the
+destinations and the roots) against the naive per-pair reference (one Parameter per ordered pair, Python loops,
 explicit detach), and a plain matmul of the same shape as the ceiling, all measured in this run.
 
     .venv/bin/python benchmarks/icnn_layer.py [--threads 1] [--reps 3] [--sizes 4x64,12x64,...]

@@ -9,10 +9,11 @@ The public API on one screen:
 """
 import os
 
-# PyTorch's CPU allocator hands large tensors (>= 2 MB) back to the OS and page-faults them in again on
-# the next step; with transparent huge pages it takes 512x fewer faults. This matters for the ICNN layer's
-# one-GEMM weight gradient (150 MB at N=12, width 512: 0.76x -> 1.17x the per-pair reference, see
-# docs/icnn.md). It must be set before torch allocates anything; THP_MEM_ALLOC_ENABLE=0 turns it off.
+# PyTorch's CPU allocator hands large tensors back to the OS when they are freed and page-faults them in
+# again on the next step; with transparent huge pages it takes 512x fewer faults. This matters for big
+# fresh gradients such as the ICNN layer's weight gradient (150 MB at N=12, width 512: 0.83x -> 1.10-1.14x
+# the per-pair reference; 1 GB at N=32: 0.68x -> 0.98x; docs/icnn.md). It must be set before torch
+# allocates anything; THP_MEM_ALLOC_ENABLE=0 turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from .config import ConfigError  # noqa: E402

@@ -16,15 +16,20 @@ only the listed subnetworks receive connectors: n*m*(N + T*(N-1)) for T targets,
 target (the thesis rounds this to n*m*2N).
 
 Layout. Activations travel as (batch, N, width) so that (batch, N*n) is a view. The full layer stores
-its N^2 blocks as ONE weight of shape (N_src, n, N_dst, m); its (N*n, N*m) view turns the whole layer
-into a single GEMM z = a @ W. With isolation the backward is written out (`_IsolatedMatmul`): it is
-exactly the autograd of z_i = W_ii a_i + sum_{k != i} W_ki detach(a_k) (tests/nn/test_interconnected.py
-checks it against that naive form), computed as
+its N^2 blocks as ONE destination-major weight of shape (N_dst, N_src, n, m): weight[i, k] = W(k->i), and
+weight[i] viewed as (N*n, m) is everything that feeds subnetwork i. The forward is one batched matmul
+over the N destinations, z_i = a @ weight[i] (the input is broadcast, not copied). With isolation the
+backward is written out (`_IsolatedMatmul`): it is exactly the autograd of
+z_i = W_ii a_i + sum_{k != i} W_ki detach(a_k) (tests/nn/test_interconnected.py checks it against that
+naive form), computed as
 
-    dL/dW   = a^T g                     one GEMM, every block (root and connector)
+    dL/dW_i = a^T g_i                   one batched matmul over destinations, every block (root and connector)
     dL/da_i = g_i W_ii^T                one batched matmul over the N roots; connectors pass nothing back
 
-so the layer does the same FLOPs as the per-pair definition, in two large kernels instead of N^2 small ones.
+so the layer does the same FLOPs as the per-pair definition, in three large kernels instead of N^2 small
+ones. (A source-major weight with one (batch, N*n) @ (N*n, N*m) GEMM was the first version: at N=32,
+width 512 that single 16384 x 16384 GEMM ran at 43 GF/s where 512 x 512 blocks run at 49; per destination
+the GEMMs are (batch x N*n) @ (N*n x m), benchmarks/icnn_layer.py.)
 """
 from __future__ import annotations
 
@@ -37,29 +42,35 @@ from torch import nn
 from ..config import ConfigError
 
 
-class _IsolatedMatmul(torch.autograd.Function):
-    """z = a @ W over all N^2 blocks; the gradient reaches a_i only through the root block W_ii.
+def _per_destination(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """a: (batch, N*n), W: (N_dst, N*n, m) -> (N_dst, batch, m): z_i = a @ W[i] as one batched matmul."""
+    return torch.bmm(a.unsqueeze(0).expand(W.shape[0], -1, -1), W)
 
-    a: (batch, N, n), W: (N_src, n, N_dst, m) -> z: (batch, N_dst, m)."""
+
+class _IsolatedMatmul(torch.autograd.Function):
+    """z_i = a @ W[i] over all N^2 blocks; the gradient reaches a_i only through the root block W[i, i].
+
+    a: (batch, N, n), W: (N_dst, N_src, n, m) -> z: (batch, N_dst, m)."""
 
     @staticmethod
     def forward(ctx, a, W):
         b, N, n = a.shape
-        m = W.shape[3]
         ctx.save_for_backward(a, W)
-        return (a.reshape(b, N * n) @ W.reshape(N * n, N * m)).reshape(b, N, m)
+        return _per_destination(a.reshape(b, N * n), W.reshape(N, N * n, W.shape[3])).transpose(0, 1)
 
     @staticmethod
     def backward(ctx, g):  # g: (batch, N, m)
         a, W = ctx.saved_tensors
         b, N, n = a.shape
         m = W.shape[3]
+        g = g.transpose(0, 1)  # (N, batch, m)
         grad_a = grad_w = None
         if ctx.needs_input_grad[0]:
-            roots = W.diagonal(dim1=0, dim2=2).permute(2, 1, 0)  # (n, m, N) -> (N, m, n): W_ii^T
-            grad_a = torch.bmm(g.transpose(0, 1), roots).transpose(0, 1)  # (N, batch, n) -> (batch, N, n)
+            roots = W.diagonal(dim1=0, dim2=1).permute(2, 1, 0)  # (n, m, N) -> (N, m, n): W_ii^T
+            grad_a = torch.bmm(g, roots).transpose(0, 1)  # (N, batch, n) -> (batch, N, n)
         if ctx.needs_input_grad[1]:
-            grad_w = (a.reshape(b, N * n).T @ g.reshape(b, N * m)).reshape(N, n, N, m)  # (N_src, n, N_dst, m)
+            at = a.reshape(b, N * n).t()  # (N*n, batch)
+            grad_w = torch.bmm(at.unsqueeze(0).expand(N, -1, -1), g).reshape(N, N, n, m)  # (N_dst, N_src, n, m)
         return grad_a, grad_w
 
 
@@ -80,7 +91,7 @@ class InterLayer(nn.Module):
         self.full = targets is None
         bound = 1.0 / np.sqrt(n_in * n_tasks)  # the fan-in of one unit is n * N (all subnetworks feed it)
         if self.full:
-            self.weight = nn.Parameter(torch.empty(n_tasks, n_in, n_tasks, n_out).uniform_(-bound, bound))  # (N_src, n, N_dst, m)
+            self.weight = nn.Parameter(torch.empty(n_tasks, n_tasks, n_in, n_out).uniform_(-bound, bound))  # (N_dst, N_src, n, m)
         else:
             targets = sorted(set(int(t) for t in targets))
             if not targets or targets[0] < 0 or targets[-1] >= n_tasks:
@@ -101,14 +112,14 @@ class InterLayer(nn.Module):
     def root_weights(self) -> torch.Tensor:
         """(N, n, m): W(i->i) for every subnetwork (a view for the full layer)."""
         if self.full:
-            return self.weight.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (n, m, N) -> (N, n, m)
+            return self.weight.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # (n, m, N) -> (N, n, m)
         return self.root
 
     def blocks_abs_sum(self) -> torch.Tensor:
         """(N_src, N_dst): sum of |W(k->i)| per ordered pair; 0 where there is no block (targets)."""
         with torch.no_grad():
             if self.full:
-                return self.weight.abs().sum(dim=(1, 3))  # (N_src, n, N_dst, m) -> (N_src, N_dst)
+                return self.weight.abs().sum(dim=(2, 3)).T  # (N_dst, N_src, n, m) -> (N_src, N_dst)
             out = torch.diag(self.root.abs().sum(dim=(1, 2)))  # (N, N), roots on the diagonal
             conn = self.connector.abs().sum(dim=(2, 3))  # (T, N-1)
             for j, t in enumerate(self.targets.tolist()):
@@ -119,7 +130,7 @@ class InterLayer(nn.Module):
         """[(parameter, boolean mask of its connector entries)]: what pruning and the L1 penalty act on."""
         if self.full:
             eye = torch.eye(self.n_tasks, dtype=torch.bool, device=self.weight.device)
-            mask = (~eye)[:, None, :, None].expand_as(self.weight)  # (N_src, n, N_dst, m)
+            mask = (~eye)[:, :, None, None].expand_as(self.weight)  # (N_dst, N_src, n, m)
             return [(self.weight, mask)]
         return [(self.connector, torch.ones_like(self.connector, dtype=torch.bool))]
 
@@ -131,8 +142,8 @@ class InterLayer(nn.Module):
         if self.full:
             if self.isolate:
                 return _IsolatedMatmul.apply(a, self.weight) + self.bias  # (batch, N, m)
-            z = a.reshape(b, N * n) @ self.weight.reshape(N * n, N * self.n_out)  # (batch, N*m)
-            return z.reshape(b, N, self.n_out) + self.bias
+            z = _per_destination(a.reshape(b, N * n), self.weight.reshape(N, N * n, self.n_out))  # (N, batch, m)
+            return z.transpose(0, 1) + self.bias
         z = torch.bmm(a.transpose(0, 1), self.root).transpose(0, 1)  # (batch, N, m): root paths, never detached
         src = a.detach() if self.isolate else a
         T = len(self.targets)

@@ -57,7 +57,7 @@ def test_task_loss_updates_only_its_subnetwork_end_to_end(task):
         own = k == task
         grads = [first[k], model.first.bias.grad.reshape(N, w[0])[k]]
         for lay in model.inter:
-            grads += [lay.weight.grad[:, :, k, :], lay.bias.grad[k]]  # everything INTO subnetwork k
+            grads += [lay.weight.grad[k], lay.bias.grad[k]]  # everything INTO subnetwork k (N_dst first)
         head = model.heads[k].weight.grad
         grads.append(head if head is not None else torch.zeros(1))
         nz = [int(torch.count_nonzero(g)) for g in grads]
@@ -87,8 +87,8 @@ def test_training_changes_only_trained_tasks_subnetworks():
     N, w0 = 3, 8
     d_first = (after["first.weight"] - before["first.weight"]).reshape(N, w0, -1)
     assert torch.count_nonzero(d_first[0]) > 0 and torch.count_nonzero(d_first[1:]) == 0
-    d_inter = after["inter.0.weight"] - before["inter.0.weight"]  # (N_src, n, N_dst, m)
-    assert torch.count_nonzero(d_inter[:, :, 0]) > 0 and torch.count_nonzero(d_inter[:, :, 1:]) == 0
+    d_inter = after["inter.0.weight"] - before["inter.0.weight"]  # (N_dst, N_src, n, m)
+    assert torch.count_nonzero(d_inter[0]) > 0 and torch.count_nonzero(d_inter[1:]) == 0
     assert torch.equal(after["heads.1.weight"], before["heads.1.weight"])
 
 
@@ -126,7 +126,7 @@ def test_connector_heatmap_files(tmp_path):
     model = ICNN([Task(n, "binary") for n in names], 6, (4, 3, 2))
     with torch.no_grad():
         model.inter[1].weight.zero_()
-        model.inter[1].weight[0, :, 2, :] = 1.0  # only a->c: |W| sum = 3*2
+        model.inter[1].weight[2, 0] = 1.0  # only a->c (weight[dst, src]): |W| sum = 3*2
     paths = connector_heatmap(model, names, tmp_path / "conn")
     assert {p.name for p in paths} == {"conn.csv", "conn.png"} and all(p.stat().st_size > 0 for p in paths)
     rows = list(csv.reader(open(tmp_path / "conn.csv")))

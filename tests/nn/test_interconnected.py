@@ -18,7 +18,7 @@ def blocks_of(layer: InterLayer) -> dict[tuple[int, int], tuple[torch.Tensor, bo
     for k in range(layer.n_tasks):
         for i in range(layer.n_tasks):
             if layer.full:
-                w = layer.weight.detach()[k, :, i, :]
+                w = layer.weight.detach()[i, k]  # (N_dst, N_src, n, m)
             elif k == i:
                 w = layer.root.detach()[i]
             elif i in layer.targets.tolist():
@@ -102,12 +102,12 @@ def test_task_loss_reaches_only_its_subnetwork(task):
     x = torch.randn(B, 6)
     f(x)[:, task].pow(2).sum().backward()
     for lay in (layer, layer2):
-        gw = lay.weight.grad  # (N_src, n, N_dst, m)
+        gw = lay.weight.grad  # (N_dst, N_src, n, m)
         for k in range(N):
             if k != task:
-                assert torch.count_nonzero(gw[:, :, k, :]) == 0, f"blocks into subnetwork {k} got a gradient"
+                assert torch.count_nonzero(gw[k]) == 0, f"blocks into subnetwork {k} got a gradient"
                 assert torch.count_nonzero(lay.bias.grad[k]) == 0
-        assert torch.count_nonzero(gw[:, :, task, :]) > 0
+        assert torch.count_nonzero(gw[task]) > 0
     gfirst = first.weight.grad.reshape(N, n, 6)  # (N, n, d)
     for k in range(N):
         nz = torch.count_nonzero(gfirst[k])
@@ -120,7 +120,7 @@ def test_without_isolation_the_loss_reaches_other_subnetworks():
     gfirst = first.weight.grad.reshape(N, n, 6)
     for k in range(1, N):
         assert torch.count_nonzero(gfirst[k]) > 0
-        assert torch.count_nonzero(layer.weight.grad[:, :, k, :]) > 0  # layer 1 feeds task 0 through layer 2
+        assert torch.count_nonzero(layer.weight.grad[k]) > 0  # layer 1 feeds task 0 through layer 2
 
 
 def test_isolation_with_targets():
@@ -206,7 +206,7 @@ def test_connector_l1_counts_connectors_only():
     assert float(connector_l1(lay).detach()) == 2 * 2 * (9 - 3)
     connector_l1(lay).backward()
     g = lay.weight.grad
-    assert all(torch.count_nonzero(g[i, :, i, :]) == 0 for i in range(3))  # roots get no L1 gradient
+    assert all(torch.count_nonzero(g[i, i]) == 0 for i in range(3))  # roots get no L1 gradient
     assert torch.count_nonzero(g) == 2 * 2 * 6
 
 
