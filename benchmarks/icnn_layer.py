@@ -9,7 +9,9 @@ Useful FLOPs of one forward + backward with isolation (the reference does exactl
 The ceiling is torch.mm((B, N*n), (N*n, N*m)) forward plus its two backward GEMMs, 6*B*N^2*n*m FLOPs.
 Transparent huge pages for PyTorch's large CPU allocations are on, as `import manytask` sets them; run with
 THP_MEM_ALLOC_ENABLE=0 to see the layer without them (its 150 MB+ weight gradient is then page-faulted
-in on every step, and the layer falls behind the reference at width 512).
+in on every step, and the layer falls behind the reference at width 512). Likewise `import manytask` tells glibc
+to keep freed blocks up to 32 MiB in the heap; MANYTASK_MALLOC_TUNE=0 shows the layer without that (its 1-16 MB
+gradients are then page-faulted in every step while the reference's small blocks are recycled: 0.97-0.99x at N=4).
 Sizes whose weights (x5: layer, reference, their gradients, the matmul) do not fit in available memory are skipped.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import manytask  # noqa: E402
 from manytask.nn.interconnected import InterLayer  # noqa: E402
 
 
@@ -63,22 +66,25 @@ def timeit(fns: list, reps: int) -> list[float]:
     return best
 
 
-def fwd_bwd(module: nn.Module, a: torch.Tensor):
+def fwd_bwd(module: nn.Module, a: torch.Tensor, g: torch.Tensor):
+    """One forward and backward with upstream gradient g, dense as in training (`.sum().backward()` would
+    hand the layer a stride-0 tensor of ones, which the GEMMs first have to copy)."""
     def run():
         for p in module.parameters():
             p.grad = None
         a.grad = None
-        module(a).sum().backward()
+        module(a).backward(g)
     return run
 
 
 def mm_ceiling(B: int, N: int, n: int, m: int):
     x = torch.randn(B, N * n, requires_grad=True)
     w = torch.randn(N * n, N * m, requires_grad=True)
+    g = torch.randn(B, N * m)
 
     def run():
         x.grad = w.grad = None
-        (x @ w).sum().backward()
+        (x @ w).backward(g)
     return run
 
 
@@ -104,7 +110,7 @@ def main(argv=None):
     B = args.batch
     rows = []
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, CPU time, best of {args.reps} after 1 warm-up, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}")
+          f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}, glibc malloc tuned: {manytask.MALLOC_TUNED}")
     head = f"{'N':>3} {'width':>5} {'params':>12} {'naive ms':>10} {'layer ms':>10} {'speed-up':>9} {'layer GF/s':>11} {'naive GF/s':>11} {'matmul GF/s':>12} {'of ceiling':>10}"
     print(head)
     print("-" * len(head))
@@ -118,7 +124,8 @@ def main(argv=None):
         a = torch.randn(B, N, n, requires_grad=True)
         useful = 4 * B * N * N * n * m + 2 * B * N * n * m
         layer, ref = InterLayer(N, n, m, isolate=True), NaivePairs(N, n, m)
-        t_layer, t_ref, t_mm = timeit([fwd_bwd(layer, a), fwd_bwd(ref, a), mm_ceiling(B, N, n, m)], args.reps)
+        g = torch.randn(B, N, m)
+        t_layer, t_ref, t_mm = timeit([fwd_bwd(layer, a, g), fwd_bwd(ref, a, g), mm_ceiling(B, N, n, m)], args.reps)
         del layer, ref
         gf = lambda flops, t: flops / t / 1e9
         row = (N, w, n * m * N * N, t_ref * 1e3, t_layer * 1e3, t_ref / t_layer, gf(useful, t_layer), gf(useful, t_ref),

@@ -16,6 +16,30 @@ import os
 # allocates anything; THP_MEM_ALLOC_ENABLE=0 turns it off.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
+
+def _keep_freed_memory() -> bool:
+    """Tell glibc's malloc to keep freed blocks of up to 32 MiB in the heap (mmap threshold 32 MiB, its
+    maximum; trim threshold 1 GiB) instead of unmapping them and page-faulting them in again on the next
+    step. A training step frees and re-allocates the same gradients and activations every time; for the ICNN
+    layer at N=4, width 256 this was ~1,000 page faults a step and the difference between 0.97x and
+    1.1x the per-pair reference (benchmarks/icnn_layer.py, docs/icnn.md). Linux/glibc only (PyTorch's own
+    CPU-tuning advice is to preload jemalloc or tcmalloc, which do this too); MANYTASK_MALLOC_TUNE=0 opts out.
+    Returns whether the settings were applied."""
+    import ctypes
+    import platform
+
+    if os.environ.get("MANYTASK_MALLOC_TUNE", "1") == "0" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
+MALLOC_TUNED = _keep_freed_memory()
+
 from .config import ConfigError  # noqa: E402
 from .data.base import MultiTaskData, Split
 from .metrics import delta_m, mean_over_tasks, task_metrics
