@@ -47,13 +47,23 @@ def test_evolving_digits_small_grid(tmp_path, capsys):
         assert json.loads(row["deltas"]) == pytest.approx(deltas)
         assert float(row["delta_mean"]) == pytest.approx(np.mean(deltas))
     text = (tmp_path / "tables.txt").read_text()
-    assert "nn1 (50,), l = 30" in text and "nn3 (70, 60, 50), l = 30" in text and "exp_5" in text
+    assert "nn1 (50,), l = 30" in text and "nn3 (70, 60, 50), l = 30" in text and "exp_8" in text  # recipe paper
     assert (tmp_path / "delta_vs_u_nn1.png").exists()
-    assert json.loads((tmp_path / "summary.json").read_text())["run_overrides"]["epochs"] == "1"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["run_overrides"]["epochs"] == "1" and summary["recipe"] == "paper"
+    assert summary["run_overrides"]["activation"] == "sigmoid" and summary["run_overrides"]["momentum"] == "0"
     assert "evolving-digits: 16 runs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("bad,needle", [("nets=nn9", "unknown network"), ("schedules=cosine", "unknown schedule"),
+def test_evolving_digits_fast_recipe(tmp_path):
+    get_experiment("evolving-digits").fn(["recipe=fast", "l=30", "u=0", "nets=nn1", "schedules=exp", "seeds=0",
+                                          "epochs=1"], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["recipe"] == "fast" and summary["run_overrides"]["activation"] == "relu"
+    assert "exp_5" in (tmp_path / "tables.txt").read_text()
+
+
+@pytest.mark.parametrize("bad,needle", [("nets=nn9", "unknown network"), ("recipe=adam", "recipe=adam: choose one of"), ("schedules=cosine", "unknown schedule"),
                                         ("schedule=exp", "set by the grid"), ("u=lots", "u=lots"),
                                         ("epoch=3", "unknown key"), ("l=5000", "exceed")])
 def test_evolving_digits_bad_keys(tmp_path, bad, needle):
@@ -81,9 +91,11 @@ def test_evolving_mnist_reads_idx_files(tmp_path):
 
 @pytest.mark.slow
 def test_acceptance_evolving_digits_l100_all_unlabelled(tmp_path):
-    """The issue's acceptance: with l = 100 and every other training digit unlabelled, at least one schedule
-    lowers the NN1 test error against its paired baseline over 5 seeds, significantly (paired t-test)."""
-    get_experiment("evolving-digits").fn(["l=100", "u=all", "nets=nn1"], tmp_path)
-    rows = [r for r in read(tmp_path / "table.csv") if r["l"] == "100" and r["net"] == "nn1"]
-    best = min(rows, key=lambda r: float(r["delta_mean"]))
-    assert float(best["delta_mean"]) < 0 and float(best["p_paired"]) < 0.05, best
+    """The issue's acceptance as the pre-registered test of docs/evolving.md: with l = 100 and every other
+    training digit unlabelled, NN1 with the lin schedule (recipe paper, the default) lowers the test error
+    against its paired baseline over 20 fresh seeds, paired t-test p < 0.025 (measured: -1.16 +- 1.12 points,
+    p = 0.0002; about 12 minutes on one core)."""
+    seeds = ",".join(str(s) for s in range(400, 420))
+    get_experiment("evolving-digits").fn(["l=100", "u=all", "nets=nn1", "schedules=lin", f"seeds={seeds}"], tmp_path)
+    (row,) = [r for r in read(tmp_path / "table.csv") if r["l"] == "100" and r["net"] == "nn1"]
+    assert float(row["delta_mean"]) < 0 and float(row["p_paired"]) < 0.025, row
