@@ -21,8 +21,8 @@ def _keep_freed_memory() -> bool:
     """Tell glibc's malloc to keep freed blocks of up to 32 MiB in the heap (mmap threshold 32 MiB, its
     maximum; trim threshold 1 GiB) instead of unmapping them and page-faulting them in again on the next
     step. A training step frees and re-allocates the same gradients and activations every time; for the ICNN
-    layer at N=4, width 256 this was ~1,000 page faults a step and the difference between 0.97x and
-    1.1x the per-pair reference (benchmarks/icnn_layer.py, docs/icnn.md). Linux/glibc only (PyTorch's own
+    layer at N=4, width 256 this was ~1,000 page faults a step and the difference between 0.95x and
+    1.10x the per-pair reference (benchmarks/icnn_layer.py, docs/icnn.md). Linux/glibc only (PyTorch's own
     CPU-tuning advice is to preload jemalloc or tcmalloc, which do this too); MANYTASK_MALLOC_TUNE=0 opts out.
     Returns whether the settings were applied."""
     import ctypes

@@ -177,7 +177,7 @@ def pm2(values, signed: bool = False) -> str:
 # - paper (default): the paper's optimisation, sigmoid units and plain SGD at a constant learning rate, with its
 #   schedule scaled to the run (t1 = 100 and sigma = 40 of 5000 epochs -> 20 and 8 of 1000 epochs), lr 0.1;
 #   NN1's lin lowers the test error here (pre-registered test on 20 fresh seeds). NN3 barely trains with it
-#   (45-51 % error in 1000 epochs; the paper's NN3 baseline, 33.6 %, is also its worst).
+#   (39-66 % error at l <= 100 in 1000 epochs; the paper's NN3 baseline, 33.6 %, is also its worst).
 # - fast: ReLU and momentum 0.9 (still linear in lambda: a step on lambda * J is lambda times the step on J),
 #   40 epochs, t1 15, sigma 5: every net trains in seconds, and no schedule beats the baseline.
 # Both take 12 minibatches per epoch whatever l + u is.
