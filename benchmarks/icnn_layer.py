@@ -11,7 +11,7 @@ Transparent huge pages for PyTorch's large CPU allocations are on, as `import ma
 THP_MEM_ALLOC_ENABLE=0 to see the layer without them (its 150 MB+ weight gradient is then page-faulted
 in on every step, and the layer falls behind the reference at width 512). Likewise `import manytask` tells glibc
 to keep freed blocks up to 32 MiB in the heap; MANYTASK_MALLOC_TUNE=0 shows the layer without that (its 1-16 MB
-gradients are then page-faulted in every step while the reference's small blocks are recycled: 0.97-0.99x at N=4).
+gradients are then page-faulted in every step while the reference's small blocks are recycled: 0.95-1.02x at N=4).
 Sizes whose weights (x5: layer, reference, their gradients, the matmul) do not fit in available memory are skipped.
 """
 from __future__ import annotations

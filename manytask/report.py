@@ -92,8 +92,8 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (x, y) in series.items():
-        ax.plot(x, y, marker="o" if len(x) < 20 else None, label=label)
+    for i, (label, (x, y)) in enumerate(series.items()):  # past the 10 colours of the cycle, change the line style
+        ax.plot(x, y, marker="o" if len(x) < 20 else None, label=label, linestyle=("-", "--", ":", "-.")[i // 10 % 4])
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
