@@ -181,11 +181,12 @@ def pm2(values, signed: bool = False) -> str:
 # - fast: ReLU and momentum 0.9 (still linear in lambda: a step on lambda * J is lambda times the step on J),
 #   40 epochs, t1 15, sigma 5: every net trains in seconds, and no schedule beats the baseline.
 # Both take 12 minibatches per epoch whatever l + u is.
+DIGITS_COMMON = {"batches": "12", "optimizer": "sgd", "patience": "0", "progress": "false"}
 DIGITS_RECIPES = {
-    "paper": {"epochs": "1000", "batches": "12", "optimizer": "sgd", "momentum": "0", "lr": "0.1",
-              "activation": "sigmoid", "patience": "0", "progress": "false", "t1": "20", "sigma": "8"},
-    "fast": {"epochs": "40", "batches": "12", "optimizer": "sgd", "momentum": "0.9", "lr": "0.02",
-             "activation": "relu", "patience": "0", "progress": "false", "t1": "15", "sigma": "5"},
+    "paper": {**DIGITS_COMMON, "activation": "sigmoid", "momentum": "0", "lr": "0.1", "epochs": "1000",
+              "t1": "20", "sigma": "8"},
+    "fast": {**DIGITS_COMMON, "activation": "relu", "momentum": "0.9", "lr": "0.02", "epochs": "40",
+             "t1": "15", "sigma": "5"},
 }
 
 
@@ -193,11 +194,11 @@ DIGITS_RECIPES = {
                      "schedules vs the supervised baseline, 5 seeds, paired t-test; recipe=paper (default, "
                      "sigmoid + plain SGD, 1000 epochs, ~30 min on one core) or recipe=fast (ReLU + momentum, ~5 min)")
 def evolving_digits(overrides: list[str], out: Path):
-    recipe = split_overrides(list(overrides)).get("recipe", "paper")
+    kv = split_overrides(list(overrides))
+    recipe = kv.pop("recipe", "paper")
     if recipe not in DIGITS_RECIPES:
         raise ConfigError(f"recipe={recipe}: choose one of {', '.join(DIGITS_RECIPES)}")
-    overrides = [o for o in overrides if not o.startswith("recipe=")]
-    grid, run_kv = parse(overrides, DIGITS_RECIPES[recipe], Grid(), "digits")
+    grid, run_kv = parse([f"{k}={v}" for k, v in kv.items()], DIGITS_RECIPES[recipe], Grid(), "digits")
     base = load_data(resolve("digits", "evolving", run_kv))
     return grid_run("evolving-digits", "digits", base, grid, run_kv, out, extra={"recipe": recipe})
 

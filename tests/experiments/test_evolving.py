@@ -63,8 +63,8 @@ def test_evolving_digits_fast_recipe(tmp_path):
     assert "exp_5" in (tmp_path / "tables.txt").read_text()
 
 
-@pytest.mark.parametrize("bad,needle", [("nets=nn9", "unknown network"), ("recipe=adam", "recipe=adam: choose one of"), ("schedules=cosine", "unknown schedule"),
-                                        ("schedule=exp", "set by the grid"), ("u=lots", "u=lots"),
+@pytest.mark.parametrize("bad,needle", [("nets=nn9", "unknown network"), ("recipe=adam", "recipe=adam: choose one of"),
+                                        ("schedules=cosine", "unknown schedule"), ("schedule=exp", "set by the grid"), ("u=lots", "u=lots"),
                                         ("epoch=3", "unknown key"), ("l=5000", "exceed")])
 def test_evolving_digits_bad_keys(tmp_path, bad, needle):
     with pytest.raises(ConfigError, match=needle):
