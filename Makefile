@@ -23,4 +23,4 @@ test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV)  # runs/ holds trained models: delete it by hand

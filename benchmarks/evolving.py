@@ -12,13 +12,16 @@ from __future__ import annotations
 import sys
 import time
 
-import torch
+from manytask.allocator import tune_allocator
 
-from manytask.data.base import MultiTaskData, Split
-from manytask.methods.evolving import EvolvingConfig, build
-from manytask.report import text_table
-from manytask.tasks import Task
-from manytask.train import TrainConfig, Trainer
+tune_allocator()  # before torch's first CPU allocation, as the `manytask` command does
+import torch  # noqa: E402
+
+from manytask.data.base import MultiTaskData, Split  # noqa: E402
+from manytask.methods.evolving import EvolvingConfig, build  # noqa: E402
+from manytask.report import text_table  # noqa: E402
+from manytask.tasks import Task  # noqa: E402
+from manytask.train import TrainConfig, Trainer  # noqa: E402
 
 
 def timed_steps(widths, schedule, value, x, y, steps) -> float:
@@ -26,12 +29,12 @@ def timed_steps(widths, schedule, value, x, y, steps) -> float:
                          Split({"x": x[:2]}, {"digits": y[:2]}), Split({"x": x[:2]}, {"digits": y[:2]}))
     torch.manual_seed(0)
     model, hooks = build(data.tasks, data.input_shapes, EvolvingConfig(widths=widths, schedule=schedule, value=value))
-    tr = Trainer(model, data, TrainConfig(epochs=10, optimizer="sgd", momentum=0.0, lr=0.1, progress=False), hooks)
-    hooks.before_training(tr)
-    tr.epoch = 3
+    trainer = Trainer(model, data, TrainConfig(epochs=10, optimizer="sgd", momentum=0.0, lr=0.1, progress=False), hooks)
+    hooks.before_training(trainer)
+    trainer.epoch = 3
     t0 = time.perf_counter()
     for _ in range(steps):
-        hooks.training_step(tr, x, {"digits": y})
+        hooks.training_step(trainer, x, {"digits": y})
     return (time.perf_counter() - t0) / steps
 
 

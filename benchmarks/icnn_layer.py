@@ -7,11 +7,12 @@ explicit detach), and a plain matmul of the same shape as the ceiling, all measu
 Useful FLOPs of one forward + backward with isolation (the reference does exactly these):
     forward 2*B*N^2*n*m, weight gradient 2*B*N^2*n*m, input gradient through the N roots 2*B*N*n*m.
 The ceiling is torch.mm((B, N*n), (N*n, N*m)) forward plus its two backward GEMMs, 6*B*N^2*n*m FLOPs.
-Transparent huge pages for PyTorch's large CPU allocations are on, as `import manytask` sets them; run with
+The script calls manytask.allocator.tune_allocator() before it imports torch, as the `manytask` command does,
+and prints what it applied. Transparent huge pages for PyTorch's large CPU allocations are on; run with
 THP_MEM_ALLOC_ENABLE=0 to see the layer without them (its 150 MB+ weight gradient is then page-faulted
-in on every step, and the layer falls behind the reference at width 512). Likewise `import manytask` tells glibc
-to keep freed blocks up to 32 MiB in the heap; MANYTASK_MALLOC_TUNE=0 shows the layer without that (its 1-16 MB
-gradients are then page-faulted in every step while the reference's small blocks are recycled: 0.95-1.02x at N=4).
+in on every step, and the layer falls behind the reference at width 512). glibc keeps freed blocks up to 32 MiB
+in the heap; MANYTASK_MALLOC_TUNE=0 shows the layer without that (its 1-16 MB gradients are then page-faulted
+in every step while the reference's small blocks are recycled: 0.95-1.02x at N=4).
 Sizes whose weights (x5: layer, reference, their gradients, the matmul) do not fit in available memory are skipped.
 """
 from __future__ import annotations
@@ -22,12 +23,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # what `import manytask` does; must precede torch's first allocation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from manytask.allocator import tune_allocator  # noqa: E402
+
+ALLOCATOR = tune_allocator()  # before torch's first CPU allocation, as the `manytask` command does
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import manytask  # noqa: E402
 from manytask.nn.interconnected import InterLayer  # noqa: E402
 
 
@@ -110,7 +112,8 @@ def main(argv=None):
     B = args.batch
     rows = []
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, CPU time, best of {args.reps} after 1 warm-up, "
-          f"THP_MEM_ALLOC_ENABLE={os.environ['THP_MEM_ALLOC_ENABLE']}, glibc malloc tuned: {manytask.MALLOC_TUNED}")
+          f"allocator tuned: huge pages {ALLOCATOR['huge_pages']} (THP_MEM_ALLOC_ENABLE="
+          f"{os.environ['THP_MEM_ALLOC_ENABLE']}), glibc malloc {ALLOCATOR['malloc']}")
     head = f"{'N':>3} {'width':>5} {'params':>12} {'naive ms':>10} {'layer ms':>10} {'speed-up':>9} {'layer GF/s':>11} {'naive GF/s':>11} {'matmul GF/s':>12} {'of ceiling':>10}"
     print(head)
     print("-" * len(head))

@@ -17,12 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
+from manytask.allocator import tune_allocator  # noqa: E402
 
-from manytask.methods.rsn2 import RSN2Config, build, export, load_packed, select_masks
-from manytask.nn.masked import MaskedConv2d, MaskedLinear
-from manytask.tasks import Task
+tune_allocator()  # before torch's first CPU allocation, as the `manytask` command does
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from manytask.methods.rsn2 import RSN2Config, build, export, load_packed, select_masks  # noqa: E402
+from manytask.nn.masked import MaskedConv2d, MaskedLinear  # noqa: E402
+from manytask.tasks import Task  # noqa: E402
 
 
 def fill_disjoint(layer):

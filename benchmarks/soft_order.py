@@ -13,12 +13,15 @@ import argparse
 import statistics
 import time
 
-import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from manytask.allocator import tune_allocator  # noqa: E402
 
-from manytask.methods.soft_order import SoftOrderConfig, build
-from manytask.tasks import Task, mean_loss
+tune_allocator()  # before torch's first CPU allocation, as the `manytask` command does
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from manytask.methods.soft_order import SoftOrderConfig, build  # noqa: E402
+from manytask.tasks import Task, mean_loss  # noqa: E402
 
 
 class NaiveSoft(torch.nn.Module):

@@ -1,95 +1,201 @@
-"""`manytask` console script: list, train, run, evaluate, predict."""
+"""`manytask` console script: list, train (and --resume), run, runs, cache, evaluate, predict.
+
+main() tunes the CPU allocator (manytask.allocator) before anything imports torch; this module and the two
+it imports at the top (config, registry) do not import torch, the commands import what they need."""
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
+from itertools import chain
 from pathlib import Path
 
-from .config import ConfigError, split_overrides
-from .registry import DATASETS, EXPERIMENTS, METHODS, get_experiment, load_all
+from . import __version__
+from .allocator import tune_allocator
+from .config import ConfigError, describe, split_overrides
+from .registry import DATASETS, EXPERIMENTS, METHODS, find, get_experiment, load_all
+
+KEYS_HELP = ("keys: `manytask list METHOD` and `manytask list DATA` print every key with its type, default "
+             "and help; `manytask list train` the training keys. Data keys are written data.KEY=value.")
 
 
 def cmd_list(args) -> None:
-    load_all()
-    for title, table in (("methods", METHODS), ("data sets", DATASETS), ("experiments", EXPERIMENTS)):
-        print(f"{title}:")
-        width = max(map(len, table)) if table else 0
-        for name in sorted(table):
-            print(f"  {name.ljust(width)}  {table[name].description}")
+    """Without a name: every method, data set and experiment. With one: its keys."""
+    from .report import text_table
+    if args.name is None:
+        load_all()
+        for title, table in (("methods", METHODS), ("data sets", DATASETS), ("experiments", EXPERIMENTS)):
+            print(f"{title}:")
+            width = max(map(len, table)) if table else 0
+            for name in sorted(table):
+                print(f"  {name.ljust(width)}  {table[name].description}")
+        print("\n`manytask list NAME` prints the keys of one of them; `manytask list train` the training keys.")
+        return
+    header = ("key", "type", "default", "help")
+    if args.name == "train":
+        from .train import TrainConfig
+        print("training keys (every method; manytask train DATA METHOD key=value):")
+        print(text_table(header, describe(TrainConfig), left=4))
+        return
+    kind, entry = find(args.name)
+    print(f"{kind} {entry.name}: {entry.description}")
+    if kind == "data set":
+        print(text_table(header, describe(entry.config, "data."), left=4))
+    elif kind == "method":
+        print(text_table(header, describe(entry.config), left=4))
+        print("plus the training keys: manytask list train")
+    else:
+        print(text_table(header, describe(entry.config), left=4))
+        tables = entry.config.key_tables()
+        for prefix, table in tables:
+            print(f"\n{type(table).__name__} keys, with this experiment's defaults:")
+            print(text_table(header, describe(table, prefix), left=4))
+        if entry.config.takes_overrides and not tables:
+            print("plus keys for the contenders: training keys (manytask list train), data.KEY, a method's keys, "
+                  "and LABEL.KEY for one contender")
 
 
 def cmd_train(args) -> None:
-    from .runs import resolve, train_run
-    spec = resolve(args.data, args.method, split_overrides(args.overrides))
-    train_run(spec, out=args.out)
+    from .runs import resolve, resume_run, train_run
+    overrides = split_overrides(args.overrides)
+    if args.resume:
+        resume_run(args.resume, args.data, args.method, overrides)
+    else:
+        train_run(resolve(args.data, args.method, overrides), out=args.out)
 
 
 def cmd_run(args) -> None:
+    from .experiments.runner import parse_experiment
+    from .runs import RunStopped, new_run_dir
     entry = get_experiment(args.experiment)
-    split_overrides(args.overrides)  # fail on malformed input before creating anything
-    from .runs import new_run_dir
+    cfg = parse_experiment(entry.config, args.overrides, entry.name)  # the experiment's own keys: before anything is written
     out = new_run_dir(args.out, f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        entry.fn(list(args.overrides), out)
+        entry.fn(cfg, out)
     except ConfigError:
         if not any(out.iterdir()):
-            out.rmdir()  # nothing was written: leave no empty directory behind
+            out.rmdir()  # the contenders' keys failed before anything was written: leave no empty directory
         raise
+    except RunStopped as e:  # one contender's run stopped; that run can be resumed, the experiment runs again
+        raise RunStopped(f"{e} (that completes this contender's run only; for the experiment's results run "
+                         f"manytask run {args.experiment} again)", e.exit_status) from None
+
+
+def cmd_runs(args) -> None:
+    from .report import text_table
+    from .runs import list_runs
+    rows = list_runs(args.folder)
+    if not rows:
+        print(f"no runs under {args.folder}")
+        return
+    here = Path.cwd()
+    shown = [(r["started"], r["status"], r["epochs"], r["data"], r["method"], r["test"],
+              os.path.relpath(r["path"], here) if Path(r["path"]).resolve().is_relative_to(here) else r["path"])
+             for r in rows]
+    print(text_table(("started", "status", "epochs", "data", "method", "test", "run"), shown, left=7))
+
+
+def data_path_override(args) -> str | None:
+    """evaluate's only key, data.path=NEW (the run's data file has moved)."""
+    overrides = split_overrides(args.overrides)
+    unknown = set(overrides) - {"data.path"}
+    if unknown:
+        raise ConfigError(f"unknown key {sorted(unknown)[0]!r}: evaluate takes only data.path=FILE (where the run's "
+                          "data file is now)")
+    return overrides.get("data.path")
+
+
+def cmd_cache(args) -> None:
+    """Where the feature cache and downloads live, what they hold; --clear deletes them."""
+    from .data.cache import cache_dir, cache_info, clear_cache
+    if args.clear:
+        removed = clear_cache(downloads=not args.keep_downloads)
+        print(f"deleted {len(removed)} files ({sum(e.size for e in removed) / 1e6:.1f} MB) under {cache_dir()}")
+        return
+    entries = cache_info()
+    print(f"cache directory: {cache_dir()} (set MANYTASK_CACHE to move it)")
+    for kind in ("features", "download", "partial"):
+        of_kind = [e for e in entries if e.kind == kind]
+        print(f"  {kind}: {len(of_kind)} files, {sum(e.size for e in of_kind) / 1e6:.1f} MB")
 
 
 def cmd_evaluate(args) -> None:
     from .runs import evaluate_run
-    _, same = evaluate_run(args.run)
-    if not same:
+    _, same = evaluate_run(args.run, data_path=data_path_override(args))
+    if same is False:
         sys.exit(1)
 
 
 def cmd_predict(args) -> None:
-    from .runs import predict_run
-    strings = list(args.smiles)
-    if args.file:
-        path = Path(args.file)
-        if not path.exists():
-            raise ConfigError(f"--file {path}: no such file; give a text file with one SMILES per line")
-        strings += [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    if not strings:
-        raise ConfigError("nothing to predict: give SMILES as arguments or --file with one per line")
-    for s, preds in predict_run(args.run, strings):
-        if preds is None:
-            print(f"{s}\tinvalid SMILES: RDKit cannot parse it, no prediction")
-        else:
-            print(s + "\t" + "\t".join(f"{k}={v:.3f}" for k, v in preds.items()))
+    from .runs import Predictor, file_inputs, predict_csv
+    if not args.smiles and not args.file:
+        raise ConfigError("nothing to predict: give SMILES as arguments, or --file with a CSV or one SMILES per line")
+    if args.chunk < 1:
+        raise ConfigError(f"--chunk {args.chunk}: must be >= 1")
+    predictor = Predictor(args.run)
+    column = args.column or predictor.input_column
+    inputs = chain(args.smiles, file_inputs(args.file, column) if args.file else ())
+    t0 = time.perf_counter()
+    if args.out:
+        out = Path(args.out)
+        part = out.with_name(out.name + ".part")  # a file at --out is always complete
+        with open(part, "w", newline="") as f:
+            n, invalid = predict_csv(predictor, inputs, f, column, args.chunk)
+        os.replace(part, out)
+    else:
+        n, invalid = predict_csv(predictor, inputs, sys.stdout, column, args.chunk)
+    print(f"manytask: predicted {n - invalid} of {n} inputs ({invalid} unreadable) in {time.perf_counter() - t0:.1f} s"
+          + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="manytask", description="Deep multi-task learning: train, compare, predict.")
+    p.add_argument("--version", action="version", version=f"manytask {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="methods, data sets and experiments").set_defaults(fn=cmd_list)
-    t = sub.add_parser("train", help="train one method on one data set: manytask train tox21 hard_sharing seed=0")
+    ls = sub.add_parser("list", help="methods, data sets and experiments; with a NAME, its keys")
+    ls.add_argument("name", nargs="?", help="a method, data set or experiment, or `train` for the training keys")
+    ls.set_defaults(fn=cmd_list)
+    t = sub.add_parser("train", help="train one method on one data set: manytask train tox21 hard_sharing seed=0",
+                       epilog=KEYS_HELP)
     t.add_argument("data")
     t.add_argument("method")
     t.add_argument("overrides", nargs="*", help="key=value: training keys, method keys, data.KEY")
     t.add_argument("--out", default="runs", help="parent of the new run directory (default: runs)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its directory, from its last "
+                   "finished epoch (DATA and METHOD as the run's; only data.path, data.dir, device, progress may change)")
     t.set_defaults(fn=cmd_train)
-    r = sub.add_parser("run", help="run a registered experiment: manytask run demo")
+    r = sub.add_parser("run", help="run a registered experiment: manytask run demo",
+                       epilog="keys: `manytask list EXPERIMENT` prints the experiment's own keys")
     r.add_argument("experiment")
     r.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=0,1,2 epochs=50")
     r.add_argument("--out", default="runs")
     r.set_defaults(fn=cmd_run)
+    ls_runs = sub.add_parser("runs", help="the runs under a folder, newest first: status, data, method, test metric")
+    ls_runs.add_argument("folder", nargs="?", default="runs", help="default: runs")
+    ls_runs.set_defaults(fn=cmd_runs)
+    c = sub.add_parser("cache", help="the feature cache and downloads: where, how much; --clear deletes them")
+    c.add_argument("--clear", action="store_true", help="delete cached features, partial files and downloads")
+    c.add_argument("--keep-downloads", action="store_true", help="with --clear: keep downloaded data files")
+    c.set_defaults(fn=cmd_cache)
     e = sub.add_parser("evaluate", help="recompute a run's tables from its saved weights")
     e.add_argument("run")
+    e.add_argument("overrides", nargs="*", metavar="data.path=FILE", help="where the run's data file is now, if it moved")
     e.set_defaults(fn=cmd_evaluate)
-    q = sub.add_parser("predict", help="per-task probabilities for new SMILES from a run")
+    q = sub.add_parser("predict", help="per-task predictions for new SMILES from a run, as CSV")
     q.add_argument("run")
     q.add_argument("smiles", nargs="*")
-    q.add_argument("--file", help="a text file with one SMILES per line")
+    q.add_argument("--file", help="a CSV with a SMILES column, or a file with one SMILES per line (.gz read too; - = stdin)")
+    q.add_argument("--column", help="the CSV column of the inputs (default: the run's data.smiles_col)")
+    q.add_argument("--out", help="the CSV to write (default: standard output)")
+    q.add_argument("--chunk", type=int, default=4096, help="inputs featurised and predicted at a time (default 4096)")
     q.set_defaults(fn=cmd_predict)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
+    tune_allocator()  # first: PyTorch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation
     logging.basicConfig(level=logging.INFO, format="manytask: %(message)s", stream=sys.stderr)
     args = parser().parse_args(argv)
     try:
@@ -97,6 +203,15 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as e:
         print(f"manytask: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:
+        runs = sys.modules.get("manytask.runs")  # RunStopped lives there; not imported: not raised (no torch import here)
+        if runs is None or not isinstance(e, runs.RunStopped):
+            raise
+        print(f"manytask: {e}", file=sys.stderr)  # interrupted (130 SIGINT, 143 SIGTERM) or failed (1)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:
+        print("manytask: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

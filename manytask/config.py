@@ -1,19 +1,86 @@
 """Configs are dataclasses with small, runnable defaults; the CLI overrides them with `key=value`.
 
-Values are parsed and type-checked against the field's annotation (int, float, bool, str, tuples and
-lists written comma-separated, and None for optional fields). An unknown key or a wrong type is a
-ConfigError whose one-line message lists the valid keys or the expected type.
+Every field is declared once with `option(default, help, range or choices)`. That one declaration serves
+the parser (values are type-checked against the annotation: int, float, bool, str, Literal choices,
+tuples and lists written comma-separated, None for optional fields), the range check, and
+`manytask list NAME`, which prints each key with its type, default and help. A bad key or value is a
+ConfigError whose one-line message says what is wrong and what is valid.
+
+    @dataclass
+    class MyConfig:
+        widths: tuple[int, ...] = option((128,), "hidden layer widths", low=1, min_len=1)
+        dropout: float = option(0.0, "dropout probability", low=0.0, high=1.0, high_open=True)
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 
 class ConfigError(ValueError):
     """A bad key, value, method, data set or file: the message says what is wrong and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a field accepts beyond its type: a numeric range (per element for tuples), a set of
+    choices, a minimum length for tuples."""
+
+    help: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple | None = None
+    min_len: int = 0
+
+    def describe(self) -> str:
+        """The valid values in words, e.g. '>= 1', 'in [0, 1)', 'one of adam, sgd'."""
+        parts = []
+        if self.choices is not None:
+            parts.append("one of " + ", ".join(map(str, self.choices)))
+        if self.low is not None and self.high is not None:
+            parts.append(f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}")
+        elif self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        elif self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        if self.min_len:
+            parts.append(f"at least {self.min_len} value{'s' if self.min_len > 1 else ''}")
+        return ", ".join(parts)
+
+    def violation(self, value: Any) -> str | None:
+        """None when `value` is valid, else why not."""
+        if value is None:
+            return None
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        if isinstance(value, (tuple, list)) and len(value) < self.min_len:
+            return f"need {self.describe()}"
+        for v in items:
+            if self.choices is not None and v not in self.choices:
+                return "choose one of " + ", ".join(map(str, self.choices))
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if math.isnan(v) or (self.low is not None and (v < self.low or (self.low_open and v == self.low))) \
+                        or (self.high is not None and (v > self.high or (self.high_open and v == self.high))):
+                    return f"must be {self.describe()}"
+        return None
+
+
+def option(default: Any, help: str = "", *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, choices: Sequence | None = None, min_len: int = 0) -> Any:
+    """A dataclass field with its help line and valid values (see the module docstring)."""
+    spec = Spec(help, low, high, low_open, high_open, tuple(choices) if choices is not None else None, min_len)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"spec": spec})
+    return dataclasses.field(default=default, metadata={"spec": spec})
+
+
+def spec_of(f: dataclasses.Field) -> Spec:
+    return f.metadata.get("spec", Spec())
 
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
@@ -22,7 +89,7 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 def _parse(text: str, tp: Any, key: str) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if text.lower() in ("none", "null", "") and type(None) in args:
+        if text.strip().lower() in ("none", "null", "") and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
         return _parse(text, inner[0], key)
@@ -32,21 +99,35 @@ def _parse(text: str, tp: Any, key: str) -> Any:
         vals = [_parse(s.strip(), inner, key) for s in items]
         return tuple(vals) if origin is tuple else vals
     if origin is typing.Literal:
-        if text not in args:
+        if text.strip() not in args:
             raise ConfigError(f"{key}={text}: choose one of {', '.join(map(str, args))}")
-        return text
+        return text.strip()
     if tp is bool:
-        if text.lower() in _TRUE:
+        if text.strip().lower() in _TRUE:
             return True
-        if text.lower() in _FALSE:
+        if text.strip().lower() in _FALSE:
             return False
         raise ConfigError(f"{key}={text}: expected true or false")
     if tp in (int, float):
         try:
             return tp(text)
         except ValueError:
-            raise ConfigError(f"{key}={text}: expected {tp.__name__}, e.g. {key}={'3' if tp is int else '0.5'}") from None
+            raise ConfigError(f"{key}={text}: expected {'an integer' if tp is int else 'a number'}, "
+                              f"e.g. {key}={'3' if tp is int else '0.5'}") from None
     return text
+
+
+def type_name(tp: Any) -> str:
+    """int, float, bool, str, int,... (comma-separated), one of a|b, or X|none."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return f"{type_name(inner[0])}|none"
+    if origin in (tuple, list):
+        return f"{type_name(args[0] if args else str)},..."
+    if origin is typing.Literal:
+        return "|".join(map(str, args))
+    return getattr(tp, "__name__", str(tp))
 
 
 def field_types(cfg_cls: type) -> dict[str, Any]:
@@ -54,15 +135,55 @@ def field_types(cfg_cls: type) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cfg_cls)}
 
 
-def apply(cfg: Any, overrides: dict[str, str], what: str) -> Any:
-    """A copy of dataclass `cfg` with `overrides` ({key: text}) parsed and applied."""
+def check(cfg: Any, what: str = "", prefix: str = "") -> Any:
+    """Every field of dataclass `cfg` within its declared range or choices; else a one-line ConfigError
+    with the valid values, naming the key as the user writes it (prefix + field, e.g. data.bits). Returns cfg."""
+    for f in dataclasses.fields(cfg):
+        spec = spec_of(f)
+        why = spec.violation(getattr(cfg, f.name))
+        if why:
+            value = getattr(cfg, f.name)
+            shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+            raise ConfigError(f"{prefix}{f.name}={shown}: {why}" + (f" ({spec.help})" if spec.help else "")
+                              + (f" [{what}]" if what else ""))
+    return cfg
+
+
+def apply(cfg: Any, overrides: dict[str, Any], what: str, prefix: str = "") -> Any:
+    """A copy of dataclass `cfg` with `overrides` ({key: text or value}) parsed, applied and range-checked.
+    `prefix` is how the user writes these keys (e.g. "data."), for the error messages."""
     types_ = field_types(type(cfg))
     changes = {}
     for key, text in overrides.items():
         if key not in types_:
-            raise ConfigError(f"unknown {what} key {key!r}; valid keys: {', '.join(sorted(types_))}")
-        changes[key] = _parse(text, types_[key], key) if isinstance(text, str) else text
-    return dataclasses.replace(cfg, **changes)
+            raise ConfigError(f"unknown {what} key {prefix + key!r}; valid keys: "
+                              f"{', '.join(prefix + k for k in sorted(types_))}")
+        changes[key] = _parse(text, types_[key], prefix + key) if isinstance(text, str) else text
+    return check(dataclasses.replace(cfg, **changes), prefix=prefix)
+
+
+def describe(cfg: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help with valid values) for every field of a config class (or of an instance,
+    whose values are then the defaults shown): what `manytask list NAME` prints."""
+    cfg_cls = cfg if isinstance(cfg, type) else type(cfg)
+    types_ = field_types(cfg_cls)
+    rows = []
+    for f in dataclasses.fields(cfg_cls):
+        if f.metadata.get("hidden"):
+            continue
+        if not isinstance(cfg, type):
+            default = getattr(cfg, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()  # type: ignore[misc]
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+        spec, tp = spec_of(f), types_[f.name]
+        valid = spec.describe()
+        if typing.get_origin(tp) is typing.Literal:  # the type column lists the choices already
+            valid = valid.replace("one of " + ", ".join(map(str, spec.choices or ())), "").strip(", ")
+        rows.append((prefix + f.name, type_name(tp), shown, spec.help + (f" ({valid})" if valid else "")))
+    return rows
 
 
 def split_overrides(args: list[str]) -> dict[str, str]:

@@ -9,7 +9,6 @@ import math
 import warnings
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from .tasks import Task
 
@@ -21,21 +20,22 @@ def task_metrics(task: Task, scores: np.ndarray, y: np.ndarray) -> dict[str, flo
     """scores: (n,) P(1) for binary, (n, C) probabilities for multiclass, (n,) values for regression;
     y: (n,) labels with NaN for missing. Returns {metric: value} over the labelled examples."""
     known = ~np.isnan(y)
-    s, t = scores[known], y[known]
+    score, label = scores[known], y[known]  # the labelled examples only
     out: dict[str, float] = {"n": float(known.sum())}
     if task.kind == "binary":
-        if len(np.unique(t)) < 2:
-            warnings.warn(f"task {task.name}: only one class among {len(t)} labels, ROC-AUC is undefined (NaN)",
+        from sklearn.metrics import roc_auc_score  # imported on first use: scikit-learn takes a second to import
+        if len(np.unique(label)) < 2:
+            warnings.warn(f"task {task.name}: only one class among {len(label)} labels, ROC-AUC is undefined (NaN)",
                           stacklevel=2)
             out["auc"] = math.nan
         else:
-            out["auc"] = float(roc_auc_score(t, s))
-        out["accuracy"] = float(np.mean((s >= 0.5) == (t == 1))) if len(t) else math.nan
+            out["auc"] = float(roc_auc_score(label, score))
+        out["accuracy"] = float(np.mean((score >= 0.5) == (label == 1))) if len(label) else math.nan
     elif task.kind == "multiclass":
-        out["accuracy"] = float(np.mean(s.argmax(axis=1) == t.astype(int))) if len(t) else math.nan
+        out["accuracy"] = float(np.mean(score.argmax(axis=1) == label.astype(int))) if len(label) else math.nan
         out["error"] = 1.0 - out["accuracy"]
     else:
-        mse = float(np.mean((s - t) ** 2)) if len(t) else math.nan
+        mse = float(np.mean((score - label) ** 2)) if len(label) else math.nan
         out["mse"], out["rmse"] = mse, math.sqrt(mse)
     return out
 

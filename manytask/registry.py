@@ -58,8 +58,9 @@ def register_dataset(name: str, config: type, description: str = "", featurize: 
     return _register(DATASETS, "data set", name, config, description, featurize)
 
 
-def register_experiment(name: str, description: str = ""):
-    return _register(EXPERIMENTS, "experiment", name, None, description)
+def register_experiment(name: str, config: type, description: str = ""):
+    """config: an ExperimentConfig subclass (manytask.experiments.runner)."""
+    return _register(EXPERIMENTS, "experiment", name, config, description)
 
 
 _LOADED = False
@@ -94,3 +95,12 @@ def get_dataset(name: str) -> Entry:
 
 def get_experiment(name: str) -> Entry:
     return lookup(EXPERIMENTS, name, "experiment")
+
+
+def find(name: str) -> tuple[str, Entry]:
+    """The method, data set or experiment called `name` -> (kind, entry)."""
+    load_all()
+    for kind, table in (("method", METHODS), ("data set", DATASETS), ("experiment", EXPERIMENTS)):
+        if name in table:
+            return kind, table[name]
+    raise ConfigError(f"{name!r} is no method, data set or experiment; `manytask list` shows them all")

@@ -1,9 +1,15 @@
-"""Tables and plots from runs: text tables for the terminal, CSV for tools, PNG for people."""
+"""Tables and plots from runs: text tables for the terminal, CSV for tools, PNG for people.
+
+Every file a run or an experiment writes besides its weights goes through here. Plots are drawn on a
+matplotlib Figure of their own (no pyplot, no global backend), and matplotlib is imported only when a
+plot is made."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -15,11 +21,13 @@ def fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def text_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 3) -> str:
-    """Aligned plain-text table; floats to `digits` decimals."""
+def text_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 3, left: int = 1) -> str:
+    """Aligned plain-text table; floats to `digits` decimals; the first `left` columns left-aligned, the
+    others right-aligned."""
     cells = [list(map(str, header))] + [[fmt(v, digits) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -32,7 +40,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
-def pm(values: Sequence[float], digits: int = 3) -> str:
+def mean_pm(values: Sequence[float], digits: int = 3) -> str:
+    """'mean ± std' over seeds (just the value for one seed)."""
     m, s = mean_std(values)
     return f"{fmt(m, digits)} ± {fmt(s, digits)}" if len(values) > 1 else fmt(m, digits)
 
@@ -62,13 +71,71 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> No
         w.writerows(rows)
 
 
+RESULTS_HEADER = ("contender", "seed", "task", "split", "metric", "value")
+
+
+def write_results(out: Path, records: Iterable[Sequence], table: str | None = None, summary: dict | None = None) -> None:
+    """The one results format: out/results.csv in long format (RESULTS_HEADER), plus out/table.txt (the
+    printed table) and out/summary.json when given."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "results.csv", RESULTS_HEADER, records)
+    if table is not None:
+        (out / "table.txt").write_text(table + "\n")
+    if summary is not None:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
+def read_results(path: Path) -> list[tuple]:
+    """results.csv (or the directory holding it) -> records (contender, seed, task, split, metric, value)."""
+    path = Path(path)
+    path = path / "results.csv" if path.is_dir() else path
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or tuple(rows[0]) != RESULTS_HEADER:
+        raise ValueError(f"{path} is not a manytask results.csv (header {','.join(RESULTS_HEADER)})")
+    return [(c, int(s), t, sp, m, float(v)) for c, s, t, sp, m, v in rows[1:]]
+
+
+def _figure(figsize):
+    """A matplotlib Figure of its own: no pyplot state, no backend switch."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize)
+    return fig
+
+
+@dataclass
+class Matrix:
+    """A labelled matrix to show, e.g. a model's mixing weights or connector strengths: write_matrix
+    writes NAME.csv (first column the row labels) and NAME.png (a heatmap)."""
+
+    name: str
+    values: np.ndarray  # (len(rows), len(cols))
+    rows: Sequence[str]
+    cols: Sequence[str]
+    title: str = ""
+    xlabel: str = ""
+    ylabel: str = ""
+    fmt_cells: str | None = None  # e.g. ".2f" writes each value in its cell (small matrices only)
+    hide_diagonal: bool = False  # the PNG leaves the diagonal blank (e.g. a task's connectors to itself)
+    corner: str = ""  # the CSV's first header cell
+
+
+def write_matrix(out: Path, m: Matrix) -> list[Path]:
+    """out/NAME.csv and out/NAME.png of a Matrix -> their paths."""
+    csv_path, png_path = Path(out) / f"{m.name}.csv", Path(out) / f"{m.name}.png"
+    write_csv(csv_path, (m.corner, *m.cols), [(r, *map(float, row)) for r, row in zip(m.rows, m.values)])
+    shown = np.array(m.values, dtype=float)
+    if m.hide_diagonal:
+        np.fill_diagonal(shown, np.nan)
+    heatmap(shown, m.rows, m.cols, png_path, m.title, m.xlabel, m.ylabel, m.fmt_cells)
+    return [csv_path, png_path]
+
+
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: Path, title: str = "",
             xlabel: str = "", ylabel: str = "", fmt_cells: str | None = None) -> None:
     """matrix (len(rows), len(cols)) as an annotated PNG heatmap."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(cols), 0.8 + 0.45 * len(rows)))
+    fig = _figure((1.0 + 0.55 * len(cols), 0.8 + 0.45 * len(rows)))
+    ax = fig.subplots()
     im = ax.imshow(matrix, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -82,16 +149,13 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: 
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str = "",
               xlabel: str = "", ylabel: str = "") -> None:
     """{label: (x, y)} as lines in one PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure((6, 4))
+    ax = fig.subplots()
     for i, (label, (x, y)) in enumerate(series.items()):  # past the 10 colours of the cycle, change the line style
         ax.plot(x, y, marker="o" if len(x) < 20 else None, label=label, linestyle=("-", "--", ":", "-.")[i // 10 % 4])
     ax.set_xlabel(xlabel)
@@ -100,19 +164,16 @@ def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float]]], path: 
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_history(history: list[dict], path: Path) -> None:
     """Training curves of one run (train and validation loss, and validation metrics) as a PNG."""
     if not history:
         return
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     epochs = [r["epoch"] for r in history]
     metrics = [k for k in history[0] if k.startswith("val_") and k != "val_loss"]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = _figure((9, 3.5))
+    axes = fig.subplots(1, 2)
     for k in ("train_loss", "val_loss"):
         axes[0].plot(epochs, [r[k] for r in history], label=k)
     for k in metrics:
@@ -123,4 +184,3 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -1,39 +1,69 @@
 """Runs: resolve a config, train, and write one new directory that evaluate and predict can reload.
 
 A run directory holds
-    config.json     data set, method, and the three resolved configs (data, method, train)
-    metrics.jsonl   one JSON line per epoch
+    run.json        status: running, then completed, interrupted or failed (with the epoch and the reason);
+                    the versions of manytask, torch and Python, the command line, host, pid, start and end
+                    times; rewritten atomically when the run starts and whenever its status changes
+    config.json     data set, method, the three resolved configs (data, method, train; data paths absolute),
+                    and the model's tasks and input shapes, from which predict rebuilds the model without data
+    metrics.jsonl   one JSON line per finished epoch
+    checkpoint.safetensors  the training state after the last finished epoch, for --resume; removed when the
+                    run completes
     results.json    per-task metrics for every split, their means, epochs, timing, parameter count
-    results.csv     the same as rows: split, task, metric, value
-    model.safetensors  the weights (and buffers such as masks)
+    results.csv     the same in the long format of every result: contender (the method), seed, task, split,
+                    metric, value
+    model.safetensors  the weights (and buffers such as masks); of an interrupted run, the best so far
     curves.png      training and validation curves
-    ...             whatever the model's optional write_artifacts(run_dir) -> dict writes (its dict goes to
-                    results.json as "artifacts")
+    NAME.csv/.png   the matrices of the model's optional artifacts() -> (figures, [report.Matrix]), e.g.
+                    mixing weights; the figures dict goes to results.json as "artifacts"
 An existing directory is never overwritten: a name that is taken gets a -2, -3, ... suffix.
+
+A run that ends early says so in run.json and raises RunStopped: SIGINT or SIGTERM stop it after the current
+minibatch (status interrupted; model.safetensors holds the best weights so far, and resume_run, i.e.
+`manytask train DATA METHOD --resume DIR`, continues from the last finished epoch and ends where an
+uninterrupted run would); a non-finite training loss or non-finite weights fail it (status failed, no model.safetensors).
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import gzip
 import json
 import logging
+import os
+import platform
+import shlex
+import signal
+import socket
+import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterable, Iterator
 
+import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors import safe_open
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
+from tqdm.auto import tqdm
 
 from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
 from .metrics import mean_over_tasks, primary
 from .registry import get_dataset, get_method
-from .report import plot_history, text_table, write_csv
-from .train import Hooks, TrainConfig, Trainer, evaluate_split, seed_everything
+from .report import plot_history, text_table, write_matrix, write_results
+from .tasks import Task
+from .train import (Hooks, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, evaluate_split, resolve_device,
+                    seed_everything, stop_on_signals)
 
 log = logging.getLogger("manytask")
 SPLITS = ("train", "val", "test")
+RUN_FILE, CONFIG_FILE, CHECKPOINT, WEIGHTS = "run.json", "config.json", "checkpoint.safetensors", "model.safetensors"
+PATH_KEYS = ("path", "dir")  # data config keys naming a file or folder: stored absolute
+RESUME_KEYS = ("data.path", "data.dir", "device", "progress")  # where the data is and how to run: may change on resume
 
 
 @dataclass
@@ -56,38 +86,82 @@ class RunSpec:
                    from_dict(get_method(d["method"]).config, d["method_cfg"]), from_dict(TrainConfig, d["train"]))
 
 
-def resolve(data: str, method: str, overrides: dict[str, str]) -> RunSpec:
-    """Defaults plus overrides. `data.k=v` sets the data config, `method.k=v` the method's; a bare key
-    goes to the training config if it has it, else to the method's config."""
-    dcls, mcls = get_dataset(data).config, get_method(method).config
-    tkeys, mkeys = field_types(TrainConfig), field_types(mcls)
-    d_o, m_o, t_o = {}, {}, {}
-    for k, v in overrides.items():
-        if k.startswith("data."):
-            d_o[k[5:]] = v
-        elif k.startswith("method."):
-            m_o[k[7:]] = v
-        elif k in tkeys:
-            t_o[k] = v
-        elif k in mkeys:
-            m_o[k] = v
+def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | None = None) -> RunSpec:
+    """Defaults (or the configs of `base`) plus overrides. `data.k=v` sets the data config, `method.k=v` the
+    method's; a bare key goes to the training config if it has it, else to the method's config. Relative data
+    paths (data.path, data.dir) become absolute, so that the run directory finds its data from anywhere."""
+    data_cls, method_cls = get_dataset(data).config, get_method(method).config
+    train_keys, method_keys = field_types(TrainConfig), field_types(method_cls)
+    data_values, method_values, train_values = {}, {}, {}
+    for key, value in overrides.items():
+        if key.startswith("data."):
+            data_values[key[5:]] = value
+        elif key.startswith("method."):
+            method_values[key[7:]] = value
+        elif key in train_keys:
+            train_values[key] = value
+        elif key in method_keys:
+            method_values[key] = value
         else:
-            valid = sorted(tkeys) + sorted(mkeys) + [f"data.{x}" for x in sorted(field_types(dcls))]
-            raise ConfigError(f"unknown key {k!r} for {data}/{method}; valid keys: {', '.join(valid)}")
-    return RunSpec(data, method, apply(dcls(), d_o, f"{data} data"), apply(mcls(), m_o, f"{method} method"),
-                   apply(TrainConfig(), t_o, "training"))
+            valid = sorted(train_keys) + sorted(method_keys) + [f"data.{x}" for x in sorted(field_types(data_cls))]
+            raise ConfigError(f"unknown key {key!r} for {data}/{method}; valid keys: {', '.join(valid)}")
+    data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data")
+    paths = {k: os.path.abspath(os.path.expanduser(getattr(data_cfg, k))) for k in PATH_KEYS
+             if k in field_types(data_cls) and getattr(data_cfg, k)}
+    return RunSpec(data, method, dataclasses.replace(data_cfg, **paths),
+                   apply(base.method_cfg if base else method_cls(), method_values, f"{method} method"),
+                   apply(base.train if base else TrainConfig(), train_values, "training"))
+
+
+def load_dataset(name: str, **cfg: Any) -> MultiTaskData:
+    """A registered data set. cfg: its keys (`manytask list NAME`) as typed values or text; an unknown key
+    or a value outside its range is a ConfigError naming the valid keys or values.
+
+        data = load_dataset("tox21", bits=1024, split="scaffold")
+    """
+    entry = get_dataset(name)
+    return entry.fn(apply(entry.config(), cfg, f"{name} data"))
+
+
+def create_model(name: str, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
+                 **cfg: Any) -> tuple[nn.Module, Hooks]:
+    """A registered method's model for `tasks` and the hooks it trains with (default Hooks()).
+    input_shapes: {input name: shape of one example}, as MultiTaskData.input_shapes. cfg: the method's keys
+    (`manytask list NAME`) as typed values or text; an unknown key or a value outside its range is a
+    ConfigError naming the valid keys or values. Seeds nothing: for repeatable weights seed first
+    (train.seed_everything).
+
+        model, hooks = create_model("hard_sharing", data.tasks, data.input_shapes, widths=(256, 128))
+    """
+    entry = get_method(name)
+    built = entry.fn(list(tasks), dict(input_shapes), apply(entry.config(), cfg, f"{name} method"))
+    return built if isinstance(built, tuple) else (built, Hooks())
 
 
 def load_data(spec: RunSpec) -> MultiTaskData:
-    return get_dataset(spec.data).fn(spec.data_cfg)
+    return load_dataset(spec.data, **fields_of(spec.data_cfg))
 
 
 def build(spec: RunSpec, data: MultiTaskData) -> tuple[nn.Module, Hooks]:
     """The method's model (seeded by train.seed) and its training hooks."""
+    return build_model(spec, data.tasks, data.input_shapes)
+
+
+def build_model(spec: RunSpec, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]]) -> tuple[nn.Module, Hooks]:
     seed_everything(spec.train.seed)
-    built = get_method(spec.method).fn(data.tasks, data.input_shapes, spec.method_cfg)
-    model, hooks = built if isinstance(built, tuple) else (built, Hooks())
-    return model, hooks
+    return create_model(spec.method, tasks, input_shapes, **fields_of(spec.method_cfg))
+
+
+def model_card(data: MultiTaskData) -> dict:
+    """What rebuilds the model without the data: the tasks (name, kind, outputs, input; a multiclass task's
+    outputs are the classes 0..C-1 of its label column) and the shape of one example of each input."""
+    return {"tasks": [dataclasses.asdict(t) for t in data.tasks],
+            "input_shapes": {k: list(v) for k, v in data.input_shapes.items()}}
+
+
+def fields_of(cfg: Any) -> dict[str, Any]:
+    """A config dataclass's field values by name (not recursing into nested dataclasses, unlike asdict)."""
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
 
 
 def n_params(model: nn.Module) -> int:
@@ -113,8 +187,10 @@ def evaluate_all(model: nn.Module, data: MultiTaskData, train_cfg: TrainConfig) 
     return {s: evaluate_split(model, data.split(s), data.tasks, train_cfg.eval_batch_size, "cpu")[0] for s in SPLITS}
 
 
-def results_rows(tables: dict[str, dict[str, dict]]) -> list[tuple]:
-    return [(s, task, m, v) for s, tab in tables.items() for task, ms in tab.items() for m, v in ms.items()]
+def records(label: str, seed: int, tables: dict[str, dict[str, dict]]) -> list[tuple]:
+    """{split: {task: {metric: value}}} -> rows of results.csv: (label, seed, task, split, metric, value)."""
+    return [(label, seed, task, split, metric, value)
+            for split, table in tables.items() for task, ms in table.items() for metric, value in ms.items()]
 
 
 def task_table(data: MultiTaskData, tables: dict[str, dict[str, dict]]) -> str:
@@ -127,6 +203,135 @@ def task_table(data: MultiTaskData, tables: dict[str, dict[str, dict]]) -> str:
     return text_table(("task", "metric", *SPLITS), rows)
 
 
+# ---- files written safely: run.json, checkpoints ------------------------------------------------------------
+
+def write_text(path: Path, text: str) -> None:
+    """path <- text atomically: a temporary file beside it, then os.replace (no reader sees half a file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def start_record(run_dir: Path, previous: dict | None = None, from_epoch: int = 0) -> dict:
+    """run.json of a run starting in this process (status running); `previous`: the run.json of the
+    attempt this one resumes (kept under "previous")."""
+    from . import __version__
+    info = {"status": "running", "started": now(), "ended": None, "argv": list(sys.argv),
+            "host": socket.gethostname(), "pid": os.getpid(),
+            "versions": {"manytask": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()}}
+    if previous is not None:
+        info.update(resumed_from_epoch=from_epoch, previous=previous.pop("previous", []) + [previous])
+    write_json(run_dir / RUN_FILE, info)
+    return info
+
+
+def end_record(run_dir: Path, info: dict, status: str, **details: Any) -> None:
+    info.update(status=status, ended=now(), **details)
+    write_json(run_dir / RUN_FILE, info)
+
+
+def read_record(run_dir: Path) -> dict:
+    """run.json ({} for a run directory written before run.json existed)."""
+    path = Path(run_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def process_alive(pid: int, argv: list[str]) -> bool:
+    """Whether process `pid` of this host still runs the command line `argv` (a reused pid runs another)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if not cmdline.exists():
+        return True
+    args = argv[1:]
+    running = cmdline.read_bytes().decode(errors="replace").split("\0")[:-1]
+    return bool(running) and (not args or running[-len(args):] == args)
+
+
+def shown_status(info: dict) -> str:
+    """run.json's status, except for a run marked running whose process is gone: `dead` when it ran on this
+    host, `running?` when it runs on another host, where its process cannot be checked from here."""
+    status = info.get("status", "unknown")
+    if status != "running":
+        return status
+    if info.get("host") != socket.gethostname():
+        return "running?"
+    return "running" if process_alive(info["pid"], info.get("argv", [])) else "dead"
+
+
+def save_checkpoint(trainer: Trainer, path: Path) -> None:
+    """trainer.state_dict() -> one safetensors file, written atomically: the tensors, and the structure around
+    them (dicts, lists, tuples, numbers, strings) as JSON in the file's metadata. No pickle: loading a
+    checkpoint runs no code."""
+    tensors: dict[str, torch.Tensor] = {}
+    layout = _pack(trainer.state_dict(), tensors, "")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"manytask.state": json.dumps(layout)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The state_dict() that save_checkpoint wrote (tensors on the CPU)."""
+    with safe_open(str(path), "pt") as f:
+        layout = json.loads(f.metadata()["manytask.state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return _unpack(layout, tensors)
+
+
+def _pack(value: Any, tensors: dict[str, torch.Tensor], name: str) -> Any:
+    """A state of nested dicts, lists, tuples, tensors and JSON scalars -> JSON, with each tensor moved to
+    `tensors` (under its path, e.g. optimizer.state.0.exp_avg) and replaced by {"tensor": path}. Dicts
+    become {"dict": [[key, value], ...]} (int keys stay int), tuples {"tuple": [...]}."""
+    if isinstance(value, torch.Tensor):
+        key = name if name not in tensors else f"{name}#{len(tensors)}"
+        tensors[key] = value.detach().to("cpu", copy=True).contiguous()
+        return {"tensor": key}
+    if isinstance(value, dict):
+        return {"dict": [[k, _pack(v, tensors, f"{name}.{k}" if name else str(k))] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        items = [_pack(v, tensors, f"{name}.{i}") for i, v in enumerate(value)]
+        return {"tuple": items} if isinstance(value, tuple) else items
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a checkpoint holds tensors and JSON values; {name} is a {type(value).__name__}")
+
+
+def _unpack(layout: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(layout, list):
+        return [_unpack(v, tensors) for v in layout]
+    if isinstance(layout, dict):
+        (kind, body), = layout.items()
+        if kind == "tensor":
+            return tensors[body]
+        if kind == "tuple":
+            return tuple(_unpack(v, tensors) for v in body)
+        return {k: _unpack(v, tensors) for k, v in body}
+    return layout
+
+
+# ---- training a run ----------------------------------------------------------------------------------------
+
 @dataclass
 class RunResult:
     dir: Path | None
@@ -137,28 +342,139 @@ class RunResult:
     trainer: Trainer
 
 
+class RunStopped(Exception):
+    """A run ended before its last epoch, and its directory says so (run.json). str(): the one line for the
+    user; exit_status: 130 (SIGINT), 143 (SIGTERM) or 1 (training failed)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str | None = "runs",
               name: str | None = None, echo: bool = True) -> RunResult:
-    """Train one method on one data set; with `out`, write a new run directory under it."""
+    """Train one method on one data set; with `out`, write a new run directory under it (every setting is
+    checked first: a bad one leaves no directory), saving a checkpoint every epoch. There SIGINT and SIGTERM
+    stop training after the current minibatch: RunStopped, run interrupted, resumable with resume_run."""
     data = data or load_data(spec)
     model, hooks = build(spec, data)
-    run_dir = new_run_dir(out, name or f"{spec.data}-{spec.method}-seed{spec.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}") if out else None
-    metrics_file = open(run_dir / "metrics.jsonl", "w") if run_dir else None
-    if run_dir:
-        (run_dir / "config.json").write_text(json.dumps(spec.to_json(), indent=2))
+    resolve_device(spec.train.device)
+    if not out:
+        return _train(spec, data, model, hooks, None, echo)
+    run_dir = new_run_dir(out, name or f"{spec.data}-{spec.method}-seed{spec.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data)})
+    (run_dir / "metrics.jsonl").touch()
+    return _train(spec, data, model, hooks, run_dir, echo, start_record(run_dir))
 
-    def log_row(row):
-        if metrics_file:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
 
+def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str, str] | None = None,
+               echo: bool = True) -> RunResult:
+    """Continue an interrupted run (or one whose process died) in its own directory, from its last finished
+    epoch with the saved optimizer and random state: it ends where an uninterrupted run would. `data`,
+    `method` and `overrides` must agree with the saved config, except data.path, data.dir (the data moved),
+    device and progress."""
+    run_dir = Path(run_dir)
+    saved, info = read_spec(run_dir), read_record(run_dir)
+    status = shown_status(info)
+    if status not in ("interrupted", "dead"):
+        raise ConfigError(f"{run_dir}: {not_resumable(info, status)}")
+    if (data, method) != (saved.data, saved.method):
+        raise ConfigError(f"{run_dir} is a {saved.method} run on {saved.data}; resume it with "
+                          f"{resume_command(saved, run_dir)}")
+    spec = resolve(data, method, overrides or {}, base=saved)
+    old, new = flat_config(saved), flat_config(spec)
+    changed = [k for k in new if new[k] != old[k] and k not in RESUME_KEYS]
+    if changed:
+        raise ConfigError(f"{changed[0]}={new[changed[0]]} differs from the run's {changed[0]}={old[changed[0]]}: a "
+                          f"resumed run keeps its settings (only {', '.join(RESUME_KEYS)} may change); train a new run instead")
+    data_set = load_data(spec)
+    model, hooks = build(spec, data_set)
+    resolve_device(spec.train.device)
+    state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
+    history, done = (state["history"], state["epoch"]) if state else ([], 0)
+    write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data_set)})
+    write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    if echo:
+        print(f"resuming {run_dir} after epoch {done} of {spec.train.epochs}", file=sys.stderr)
+    info = start_record(run_dir, info, from_epoch=done)
+    return _train(spec, data_set, model, hooks, run_dir, echo, info, state)
+
+
+def not_resumable(info: dict, status: str) -> str:
+    if status == "completed":
+        return "the run is completed; there is nothing to resume"
+    if status == "failed":
+        error = info.get("error", {})
+        return (f"the run failed in epoch {error.get('epoch')} ({error.get('reason')}); resuming would fail the "
+                "same way: train a new run with other settings")
+    if status == "running":
+        return f"the run is still running (pid {info['pid']}); stop it first (Ctrl-C, or kill {info['pid']})"
+    if status == "running?":
+        return (f"run.json says it runs on host {info.get('host')} (pid {info.get('pid')}), which cannot be "
+                "checked from here; resume it on that host once that process has ended")
+    return "it has no run.json (written by an older manytask), so it cannot be resumed"
+
+
+def resume_command(spec: RunSpec, run_dir: Path) -> str:
+    return f"manytask train {spec.data} {spec.method} --resume {shlex.quote(str(run_dir))}"
+
+
+def flat_config(spec: RunSpec) -> dict[str, Any]:
+    """{key as the user writes it (data.KEY, training and method keys): JSON value} of a spec."""
+    d = json.loads(json.dumps(spec.to_json()))
+    return {**{f"data.{k}": v for k, v in d["data_cfg"].items()}, **d["method_cfg"], **d["train"]}
+
+
+def _train(spec: RunSpec, data: MultiTaskData, model: nn.Module, hooks: Hooks, run_dir: Path | None, echo: bool,
+           info: dict | None = None, resume: dict | None = None) -> RunResult:
+    """Fit (from `resume`, a checkpoint's state, when given), evaluate every split and write the results.
+    With a run directory: metrics.jsonl and a checkpoint every epoch, SIGINT/SIGTERM caught during training,
+    and run.json's status true however the run ends."""
     t0 = time.perf_counter()
+    trainer = Trainer(model, data, spec.train, hooks)
+    if run_dir is None:
+        trainer.fit()
+        return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
     try:
-        trainer = Trainer(model, data, spec.train, hooks, log=log_row).fit()
-    finally:
-        if metrics_file:
-            metrics_file.close()
-    wall = time.perf_counter() - t0
+        with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
+            trainer.log = lambda row: (metrics.write(json.dumps(row) + "\n"), metrics.flush())
+            trainer.checkpoint = lambda tr: save_checkpoint(tr, run_dir / CHECKPOINT)
+            trainer.fit(resume)
+        result = _results(spec, data, trainer, run_dir, time.perf_counter() - t0, echo)
+    except TrainingInterrupted as e:
+        weights = save_best_so_far(model, run_dir)
+        end_record(run_dir, info, "interrupted", interrupted={"epoch": e.epoch, "signal": signal.Signals(e.signum).name})
+        raise RunStopped(f"{e}; {run_dir} holds {'the best weights so far and ' if weights else ''}"
+                         f"{'a checkpoint' if e.epoch else 'no finished epoch'}; resume with: "
+                         f"{resume_command(spec, run_dir)}", 128 + e.signum) from None
+    except TrainingDiverged as e:
+        end_record(run_dir, info, "failed", error={"epoch": e.epoch, "reason": str(e)})
+        raise RunStopped(f"error: {e}; {run_dir} is marked failed and holds no trained model", 1) from None
+    except KeyboardInterrupt:
+        end_record(run_dir, info, "interrupted", interrupted={"epoch": trainer.validated_epoch, "signal": "SIGINT"})
+        raise
+    except BaseException as e:
+        end_record(run_dir, info, "failed", error={"epoch": trainer.epoch, "reason": f"{type(e).__name__}: {e}"})
+        raise
+    end_record(run_dir, info, "completed")
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return result
+
+
+def save_best_so_far(model: nn.Module, run_dir: Path) -> bool:
+    """model.safetensors <- the best weights of the finished epochs, read from the checkpoint (the last
+    epoch's weights when early stopping is off). False when no epoch has finished."""
+    if not (run_dir / CHECKPOINT).exists():
+        return False
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    model.load_state_dict(state["best_model"] or state["model"])
+    save_weights(model, run_dir / WEIGHTS)
+    return True
+
+
+def _results(spec: RunSpec, data: MultiTaskData, trainer: Trainer, run_dir: Path | None, wall: float,
+             echo: bool) -> RunResult:
+    model = trainer.model
     tables = evaluate_all(model, data, spec.train)
     summary = {"data": spec.data, "method": spec.method, "tasks": [dataclasses.asdict(t) for t in data.tasks],
                "params": n_params(model), "epochs": trainer.epoch, "best_epoch": trainer.best_epoch,
@@ -166,11 +482,13 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
                "samples_per_second": round(trainer.samples_per_second, 1), "device": str(trainer.device),
                "mean": {s: mean_over_tasks(tables[s], data.tasks) for s in SPLITS}}
     if run_dir:
-        save_model(model, str(run_dir / "model.safetensors"))
-        if hasattr(model, "write_artifacts"):  # optional: a model's own plots and tables, e.g. mixing weights
-            summary["artifacts"] = model.write_artifacts(run_dir) or {}
-        (run_dir / "results.json").write_text(json.dumps({**summary, "splits": tables}, indent=2))
-        write_csv(run_dir / "results.csv", ("split", "task", "metric", "value"), results_rows(tables))
+        save_weights(model, run_dir / WEIGHTS)
+        if hasattr(model, "artifacts"):  # optional: a model's own figures and matrices, e.g. mixing weights
+            figures, matrices = model.artifacts()
+            files = [p.name for m in matrices for p in write_matrix(run_dir, m)]
+            summary["artifacts"] = {**figures, "files": files}
+        write_json(run_dir / "results.json", {**summary, "splits": tables})
+        write_results(run_dir, records(spec.method, spec.train.seed, tables))
         plot_history(trainer.history, run_dir / "curves.png")
     if echo:
         print(task_table(data, tables))
@@ -180,16 +498,53 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
     return RunResult(run_dir, spec, tables, summary, model, trainer)
 
 
-def load_run(run_dir: Path | str) -> tuple[RunSpec, MultiTaskData, nn.Module]:
-    """Rebuild the data and the model of a run directory and load its weights."""
-    run_dir = Path(run_dir)
-    cfg_file, weights = run_dir / "config.json", run_dir / "model.safetensors"
-    for f in (cfg_file, weights):
-        if not f.exists():
-            raise ConfigError(f"{run_dir} is not a finished run directory: {f.name} is missing")
-    spec = RunSpec.from_json(json.loads(cfg_file.read_text()))
-    data = load_data(spec)
-    model, _ = build(spec, data)
+# ---- using a run: evaluate, predict, list -------------------------------------------------------------------
+
+def read_spec(run_dir: Path) -> RunSpec:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    return RunSpec.from_json(json.loads(path.read_text()))
+
+
+def load_run(run_dir: Path | str, with_data: bool = True,
+             data_path: str | None = None) -> tuple[RunSpec, MultiTaskData | None, nn.Module]:
+    """Rebuild a run's model from its directory and load its weights -> (spec, data, model). The model needs
+    no data (config.json holds its tasks and input shapes); with_data loads the run's data too (None
+    otherwise), from `data_path` when the file has moved."""
+    spec, data, _, model = _load(Path(run_dir), with_data, data_path)
+    return spec, data, model
+
+
+def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
+    """-> (spec, data or None, tasks, model) of a run directory."""
+    spec, info = read_spec(run_dir), read_record(run_dir)
+    weights = run_dir / WEIGHTS
+    if info.get("status") == "failed":
+        error = info.get("error", {})
+        raise ConfigError(f"{run_dir} failed in epoch {error.get('epoch')} ({error.get('reason')}); it holds no "
+                          "trained model")
+    if not weights.exists():
+        raise ConfigError(f"{run_dir} is not a finished run directory: {WEIGHTS} is missing"
+                          + (f"; resume it with {resume_command(spec, run_dir)}" if shown_status(info) in ("interrupted", "dead") else ""))
+    if info.get("status") == "interrupted":
+        log.warning("%s was interrupted after epoch %s: its weights are the best so far", run_dir,
+                    info.get("interrupted", {}).get("epoch"))
+    if data_path:
+        if "path" not in field_types(type(spec.data_cfg)):
+            raise ConfigError(f"data set {spec.data!r} has no data.path key")
+        spec = dataclasses.replace(spec, data_cfg=dataclasses.replace(spec.data_cfg, path=os.path.abspath(data_path)))
+    card = json.loads((run_dir / CONFIG_FILE).read_text()).get("model")
+    data = None
+    if with_data or card is None:  # a run written before config.json held the model's tasks: from its data
+        moved = getattr(spec.data_cfg, "path", "")
+        if moved and not Path(moved).exists():
+            raise ConfigError(f"{run_dir} was trained on {moved}, which is not there any more; give its new place: "
+                              f"manytask evaluate {shlex.quote(str(run_dir))} data.path=NEW.csv")
+        data = load_data(spec)
+    tasks = data.tasks if card is None else [Task(**t) for t in card["tasks"]]
+    shapes = data.input_shapes if card is None else {k: tuple(v) for k, v in card["input_shapes"].items()}
+    model, _ = build_model(spec, tasks, shapes)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except RuntimeError as e:
@@ -199,38 +554,138 @@ def load_run(run_dir: Path | str) -> tuple[RunSpec, MultiTaskData, nn.Module]:
         raise ConfigError(f"{weights} does not match the {spec.method} model of config.json: "
                           f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; "
                           "was the file replaced or the config edited?")
-    return spec, data, model
+    return spec, data, tasks, model
 
 
-def evaluate_run(run_dir: Path | str, echo: bool = True) -> tuple[dict, bool]:
-    """Recompute every split's table from the saved weights; -> (tables, equal to results.json)."""
-    spec, data, model = load_run(run_dir)
+def evaluate_run(run_dir: Path | str, echo: bool = True, data_path: str | None = None) -> tuple[dict, bool | None]:
+    """Recompute every split's table from the saved weights -> (tables, equal to results.json; None when the
+    run has no results.json, e.g. an interrupted run). data_path: the data file's new place."""
+    spec, data, model = load_run(run_dir, data_path=data_path)
     tables = evaluate_all(model, data, spec.train)
     saved_file = Path(run_dir) / "results.json"
-    same = saved_file.exists() and json.loads(saved_file.read_text())["splits"] == json.loads(json.dumps(tables))
+    same = json.loads(saved_file.read_text())["splits"] == json.loads(json.dumps(tables)) if saved_file.exists() else None
     if echo:
         print(task_table(data, tables))
-        print("matches the saved results.json exactly" if same else "DIFFERS from the saved results.json")
+        print({True: "matches the saved results.json exactly", False: "DIFFERS from the saved results.json",
+               None: "no results.json to compare with (the run has not completed)"}[same])
     return tables, same
 
 
+class Predictor:
+    """A run's model for raw inputs (SMILES for molecule runs), rebuilt from the run directory alone.
+    predictor(inputs) -> (valid (n,) bool, predictions (n, len(columns)) float32, NaN where not valid).
+    columns: one per binary (probability of 1) or regression task (the value); one per class of a multiclass
+    task, TASK:k (probability of class k)."""
+
+    def __init__(self, run_dir: Path | str):
+        self.spec, _, self.tasks, self.model = _load(Path(run_dir), with_data=False)
+        self.featurize = get_dataset(self.spec.data).featurize
+        if self.featurize is None:
+            raise ConfigError(f"data set {self.spec.data!r} has no featuriser for raw inputs; predict works on "
+                              "molecule runs (SMILES)")
+        self.input_column = getattr(self.spec.data_cfg, "smiles_col", "input")  # the CSV column of the inputs
+        self.columns = [t.name if t.outputs == 1 else f"{t.name}:{k}" for t in self.tasks for k in range(t.outputs)]
+        self.model.to("cpu").eval()
+
+    @torch.no_grad()
+    def __call__(self, inputs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        preds = np.full((len(inputs), len(self.columns)), np.nan, dtype=np.float32)
+        if not inputs:
+            return np.zeros(0, dtype=bool), preds
+        x, valid = self.featurize(inputs, self.spec.data_cfg)
+        out = self.model(torch.as_tensor(x))
+        preds[:] = torch.cat([t.predict(out[t.name]).reshape(len(inputs), -1) for t in self.tasks], 1).numpy()
+        preds[~valid] = np.nan
+        return np.asarray(valid, dtype=bool), preds
+
+
 def predict_run(run_dir: Path | str, strings: list[str]) -> list[tuple[str, dict[str, float] | None]]:
-    """Per-task predictions for raw inputs (SMILES for molecule data). An input the featuriser cannot
-    read gets None instead of predictions; the others are still predicted."""
-    spec, data, model = load_run(run_dir)
-    featurize = get_dataset(spec.data).featurize
-    if featurize is None:
-        raise ConfigError(f"data set {spec.data!r} has no featuriser for raw inputs; predict works on "
-                          "molecule runs (SMILES)")
-    x, valid = featurize(strings, spec.data_cfg)
-    model.eval()
-    with torch.no_grad():
-        out = model(x) if len(strings) else {}
+    """Predictions for raw inputs: (input, {column: value}) per input (columns as Predictor's), or (input,
+    None) for an input the featuriser cannot read; the others are still predicted."""
+    predictor = Predictor(run_dir)
+    valid, preds = predictor(list(strings))
+    return [(s, dict(zip(predictor.columns, map(float, p))) if ok else None) for s, ok, p in zip(strings, valid, preds)]
+
+
+def read_inputs(lines: Iterator[str], column: str) -> Iterator[str]:
+    """Raw inputs from the lines of a file: a CSV whose header names `column` (any case) gives that column;
+    any other file holds one input per line (its first field; blank lines, # comments and a first line
+    starting with the column name, as in .smi files, skipped)."""
+    first = next(lines, "")
+    names = [h.strip().lower() for h in next(csv.reader([first]), [])]
+    if column.lower() in names:
+        index = names.index(column.lower())
+        yield from (row[index].strip() if index < len(row) else "" for row in csv.reader(lines))
+        return
+    if first.lower().split()[:1] == [column.lower()]:
+        first = ""
+    for line in chain([first], lines):
+        if line.strip() and not line.startswith("#"):
+            yield line.split()[0]
+
+
+def file_inputs(path: str | Path, column: str) -> Iterator[str]:
+    """The inputs of a file, read lazily (see read_inputs; '-': standard input, .gz: decompressed on the fly).
+    A missing file is a ConfigError at once."""
+    if str(path) == "-":
+        return read_inputs(iter(sys.stdin), column)
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; give a CSV with a {column} column or a file with one input per line")
+
+    def lines() -> Iterator[str]:
+        with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as f:
+            yield from f
+    return read_inputs(lines(), column)
+
+
+def predict_csv(predictor: Predictor, inputs: Iterable[str], out: IO[str], column: str = "smiles",
+                chunk: int = 4096, progress: bool = True) -> tuple[int, int]:
+    """Stream raw inputs through a run's model into CSV on `out`: the input (header `column`), `valid`
+    (true/false), one column per prediction (Predictor.columns; empty where not valid). Featurises and
+    predicts `chunk` inputs at a time, so memory does not grow with the input; a tqdm bar on a terminal.
+    -> (inputs, invalid inputs)."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([column, "valid", *predictor.columns])
+    blank = [""] * len(predictor.columns)
+    n = invalid = 0
+    inputs = iter(inputs)
+    with tqdm(desc="predict", unit=" inputs", disable=None if progress else True, leave=False) as bar:
+        while batch := list(islice(inputs, chunk)):
+            valid, preds = predictor(batch)
+            writer.writerows([s, "true", *(f"{v:.6g}" for v in p)] if ok else [s, "false", *blank]
+                             for s, ok, p in zip(batch, valid, preds))
+            n, invalid = n + len(batch), invalid + int((~valid).sum())
+            bar.update(len(batch))
+    return n, invalid
+
+
+def list_runs(folder: Path | str) -> list[dict]:
+    """Every run directory under `folder` (an experiment's runs too), newest first: {started, status, epochs,
+    data, method, test (the mean test primary metric of a completed run), path}; status as shown_status."""
     rows = []
-    for i, s in enumerate(strings):
-        if not valid[i]:
-            rows.append((s, None))
+    for config_file in Path(folder).rglob(CONFIG_FILE):
+        run_dir = config_file.parent
+        try:
+            config, info = json.loads(config_file.read_text()), read_record(run_dir)
+            results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else None
+        except (OSError, ValueError):
             continue
-        rows.append((s, {t.name: float(t.predict(out[t.name][i:i + 1])[0]) for t in data.tasks
-                         if t.kind != "multiclass"}))
-    return rows
+        if "method" not in config:
+            continue
+        if info:
+            status = shown_status(info)
+        else:  # written before run.json existed
+            status = "completed" if results else "unknown"
+        started = info.get("started") or datetime.fromtimestamp(config_file.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+        test = ""
+        if results:
+            done = results["epochs"]
+            metrics = sorted({primary(Task(**t)) for t in results["tasks"]})
+            test = ", ".join(f"{m} {results['mean']['test'].get(m, float('nan')):.3f}" for m in metrics)
+        else:
+            path = run_dir / "metrics.jsonl"
+            done = sum(1 for _ in open(path)) if path.exists() else 0
+        rows.append({"started": started, "status": status, "epochs": f"{done}/{config['train']['epochs']}",
+                     "data": config["data"], "method": config["method"], "test": test, "path": str(run_dir)})
+    return sorted(rows, key=lambda r: datetime.fromisoformat(r["started"]), reverse=True)

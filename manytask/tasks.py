@@ -7,19 +7,43 @@ A model's output for a task has shape (n, task.outputs): 1 logit (binary), C log
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 KINDS = ("binary", "multiclass", "regression")
+# names a ModuleDict or ParameterDict cannot take as keys: their own attributes ("forward", "train", "keys", ...)
+RESERVED_KEYS = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
+_ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def module_key(name: str) -> str:
+    """The key of a task's or an input's module in an nn.ModuleDict (and so in saved weights).
+
+    A name that is a valid key (no ".", not an attribute of a ModuleDict such as "forward" or "train", no
+    "%XX" hex sequence) is its own key, so the weights saved for such names keep loading. Any other name is
+    percent-encoded: "%" -> "%25", "." -> "%2E", and the first character of an attribute name ("forward" ->
+    "%66orward"). Distinct names give distinct keys (an encoded key always holds a "%XX", a plain one never).
+    """
+    if not name:
+        raise ValueError("a task or input name cannot be empty")
+    if "." not in name and name not in RESERVED_KEYS and not _ESCAPE_LIKE.search(name):
+        return name
+    key = name.replace("%", "%25").replace(".", "%2E")
+    if key in RESERVED_KEYS:
+        key = "".join(f"%{b:02X}" for b in key[0].encode()) + key[1:]
+    return key
 
 
 @dataclass(frozen=True)
 class Task:
     """One prediction target.
 
-    name:    unique name, the key of the model's output dict.
+    name:    unique, non-empty name of any characters, the key of the model's output dict (modules are
+             keyed by module_key(name)).
     kind:    "binary" | "multiclass" | "regression".
     outputs: width of the model's output for this task (1 for binary and regression, C for multiclass).
     input:   key of the input this task reads when a data set has several inputs (default: the only one).
@@ -31,6 +55,8 @@ class Task:
     input: str = "x"
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"a task needs a non-empty name, got {self.name!r}")
         if self.kind not in KINDS:
             raise ValueError(f"task {self.name!r}: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
         if self.kind == "multiclass" and self.outputs < 2:

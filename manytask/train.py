@@ -5,24 +5,45 @@ step" returns a Hooks subclass from its builder and overrides some of:
 
     parameters(model)             what the optimizer updates (param groups allowed)
     before_training(trainer)      once, after the optimizer exists
-    training_step(trainer, x, y)  one minibatch; the default is forward, loss, backward, step
+    forward(trainer, x)           the outputs the loss reads; default model(x) -> {task: output}
+    loss(trainer, out, y)         the objective of one minibatch; default the mean task loss
+    training_step(trainer, x, y)  one minibatch: forward, loss, trainer.optimizer_step(loss); only a method
+                                  with an algorithm of its own (several steps per minibatch) overrides it
     before_optimizer_step(trainer)  between backward and optimizer.step (e.g. gradient masks)
     after_step(trainer)           after every optimizer step
     after_epoch(trainer)          after every epoch, before validation
+    after_training(trainer)       once, after the last epoch (e.g. freeze what this stage trained)
+    state_dict() / load_state_dict(state)  what the hooks change during training and a resumed run must
+                                  get back (tensors and JSON values); default: nothing
+
+The optimizer step itself (zero_grad, backward, before_optimizer_step, step) is written once, in
+Trainer.optimizer_step. `train_stages` trains several stages of tasks in sequence through the same loop.
+
+Stopping early: a non-finite training loss (checked every minibatch) or non-finite weights (checked every
+epoch) raise TrainingDiverged. Within `stop_on_signals(trainer)`, SIGINT and SIGTERM make fit raise
+TrainingInterrupted after the current minibatch. `Trainer.state_dict()` at the end of an epoch (the
+`checkpoint` callback) and `fit(resume=state)` continue a run exactly where it stopped: same weights,
+optimizer state, minibatch order, dropout masks, early-stopping state.
 """
 from __future__ import annotations
 
 import copy
 import math
+import random
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import ConfigError, option
 from .data.base import MultiTaskData, Split, batches, model_input
 from .metrics import mean_over_tasks, primary, task_metrics
 from .tasks import Task, mean_loss
@@ -32,18 +53,20 @@ from .tasks import Task, mean_loss
 class TrainConfig:
     """Optimisation settings shared by every method."""
 
-    epochs: int = 100
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # SGD only
-    patience: int = 10  # epochs without improvement of the mean validation loss; 0 = no early stopping
-    min_delta: float = 0.0
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    progress: bool = True
-    eval_batch_size: int = 2048
+    epochs: int = option(100, "maximum training epochs", low=1)
+    batch_size: int = option(128, "examples per minibatch", low=1)
+    lr: float = option(1e-3, "learning rate", low=0, low_open=True)
+    optimizer: Literal["adam", "sgd"] = option("adam", "optimizer", choices=("adam", "sgd"))
+    weight_decay: float = option(0.0, "L2 penalty (the optimizer's weight_decay)", low=0)
+    momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
+    patience: int = option(10, "epochs without improvement of the mean validation loss before stopping; 0 = never stop early", low=0)
+    min_delta: float = option(0.0, "smallest decrease of the validation loss that counts as improvement", low=0)
+    seed: int = option(0, "seed of the initial weights, minibatch order and dropout", low=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    progress: bool = option(True, "progress: a bar on a terminal, else one line per epoch on stderr")
+    eval_batch_size: int = option(2048, "examples per evaluation chunk", low=1)
+    val_every: int = option(1, "validate, log and checkpoint every N epochs and after the last one; patience "
+                               "counts validations", low=1)
 
 
 class Hooks:
@@ -55,13 +78,15 @@ class Hooks:
     def before_training(self, trainer: "Trainer") -> None:
         pass
 
+    def forward(self, trainer: "Trainer", x):
+        return trainer.model(x)
+
+    def loss(self, trainer: "Trainer", out, y: dict[str, torch.Tensor]) -> torch.Tensor:
+        return mean_loss(trainer.tasks, out, y, trainer.task_weights)
+
     def training_step(self, trainer: "Trainer", x, y: dict[str, torch.Tensor]) -> float:
-        out = trainer.model(x)
-        loss = mean_loss(trainer.tasks, out, y, trainer.task_weights)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.before_optimizer_step(trainer)
-        trainer.optimizer.step()
+        loss = self.loss(trainer, self.forward(trainer, x), y)
+        trainer.optimizer_step(loss)
         return float(loss.detach())
 
     def before_optimizer_step(self, trainer: "Trainer") -> None:
@@ -73,11 +98,53 @@ class Hooks:
     def after_epoch(self, trainer: "Trainer") -> None:
         pass
 
+    def after_training(self, trainer: "Trainer") -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        """What these hooks change during training, for a resumed run: tensors and JSON values."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss or the weights became NaN or infinite: the model is no longer usable."""
+
+    def __init__(self, epoch: int, what: str):
+        self.epoch = epoch
+        super().__init__(f"{what}: training diverged (a smaller lr often helps; inputs with NaN or inf values "
+                         "do this too)")
+
+
+class NonFiniteOutputs(ValueError):
+    """A model's outputs are NaN or infinite, so no metric can be computed from them."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT or SIGTERM stopped Trainer.fit (see stop_on_signals). `epoch` is the last finished epoch; the
+    minibatches of the unfinished one are discarded by a resumed run."""
+
+    def __init__(self, signum: int, epoch: int):
+        self.signum, self.epoch = signum, epoch
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after epoch {epoch}")
+
 
 def resolve_device(name: str) -> torch.device:
+    """auto (CUDA when available), cpu, cuda or cuda:N; a device this machine lacks is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name}: expected auto, cpu, cuda or cuda:N")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          "use device=cpu or device=auto")
+    return device
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -112,6 +179,8 @@ def evaluate_split(model: nn.Module, split: Split, tasks: list[Task], batch_size
     out = predict_split(model, split, tasks, batch_size, device)
     table, losses = {}, []
     for t in tasks:
+        if not bool(torch.isfinite(out[t.name]).all()):
+            raise NonFiniteOutputs(f"the model's outputs for task {t.name} are not finite")
         y = split.labels[t.name]
         loss = float(t.loss(out[t.name], y))
         table[t.name] = {**task_metrics(t, t.predict(out[t.name]).numpy(), y.numpy()), "loss": loss}
@@ -131,6 +200,7 @@ class Trainer:
     log: Callable[[dict], None] | None = None  # receives one dict of metrics per epoch
     tasks: list[Task] | None = None  # the tasks trained (default: all of data.tasks)
     task_weights: dict[str, float] = field(default_factory=dict)  # loss weight per task (default 1)
+    checkpoint: Callable[["Trainer"], None] | None = None  # after every finished epoch, e.g. save state_dict()
     epoch: int = 0
     step: int = 0
     history: list[dict] = field(default_factory=list)
@@ -145,6 +215,15 @@ class Trainer:
         self.optimizer = make_optimizer(self.hooks.parameters(self.model), self.cfg)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)
         self.stop = False  # a hook may set this to end training after the current epoch
+        self.interrupt = 0  # a signal number: stop after the current minibatch (stop_on_signals sets it)
+        self.best_loss, self.best_state, self.waited = math.inf, None, 0  # early stopping
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """The one optimizer step: zero_grad, backward, the hooks' before_optimizer_step, step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.hooks.before_optimizer_step(self)
+        self.optimizer.step()
 
     def batches(self, split: str = "train", shuffle: bool = True):
         """Minibatches of a split, moved to the device: (model input, {task: labels})."""
@@ -153,57 +232,204 @@ class Trainer:
             yield model_input(x), {k: v.to(self.device) for k, v in y.items()}
 
     def evaluate(self, split: str = "val"):
-        return evaluate_split(self.model, self.data.split(split), self.tasks, self.cfg.eval_batch_size, self.device)
+        try:
+            return evaluate_split(self.model, self.data.split(split), self.tasks, self.cfg.eval_batch_size, self.device)
+        except NonFiniteOutputs as e:
+            raise TrainingDiverged(self.epoch, f"{e} on the {split} split after epoch {self.epoch}") from None
 
-    def fit(self) -> "Trainer":
+    @property
+    def validated_epoch(self) -> int:
+        """The last epoch validated, logged and checkpointed (0: none yet)."""
+        return self.history[-1]["epoch"] if self.history else 0
+
+    @property
+    def finished(self) -> bool:
+        """A hook asked to stop, or the validation loss has not improved for `patience` epochs."""
+        return self.stop or (self.cfg.patience > 0 and self.waited >= self.cfg.patience)
+
+    def fit(self, resume: dict | None = None) -> "Trainer":
         """Train up to cfg.epochs epochs; with patience > 0, stop when the mean validation loss has not
-        improved by min_delta for `patience` epochs and restore the best weights."""
+        improved by min_delta for `patience` epochs and restore the best weights. `resume`: a state_dict()
+        taken at the end of an epoch; training goes on after that epoch as if it had never stopped."""
         cfg = self.cfg
-        best_loss, best_state, waited = math.inf, None, 0
         self.model.train()
         self.hooks.before_training(self)
-        bar = tqdm(range(cfg.epochs), desc="train", disable=None if cfg.progress else True,  # None: off when not a terminal
-                   leave=False, dynamic_ncols=True)
-        for _ in bar:
-            self.epoch += 1
-            t0, losses = time.perf_counter(), []
-            for x, y in self.batches("train"):
-                losses.append(self.hooks.training_step(self, x, y))
-                self.step += 1
-                self.samples_seen += next(iter(y.values())).shape[0]
-                self.hooks.after_step(self)
-            self.hooks.after_epoch(self)
-            self.train_seconds += time.perf_counter() - t0
-            table, val_loss = self.evaluate("val")
-            means = mean_over_tasks(table, self.tasks)
-            row = {"epoch": self.epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-                   **{f"val_{k}": v for k, v in means.items() if k != "loss"},
-                   "seconds": round(self.train_seconds, 3)}
-            self.history.append(row)
-            if self.log:
-                self.log(row)
-            metric = primary(self.tasks[0])
-            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{val_loss:.4f}",
-                            **{f"val_{metric}": f"{means.get(metric, math.nan):.4f}"})
-            if val_loss < best_loss - cfg.min_delta:
-                best_loss, waited, self.best_epoch = val_loss, 0, self.epoch
-                if cfg.patience > 0:
-                    best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                waited += 1
-            if self.stop or (cfg.patience > 0 and waited >= cfg.patience):
-                break
-        bar.close()
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
+        if resume is not None:
+            self.load_state_dict(resume)  # after before_training: the saved state replaces what it set up
+        progress = EpochProgress(cfg, self.epoch, primary(self.tasks[0]))
+        try:
+            losses = []
+            while self.epoch < cfg.epochs and not self.finished:
+                self.epoch += 1
+                losses += self.train_epoch()
+                if self.epoch % cfg.val_every and self.epoch < cfg.epochs and not self.stop:
+                    continue  # validation, log and checkpoint every val_every epochs and after the last
+                row, losses = self.end_epoch(losses), []
+                if self.checkpoint:
+                    self.checkpoint(self)
+                progress.epoch_done(row)
+                if self.interrupt:
+                    raise TrainingInterrupted(self.interrupt, self.epoch)
+        finally:
+            progress.close()
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.hooks.after_training(self)
         return self
+
+    def train_epoch(self) -> list[float]:
+        """The minibatches of one epoch -> their training losses. A non-finite loss or weights raise
+        TrainingDiverged, a signal (self.interrupt) TrainingInterrupted, after the current minibatch."""
+        t0, losses = time.perf_counter(), []
+        for x, y in self.batches("train"):
+            losses.append(self.hooks.training_step(self, x, y))
+            if not math.isfinite(losses[-1]):
+                raise TrainingDiverged(self.epoch, f"the training loss is {losses[-1]} in epoch {self.epoch}, "
+                                                   f"minibatch {len(losses)}")
+            self.step += 1
+            self.samples_seen += next(iter(y.values())).shape[0]
+            self.hooks.after_step(self)
+            if self.interrupt:  # resumable from the last validated epoch, which has the last checkpoint
+                raise TrainingInterrupted(self.interrupt, self.validated_epoch)
+        self.hooks.after_epoch(self)
+        self.train_seconds += time.perf_counter() - t0
+        return losses
+
+    def end_epoch(self, losses: list[float]) -> dict:
+        """Validate, record the epoch's row (history, log) and update early stopping -> the row. `losses`:
+        the training losses since the last validation. Non-finite weights raise TrainingDiverged."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise TrainingDiverged(self.epoch, f"the weights are not finite after epoch {self.epoch}")
+        table, val_loss = self.evaluate("val")
+        means = mean_over_tasks(table, self.tasks)
+        row = {"epoch": self.epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               **{f"val_{k}": v for k, v in means.items() if k != "loss"},
+               "seconds": round(self.train_seconds, 3)}
+        self.history.append(row)
+        if self.log:
+            self.log(row)
+        if val_loss < self.best_loss - self.cfg.min_delta:
+            self.best_loss, self.waited, self.best_epoch = val_loss, 0, self.epoch
+            if self.cfg.patience > 0:
+                self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            self.waited += 1
+        return row
+
+    def state_dict(self) -> dict:
+        """Everything fit needs to go on after the current (finished) epoch exactly: weights, optimizer
+        state, early-stopping state, counters, history, the hooks' state and every random generator.
+        Tensors and JSON values only."""
+        return {"epoch": self.epoch, "step": self.step, "samples_seen": self.samples_seen,
+                "train_seconds": self.train_seconds, "history": self.history, "best_epoch": self.best_epoch,
+                "best_loss": self.best_loss, "waited": self.waited, "stop": self.stop,
+                "model": self.model.state_dict(), "best_model": self.best_state,
+                "optimizer": self.optimizer.state_dict(), "hooks": self.hooks.state_dict(),
+                "random": random_state(self.generator)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("epoch", "step", "samples_seen", "train_seconds", "best_epoch", "best_loss", "waited", "stop"):
+            setattr(self, key, state[key])
+        self.history = list(state["history"])
+        self.model.load_state_dict(state["model"])
+        self.best_state = state["best_model"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.hooks.load_state_dict(state["hooks"])
+        set_random_state(state["random"], self.generator)
 
     @property
     def samples_per_second(self) -> float:
         return self.samples_seen / self.train_seconds if self.train_seconds else math.nan
 
 
+class EpochProgress:
+    """What fit shows after each epoch: a tqdm bar on a terminal; one line on stderr otherwise (logs, pipes,
+    batch jobs): epoch, train loss, validation loss and metric, seconds; nothing with progress=false."""
+
+    def __init__(self, cfg: TrainConfig, done: int, metric: str):
+        terminal = cfg.progress and getattr(sys.stderr, "isatty", lambda: False)()
+        self.bar = tqdm(total=cfg.epochs, initial=done, desc="train", leave=False, dynamic_ncols=True) if terminal else None
+        self.lines = cfg.progress and not terminal
+        self.epochs, self.metric, self.t0 = cfg.epochs, metric, time.perf_counter()
+
+    def epoch_done(self, row: dict) -> None:
+        metric = row.get(f"val_{self.metric}", math.nan)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{row['val_loss']:.4f}",
+                                 **{f"val_{self.metric}": f"{metric:.4f}"})
+        elif self.lines:
+            now = time.perf_counter()
+            print(f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}  val_loss "
+                  f"{row['val_loss']:.4f}  val_{self.metric} {metric:.4f}  {now - self.t0:.1f} s", file=sys.stderr, flush=True)
+            self.t0 = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer, signums=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM ask `trainer` to stop after its current minibatch (fit raises
+    TrainingInterrupted) instead of ending the process; a second signal raises it at once. The previous
+    handlers are back when the block ends. Outside the main thread (no handlers there) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.interrupt:  # asked twice: stop now
+            raise TrainingInterrupted(signum, trainer.validated_epoch)
+        trainer.interrupt = signum
+
+    previous = {s: signal.signal(s, handler) for s in signums}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, signal.SIG_DFL if h is None else h)  # None: a handler not set from Python
+
+
+def random_state(generator: torch.Generator) -> dict:
+    """The minibatch generator and the global torch (CPU, CUDA), NumPy and Python generators."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"generator": generator.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached)},
+            "python": random.getstate()}
+
+
+def set_random_state(state: dict, generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate(state["python"])
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch and NumPy; CPU training is then deterministic."""
     torch.manual_seed(seed)
     np.random.seed(seed % (2**32))
+
+
+def train_stages(model: nn.Module, hooks: Hooks, data: MultiTaskData, stages: list[list[Task]],
+                 cfgs: list[TrainConfig], on_stage: Callable[[int], None] | None = None) -> list[dict]:
+    """Train the tasks of each stage in sequence with the same model and hooks (continual learning).
+    After stage i (1-based) on_stage(i) runs, and the test metrics of every task trained so far are
+    recorded: the forgetting curve. -> rows {stage, task, loss, <metric>: value}."""
+    if len(cfgs) != len(stages):
+        raise ValueError(f"{len(stages)} stages but {len(cfgs)} training configs")
+    rows, done = [], []
+    for i, (tasks, cfg) in enumerate(zip(stages, cfgs), 1):
+        Trainer(model, data, cfg, hooks, tasks=tasks).fit()
+        if on_stage:
+            on_stage(i)
+        done += [t for t in tasks if t not in done]
+        table, _ = evaluate_split(model, data.test, done, cfg.eval_batch_size, "cpu")
+        rows += [{"stage": i, "task": t.name, **{k: v for k, v in table[t.name].items() if k != "n"}} for t in done]
+    return rows

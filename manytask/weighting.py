@@ -13,15 +13,15 @@ lambda_r(t) = 1 - lambda_s(t), and both lie in [0, 1] at every epoch t >= 0 (t =
 
 The functions are pure: they read nothing but their arguments. `Schedule` bundles a name and its
 parameters; `Schedule.task_weights` turns it into the {task: weight} dict that `Trainer(task_weights=...)`
-reads, so any method can weight any set of tasks with it.
+reads, so any method can weight any set of tasks with it. A bad name or parameter is a ValueError: the
+settings users write are checked where they are declared (the evolving method's config, the schedules
+experiment's).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import Callable
-
-from .config import ConfigError
 
 SCHEDULES: dict[str, Callable[..., float]] = {}
 
@@ -74,15 +74,15 @@ class Schedule:
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.name!r}; choose one of {', '.join(SCHEDULES)}")
+            raise ValueError(f"unknown schedule {self.name!r}; choose one of {', '.join(SCHEDULES)}")
         if self.epochs < 1:
-            raise ConfigError(f"schedule {self.name}: epochs must be >= 1, got {self.epochs}")
+            raise ValueError(f"schedule {self.name}: epochs must be >= 1, got {self.epochs}")
         if self.t1 < 0:
-            raise ConfigError(f"schedule {self.name}: t1 must be >= 0 epochs, got {self.t1}")
+            raise ValueError(f"schedule {self.name}: t1 must be >= 0 epochs, got {self.t1}")
         if self.sigma <= 0:
-            raise ConfigError(f"schedule {self.name}: sigma must be > 0 epochs, got {self.sigma}")
+            raise ValueError(f"schedule {self.name}: sigma must be > 0 epochs, got {self.sigma}")
         if not 0.0 <= self.value <= 1.0:
-            raise ConfigError(f"schedule constant: value is the main weight and must be in [0, 1], got {self.value}")
+            raise ValueError(f"schedule {self.name}: value is the main weight and must be in [0, 1], got {self.value}")
 
     def main(self, t: float) -> float:
         """lambda_s(t) for epoch t >= 0."""

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from manytask.config import ConfigError, apply, split_overrides
+from manytask.config import ConfigError, apply, check, describe, option, split_overrides
 from manytask.runs import resolve
 
 
@@ -24,7 +24,7 @@ def test_values_are_parsed_by_type():
     assert (c.n, c.lr, c.flag, c.name, c.widths, c.opt) == (3, 1e-3, True, "b", (8, 4), None)
 
 
-@pytest.mark.parametrize("kv,msg", [({"n": "x"}, "expected int"), ({"flag": "maybe"}, "true or false"),
+@pytest.mark.parametrize("kv,msg", [({"n": "x"}, "n=x: expected an integer"), ({"flag": "maybe"}, "true or false"),
                                     ({"nope": "1"}, "valid keys: flag, lr, n, name, opt, widths")])
 def test_bad_values_and_keys(kv, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -57,3 +57,50 @@ def test_unknown_method_and_dataset():
 def test_choice_fields():
     with pytest.raises(ConfigError, match="choose one of adam, sgd"):
         resolve("tox21", "stl", {"optimizer": "rmsprop"})
+
+
+@dataclass
+class Ranged:
+    epochs: int = option(10, "training epochs", low=1)
+    dropout: float = option(0.0, "dropout probability", low=0.0, high=1.0, high_open=True)
+    widths: tuple[int, ...] = option((8,), "hidden widths", low=1, min_len=1)
+    kind: str = option("a", "which one", choices=("a", "b"))
+
+
+@pytest.mark.parametrize("kv,msg", [({"epochs": "0"}, r"epochs=0: must be >= 1 \(training epochs\)"),
+                                    ({"dropout": "1"}, r"dropout=1.0: must be in \[0, 1\)"),
+                                    ({"dropout": "nan"}, "dropout=nan: must be in"),
+                                    ({"widths": ""}, "widths=: need >= 1, at least 1 value"),
+                                    ({"widths": "8,0"}, "widths=8,0: must be >= 1"),
+                                    ({"kind": "c"}, "kind=c: choose one of a, b")])
+def test_ranges_and_choices_are_checked_with_the_valid_values_in_the_message(kv, msg):
+    with pytest.raises(ConfigError, match=msg):
+        apply(Ranged(), kv, "test")
+
+
+def test_valid_edges_pass_and_describe_lists_type_default_help():
+    c = apply(Ranged(), {"epochs": "1", "dropout": "0.999", "widths": "1,2", "kind": "b"}, "test")
+    assert (c.epochs, c.dropout, c.widths, c.kind) == (1, 0.999, (1, 2), "b")
+    rows = {r[0]: r for r in describe(Ranged)}
+    assert rows["epochs"] == ("epochs", "int", "10", "training epochs (>= 1)")
+    assert rows["widths"][1:3] == ("int,...", "8")
+    assert rows["dropout"][3] == "dropout probability (in [0, 1))"
+
+
+def test_every_registered_default_config_passes_its_own_check():
+    from manytask.registry import DATASETS, EXPERIMENTS, METHODS, load_all
+    from manytask.train import TrainConfig
+    load_all()
+    for entry in [*METHODS.values(), *DATASETS.values(), *EXPERIMENTS.values()]:
+        check(entry.config())
+    check(TrainConfig())
+
+
+@pytest.mark.parametrize("key,value", [("epochs", "0"), ("epochs", "-1"), ("batch_size", "-3"), ("batch_size", "0"),
+                                       ("lr", "0"), ("lr", "-1"), ("weight_decay", "-1"), ("patience", "-1"),
+                                       ("device", "tpu")])
+def test_out_of_range_training_settings_are_config_errors(key, value):
+    with pytest.raises(ConfigError, match=f"{key}={value}"):
+        spec = resolve("tox21", "hard_sharing", {key: value})
+        from manytask.train import resolve_device
+        resolve_device(spec.train.device)

@@ -11,6 +11,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from manytask.config import ConfigError
+from manytask.report import read_results
 from manytask.runs import evaluate_run, load_run, new_run_dir
 
 from .data.test_moleculenet import SMILES
@@ -44,7 +45,7 @@ def test_train_evaluate_predict(tmp_path, mols):
     r = cli("train", "moleculenet", "hard_sharing", f"data.path={mols}", "widths=16", *TINY, "--out", "runs", cwd=tmp_path)
     assert "mean (2 tasks)" in r.stdout and "samples/s" in r.stdout
     run = only_run(tmp_path / "runs")
-    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "results.json", "results.csv",
+    assert {p.name for p in run.iterdir()} >= {"run.json", "config.json", "metrics.jsonl", "results.json", "results.csv",
                                                "model.safetensors"}
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "val_loss" in json.loads(lines[0])
@@ -53,17 +54,21 @@ def test_train_evaluate_predict(tmp_path, mols):
     (tmp_path / "more.smi").write_text("CCCO\n# comment\nC1CC(\n")
     pr = cli("predict", run, "CCO", "not-a-molecule", "--file", "more.smi", cwd=tmp_path)
     out = pr.stdout.splitlines()
-    assert len(out) == 4
-    assert out[0].startswith("CCO\tA=") and "B=" in out[0]
-    assert "invalid SMILES" in out[1] and "invalid SMILES" in out[3] and out[2].startswith("CCCO\tA=")
+    assert out[0] == "smiles,valid,A,B" and len(out) == 5
+    assert out[1].startswith("CCO,true,") and len(out[1].split(",")) == 4
+    assert out[2] == "not-a-molecule,false,," and out[4] == "C1CC(,false,," and out[3].startswith("CCCO,true,")
 
 
 def test_run_experiment_prints_side_by_side_table(tmp_path):
     r = cli("run", "demo", "epochs=1", "progress=false", "data.bits=64", "hard_sharing.widths=16",
-            "stl.widths=4", "--out", "runs", cwd=tmp_path)
+            "stl.widths=4", "icnn.widths=8,4", "--out", "runs", cwd=tmp_path)
     assert "hard_sharing" in r.stdout and "stl" in r.stdout and "mean auc" in r.stdout
     exp = only_run(tmp_path / "runs")
-    assert (exp / "table.csv").exists() and (exp / "hard_sharing" / "seed0" / "model.safetensors").exists()
+    assert {"results.csv", "table.txt", "summary.json"} <= {p.name for p in exp.iterdir()}
+    assert (exp / "hard_sharing" / "seed0" / "model.safetensors").exists()
+    assert (exp / "results.csv").read_text().splitlines()[0] == "contender,seed,task,split,metric,value"
+    assert {row[0] for row in read_results(exp)} == {"hard_sharing", "stl", "icnn"}
+    assert json.loads((exp / "summary.json").read_text())["experiment"] == "demo"
 
 
 def test_list_names_everything(tmp_path):
@@ -75,14 +80,17 @@ def test_list_names_everything(tmp_path):
 @pytest.mark.parametrize("args,msg", [
     (("train", "tox21", "nope"), "unknown method 'nope'; choose one of"),
     (("train", "tox22", "stl"), "unknown data set 'tox22'"),
-    (("train", "tox21", "stl", "epochs=many"), "epochs=many: expected int"),
+    (("train", "tox21", "stl", "epochs=many"), "epochs=many: expected an integer"),
     (("train", "tox21", "stl", "bogus=1"), "unknown key 'bogus'"),
+    (("train", "tox21", "hard_sharing", "epochs=0"), "epochs=0: must be >= 1"),
+    (("train", "tox21", "hard_sharing", "lr=0"), "lr=0.0: must be > 0"),
+    (("train", "moleculenet", "stl", "data.path={mols}", "device=cuda:7"), "device=cuda:7: this machine has"),
     (("train", "moleculenet", "stl", "data.path=missing.csv"), "missing.csv does not exist"),
     (("run", "nope"), "unknown experiment 'nope'"),
     (("run", "demo", "bogus=1"), "unknown key 'bogus'"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, msg):
-    r = cli(*args, "--out", "runs", cwd=tmp_path, check=False)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, mols, args, msg):
+    r = cli(*(a.format(mols=mols) for a in args), "--out", "runs", cwd=tmp_path, check=False)
     assert r.returncode == 2
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("manytask: error")]
     assert len(err) == 1 and msg in err[0], r.stderr

@@ -1,19 +1,27 @@
-"""The training loop: determinism, early stopping restoring the best weights, hooks, task subsets."""
+"""The training loop: determinism, early stopping restoring the best weights, hooks, task subsets, progress,
+resuming from a state, stopping on a diverging loss or a signal."""
 from __future__ import annotations
 
+import copy
+import math
+import os
+import signal
+
+import pytest
 import torch
 
 from manytask import get_method
 from manytask.runs import RunSpec, build
-from manytask.train import Hooks, TrainConfig, Trainer, evaluate_split
+from manytask.train import (Hooks, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, evaluate_split,
+                            stop_on_signals)
 
-from .conftest import tiny_shared
+from .conftest import tiny_multi, tiny_shared
 
 
 def trained(seed=0, **cfg):
     data = tiny_shared()
     spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(16,)),
-                   TrainConfig(progress=False, batch_size=16, seed=seed, **cfg))
+                   TrainConfig(**{"progress": False, "batch_size": 16, "seed": seed, **cfg}))
     model, hooks = build(spec, data)
     return Trainer(model, data, spec.train, hooks).fit()
 
@@ -76,3 +84,102 @@ def test_evaluation_handles_inputs_of_very_different_sizes():
     model, _ = build(spec, data)
     table, _ = evaluate_split(model, data.train, data.tasks, batch_size=20)  # img has 48 rows, tab 32
     assert table["img"]["n"] == 48 and table["tab_bin"]["n"] == 32
+
+
+def test_a_loss_hook_changes_the_objective_through_the_one_optimizer_step():
+    """A hook that only overrides `loss` trains through Trainer.optimizer_step: scaling the loss by 0 leaves
+    every weight where it was (Adam with zero gradients does not move), scaling by 1 is the default run."""
+    class Zero(Hooks):
+        def loss(self, trainer, out, y):
+            return 0.0 * super().loss(trainer, out, y)
+
+    data = tiny_shared()
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=2, patience=0))
+    model, _ = build(spec, data)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    Trainer(model, data, spec.train, Zero()).fit()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model, hooks = build(spec, data)
+    Trainer(model, data, spec.train, hooks).fit()
+    assert not torch.equal(model.state_dict()["heads.bin.weight"], before["heads.bin.weight"])
+
+
+def test_train_stages_records_every_task_trained_so_far():
+    from manytask.train import train_stages
+    data = tiny_shared()
+    spec = RunSpec("tiny", "stl", None, get_method("stl").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=1, patience=0))
+    model, hooks = build(spec, data)
+    seen = []
+    rows = train_stages(model, hooks, data, [[data.tasks[0]], data.tasks[1:]], [spec.train] * 2, on_stage=seen.append)
+    assert seen == [1, 2]
+    assert [(r["stage"], r["task"]) for r in rows] == [(1, "bin"), (2, "bin"), (2, "multi"), (2, "reg")]
+
+
+def test_progress_is_one_line_per_epoch_without_a_terminal_and_none_when_off(capsys):
+    trained(epochs=3, patience=0, progress=True)
+    lines = capsys.readouterr().err.splitlines()  # pytest's stderr is no terminal
+    assert [ln.split()[:2] for ln in lines] == [["epoch", "1/3"], ["epoch", "2/3"], ["epoch", "3/3"]]
+    assert all(" train_loss " in ln and " val_loss " in ln and " val_auc " in ln and ln.endswith(" s") for ln in lines)
+    trained(epochs=3, patience=0, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("data_fn,method", [(tiny_shared, "hard_sharing"), (tiny_multi, "hard_sharing"),
+                                            (tiny_shared, "stl")])
+def test_fit_resumed_from_a_state_dict_ends_where_the_straight_fit_does(data_fn, method):
+    """The state after epoch 2 of a straight fit, given to a fresh trainer, continues bit for bit: weights,
+    Adam moments, minibatch order (two inputs reshuffle on their own), dropout, early stopping."""
+    data = data_fn()
+    spec = RunSpec("tiny", method, None, get_method(method).config(widths=(16,), dropout=0.3),
+                   TrainConfig(progress=False, batch_size=16, epochs=5, patience=2, lr=0.05, seed=3))
+    saved = {}
+
+    def keep(trainer):
+        if trainer.epoch == 2:
+            saved.update(copy.deepcopy(trainer.state_dict()))
+    model, hooks = build(spec, data)
+    straight = Trainer(model, data, spec.train, hooks, checkpoint=keep).fit()
+    torch.manual_seed(123)  # whatever the global generators hold, the state brings them back
+    model, hooks = build(spec, data)
+    resumed = Trainer(model, data, spec.train, hooks).fit(resume=saved)
+    assert resumed.epoch == straight.epoch and resumed.best_epoch == straight.best_epoch
+    untimed = [{k: v for k, v in row.items() if k != "seconds"} for row in straight.history]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == untimed
+    for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_a_non_finite_loss_stops_training_at_once():
+    class NanAtEpoch2(Hooks):
+        def loss(self, trainer, out, y):
+            return super().loss(trainer, out, y) * (math.nan if trainer.epoch == 2 else 1.0)
+
+    data = tiny_shared()
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=5, patience=0))
+    model, _ = build(spec, data)
+    trainer = Trainer(model, data, spec.train, NanAtEpoch2())
+    with pytest.raises(TrainingDiverged, match="the training loss is nan in epoch 2, minibatch 1") as stopped:
+        trainer.fit()
+    assert stopped.value.epoch == 2 and len(trainer.history) == 1
+
+
+def test_signals_stop_after_the_minibatch_and_the_handlers_come_back():
+    class SignalAtStep(Hooks):
+        def after_step(self, trainer):
+            if trainer.step == 6:  # the 2nd minibatch of epoch 2 (4 per epoch)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    data = tiny_shared()
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=5, patience=0))
+    model, _ = build(spec, data)
+    trainer = Trainer(model, data, spec.train, SignalAtStep())
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(TrainingInterrupted, match="interrupted by SIGTERM after epoch 1") as stopped:
+        with stop_on_signals(trainer):
+            trainer.fit()
+    assert stopped.value.signum == signal.SIGTERM and trainer.step == 6 and len(trainer.history) == 1
+    assert {s: signal.getsignal(s) for s in before} == before

@@ -5,7 +5,6 @@ import math
 
 import pytest
 
-from manytask.config import ConfigError
 from manytask.weighting import SCHEDULES, Schedule
 
 
@@ -77,8 +76,10 @@ def test_task_weights_and_labels():
 
 @pytest.mark.parametrize("kw,needle", [({"name": "cosine"}, "unknown schedule"), ({"sigma": 0}, "sigma"),
                                        ({"t1": -1}, "t1"), ({"epochs": 0}, "epochs"), ({"value": 1.5}, "value")])
-def test_bad_schedules_are_config_errors(kw, needle):
-    with pytest.raises(ConfigError, match=needle):
+def test_bad_schedules_are_value_errors(kw, needle):
+    """Library errors: the settings users write are checked where they are declared (the method's and the
+    schedules experiment's configs, tested with them)."""
+    with pytest.raises(ValueError, match=needle):
         Schedule(**kw)
 
 

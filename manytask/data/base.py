@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import math
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -71,13 +73,6 @@ class MultiTaskData:
             raise ValueError(f"unknown split {name!r}; use train, val or test")
         return getattr(self, name)
 
-    def with_tasks(self, tasks: list[Task], labels: dict[str, dict[str, torch.Tensor]]) -> "MultiTaskData":
-        """A copy with extra tasks; labels = {split: {task: (n,)}}."""
-        def grow(s: Split, extra):
-            return Split(s.inputs, {**s.labels, **extra})
-        return MultiTaskData(self.name, self.tasks + tasks, grow(self.train, labels["train"]),
-                             grow(self.val, labels["val"]), grow(self.test, labels["test"]), dict(self.meta))
-
     def summary(self) -> str:
         sizes = "/".join(str(sum(s.size(k) for k in s.inputs)) for s in (self.train, self.val, self.test))
         return f"{self.name}: {len(self.tasks)} tasks, inputs {self.input_shapes}, train/val/test {sizes}"
@@ -119,10 +114,16 @@ def batches(split: Split, tasks: list[Task], batch_size: int, shuffle: bool,
             break
 
 
+def check_fractions(fractions) -> None:
+    """Three fractions (train, val, test), each >= 0, summing to 1; else a ConfigError."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ConfigError(f"split fractions {','.join(f'{f:g}' for f in fractions)}: need three fractions "
+                          "(train, val, test), each >= 0, summing to 1")
+
+
 def random_split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[np.ndarray, ...]:
     """Seeded random train/val/test index arrays covering range(n) exactly once."""
-    if abs(sum(fractions) - 1.0) > 1e-6 or len(fractions) != 3:
-        raise ValueError(f"split fractions must be three numbers summing to 1, got {fractions}")
+    check_fractions(fractions)
     perm = np.random.default_rng(seed).permutation(n)
     n_train = int(round(fractions[0] * n))
     n_val = int(round(fractions[1] * n))
@@ -183,33 +184,107 @@ def hide_labels(data: MultiTaskData, labelled: int, unlabelled: int | None = Non
     return MultiTaskData(data.name, data.tasks, Split({name: x[order]}, labels), data.val, data.test, meta)
 
 
-def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """(header, data rows) of a CSV (.csv or .csv.gz) whose rows all have the header's length; a
-    missing, unreadable, empty or ragged file is a one-line ConfigError."""
+GZIP_MAGIC = b"\x1f\x8b"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def one_line(text: object) -> str:
+    """Text for a one-line message: runs of whitespace (newlines included) become one space."""
+    return " ".join(str(text).split())
+
+
+def column_list(names: list[str], most: int = 30) -> str:
+    """Column names for a message: "a, b, c", a name with unprintable characters as its repr, and
+    "... (N in all)" after the first `most`."""
+    shown = ", ".join(n if n.isprintable() else repr(n) for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def read_text(path: Path) -> str:
+    """A CSV file's text: gunzipped when it is gzip data (by its first bytes, whatever its name), decoded as
+    UTF-8 with an optional byte-order mark. A missing, unreadable, damaged or non-UTF-8 file is a one-line
+    ConfigError naming the file (and, for a decoding error, the line)."""
     if not path.exists():
         raise ConfigError(f"data file {path} does not exist; pass an existing CSV with data.path=...")
-    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        with opener(path, "rt", newline="") as f:
-            rows = list(csv.reader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ConfigError(f"{path}: not a readable CSV ({e}); expected a header row and data rows") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the file ({one_line(e)})") from None
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated
+            raise ConfigError(f"{path}: damaged or truncated gzip file ({one_line(e) or type(e).__name__}); "
+                              "download or compress it again") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte "
+                          f"0x{raw[e.start]:02x}); save the file as CSV UTF-8") from None
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, data rows, the file line where each row starts) of a CSV (.csv or .csv.gz, UTF-8 with or
+    without a byte-order mark). Blank lines are skipped; header names are stripped of surrounding spaces.
+    A missing, unreadable or empty file, a damaged gzip file, a header with a blank or repeated name and a
+    row whose length differs from the header's are one-line ConfigErrors naming the file (and line)."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    rows, lines, start = [], [], 1
+    try:
+        for row in reader:
+            if row:  # a blank line is an empty row
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
     if not rows:
         raise ConfigError(f"{path} is empty; expected a header row and data rows")
-    header = [h.strip() for h in rows[0]]
-    for r, row in enumerate(rows[1:]):
+    header, seen = [h.strip() for h in rows[0]], set()
+    for c, h in enumerate(header):
+        if not h:
+            raise ConfigError(f"{path}, line {lines[0]}: column {c + 1} of the header has no name; name it or "
+                              "delete the column (pandas: write the CSV with index=False)")
+        if h in seen:
+            raise ConfigError(f"{path}, line {lines[0]}: column name {h!r} appears twice in the header; "
+                              "rename one of them")
+        seen.add(h)
+    for row, line in zip(rows[1:], lines[1:]):
         if len(row) != len(header):
-            raise ConfigError(f"{path}, line {r + 2}: {len(row)} fields where the header has {len(header)}; "
+            raise ConfigError(f"{path}, line {line}: {len(row)} fields where the header has {len(header)}; "
                               "fix the row or quote fields that contain commas")
-    return header, rows[1:]
+    return header, rows[1:], lines[1:]
 
 
-def parse_number(text: str, path: Path, line: int, column: str, hint: str) -> float:
-    """float(text), NaN for a blank; anything else is a ConfigError naming the line and column."""
+def parse_number(text: str, path: Path, line: int, column: str, hint: str, missing_ok: bool = True) -> float:
+    """float(text) for a finite number that float32 can hold. A blank or "nan" is NaN (a missing value)
+    where missing_ok, else an error; anything else (text, inf, a magnitude beyond float32's 3.4e38) is a
+    ConfigError naming the file, line and column."""
     text = text.strip()
+    where = f"{path}, line {line}, column {column!r}"
     if not text:
-        return math.nan
+        if missing_ok:
+            return math.nan
+        raise ConfigError(f"{where}: blank value; {hint}")
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ConfigError(f"{path}, line {line}, column {column!r}: {text!r} is not a number; {hint}") from None
+        raise ConfigError(f"{where}: {text[:40]!r} is not a number; {hint}") from None
+    if math.isnan(value):
+        if missing_ok:
+            return math.nan
+        raise ConfigError(f"{where}: {text[:40]!r} (not a number); {hint}")
+    if not abs(value) <= FLOAT32_MAX:
+        raise ConfigError(f"{where}: {text[:40]!r} is beyond the float32 range (|value| <= 3.4e38); "
+                          "rescale the column")
+    return value
+
+
+def check_split_sizes(parts, fractions, source: object) -> None:
+    """Every split with a positive fraction got at least one row; else a ConfigError naming `source`."""
+    for name, part, fraction in zip(("train", "val", "test"), parts, fractions):
+        if fraction > 0 and len(part) == 0:
+            rows = sum(len(p) for p in parts)
+            raise ConfigError(f"{source}: {rows} rows leave the {name} split empty (fractions "
+                              f"{','.join(f'{f:g}' for f in fractions)}); add rows or change data.fractions")

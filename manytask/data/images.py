@@ -1,4 +1,4 @@
-"""Images: scikit-learn's digits (embedded), MNIST-format IDX files, and CIFAR-style pickled batches.
+"""Images: scikit-learn's digits (embedded) and MNIST-format IDX files.
 
 Every loader returns a MultiTaskData with one input "x" of shape (n, 1, H, W) scaled to [0, 1] and one
 10-class task named after the data set. MNIST and Fashion-MNIST read `data.dir=...` (the four IDX files,
@@ -7,20 +7,22 @@ Every loader returns a MultiTaskData with one input "x" of shape (n, 1, H, W) sc
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..registry import register_dataset
 from ..tasks import Task
 from .base import MultiTaskData, Split, random_split_indices
-from .download import cache_dir, fetch
+from .cache import cache_dir
+from .download import fetch
 
+FRACTION = {"low": 0, "high": 1, "low_open": True, "high_open": True}  # the range of a split fraction: (0, 1)
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 # (base url, {file: md5}) as published by the data sets' maintainers
@@ -40,11 +42,16 @@ SOURCES = {
 
 
 def read_idx(path: Path | str) -> np.ndarray:
-    """An IDX file (gzipped or not) as an array of its stored type and shape."""
+    """An IDX file (gzipped or not) as an array of its stored type and shape; an unreadable, damaged or
+    truncated file is a one-line ConfigError naming it."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError: truncated gzip
+        raise ConfigError(f"{path}: cannot read the file ({' '.join(str(e).split()) or type(e).__name__}); "
+                          "the file is damaged or truncated, download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
         raise ConfigError(f"{path} is not an IDX file (bad magic number); expected MNIST-format files")
     ndim = raw[3]
@@ -67,15 +74,6 @@ def write_idx(path: Path | str, array: np.ndarray) -> None:
         f.write(head + body)
 
 
-def read_cifar_batch(path: Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """A CIFAR-10/100 python batch -> (images (n, 3, 32, 32) uint8, labels (n,)). Pickle: only open
-    files from a source you trust."""
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
-    labels = d.get(b"labels", d.get(b"fine_labels"))
-    return np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels)
-
-
 def _find(directory: Path, stem: str) -> Path:
     for cand in (directory / stem, directory / f"{stem}.gz"):
         if cand.exists():
@@ -94,48 +92,59 @@ def load_idx_dir(directory: Path | str) -> tuple[np.ndarray, np.ndarray, np.ndar
     return tuple(arrays)
 
 
+def as_images(x: np.ndarray, scale: float) -> torch.Tensor:
+    """(n, H, W) or (n, C, H, W) pixels -> float32 (n, C, H, W) divided by `scale`."""
+    x = torch.as_tensor(np.asarray(x, dtype=np.float32) / scale)
+    return x.unsqueeze(1) if x.ndim == 3 else x
+
+
+def three_pools(x: np.ndarray, y: np.ndarray, x_test: np.ndarray | None, y_test: np.ndarray | None,
+                val_fraction: float, test_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(x, y) of train, val, test]: one seeded split of (x, y) into train/val/test fractions, or, with test
+    arrays, into train/val only and the test arrays as the test pool (test_fraction unused)."""
+    if x_test is None:
+        parts = random_split_indices(len(y), (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
+        return [(x[p], y[p]) for p in parts]
+    train, val, _ = random_split_indices(len(y), (1 - val_fraction, val_fraction, 0.0), seed)
+    return [(x[train], y[train]), (x[val], y[val]), (x_test, y_test)]
+
+
 def image_data(name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | None,
                y_test: np.ndarray | None, scale: float, val_fraction: float, test_fraction: float,
                seed: int, task: str | None = None) -> MultiTaskData:
     """Arrays (n, H, W) or (n, C, H, W) -> MultiTaskData with input "x" (n, C, H, W) in [0, 1] and one
     10-class task. Without a test set, test_fraction of the training set becomes the test set."""
-    def prep(x):
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32) / scale)
-        return x.unsqueeze(1) if x.ndim == 3 else x  # (n, C, H, W)
-
-    y_train = np.asarray(y_train, dtype=np.float32)
-    if x_test is None:
-        tr, va, te = random_split_indices(len(y_train), (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
-        x_test, y_test = x_train[te], y_train[te]
-    else:
-        tr, va, _ = random_split_indices(len(y_train), (1 - val_fraction, val_fraction, 0.0), seed)
-    tname = task or name
-    classes = int(max(y_train.max(), np.max(y_test))) + 1
-    mk = lambda x, y: Split({"x": prep(x)}, {tname: torch.as_tensor(np.asarray(y, dtype=np.float32))})  # noqa: E731
-    return MultiTaskData(name, [Task(tname, "multiclass", classes)], mk(x_train[tr], y_train[tr]),
-                         mk(x_train[va], y_train[va]), mk(x_test, y_test), {"scale": scale})
+    task_name = task or name
+    pools = three_pools(x_train, np.asarray(y_train, dtype=np.float32), x_test, y_test, val_fraction,
+                        test_fraction, seed)
+    classes = int(max(np.max(y_train), np.max(pools[2][1]))) + 1
+    splits = [Split({"x": as_images(x, scale)}, {task_name: torch.as_tensor(np.asarray(y, dtype=np.float32))})
+              for x, y in pools]
+    return MultiTaskData(name, [Task(task_name, "multiclass", classes)], *splits, {"scale": scale})
 
 
 @dataclass
 class DigitsConfig:
-    val_fraction: float = 0.15
-    test_fraction: float = 0.25
-    split_seed: int = 0
+    val_fraction: float = option(0.15, "fraction of the images for validation", **FRACTION)
+    test_fraction: float = option(0.25, "fraction of the images for testing", **FRACTION)
+    split_seed: int = option(0, "seed of the train/val/test split", low=0)
 
 
 @register_dataset("digits", DigitsConfig, "scikit-learn's 1,797 8x8 digits, one 10-class task (embedded)")
 def load_digits(cfg: DigitsConfig) -> MultiTaskData:
     from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
-    return image_data("digits", d.images, d.target, None, None, 16.0, cfg.val_fraction, cfg.test_fraction,
-                      cfg.split_seed)
+    digits = sk_digits()
+    return image_data("digits", digits.images, digits.target, None, None, 16.0, cfg.val_fraction,
+                      cfg.test_fraction, cfg.split_seed)
 
 
 @dataclass
 class IDXConfig:
-    dir: str = ""  # folder with the four MNIST-format files; empty: download into the cache directory
-    val_fraction: float = 1 / 6  # of the official training set (10,000 of 60,000)
-    split_seed: int = 0
+    dir: str = option("", "folder with the four MNIST-format IDX files (.gz or not); empty: download into "
+                      "the cache directory")
+    val_fraction: float = option(1 / 6, "fraction of the official training set held out for validation "
+                                 "(1/6: 10,000 of 60,000)", **FRACTION)
+    split_seed: int = option(0, "seed of the train/val split", low=0)
 
 
 def _idx_loader(name: str):
@@ -149,8 +158,7 @@ def _idx_loader(name: str):
             directory.mkdir(parents=True, exist_ok=True)
             for f, md5 in md5s.items():
                 fetch(base + f, md5, "md5", directory / f)
-        xtr, ytr, xte, yte = load_idx_dir(directory)
-        return image_data(name, xtr, ytr, xte, yte, 255.0, cfg.val_fraction, 0.0, cfg.split_seed)
+        return image_data(name, *load_idx_dir(directory), 255.0, cfg.val_fraction, 0.0, cfg.split_seed)
     return load
 
 
@@ -173,12 +181,8 @@ def digit_pairs(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray 
     """
     labels = np.asarray(labels).astype(int)
     rng = np.random.default_rng(seed)
-    if test_images is None:
-        parts = random_split_indices(len(labels), (1 - val_fraction - test_fraction, val_fraction, test_fraction), seed)
-        pools = [(images[p], labels[p]) for p in parts]
-    else:
-        tr, va, _ = random_split_indices(len(labels), (1 - val_fraction, val_fraction, 0.0), seed)
-        pools = [(images[tr], labels[tr]), (images[va], labels[va]), (test_images, np.asarray(test_labels).astype(int))]
+    test_labels = None if test_labels is None else np.asarray(test_labels).astype(int)
+    pools = three_pools(images, labels, test_images, test_labels, val_fraction, test_fraction, seed)
     classes = np.unique(labels)
     all_pairs = [(int(a), int(b)) for i, a in enumerate(classes) for b in classes[i + 1:]]
     if not 1 <= n_tasks <= len(all_pairs):
@@ -187,52 +191,48 @@ def digit_pairs(images: np.ndarray, labels: np.ndarray, test_images: np.ndarray 
         raise ConfigError(f"n_train={n_train}: need an even number >= 2 (half of each digit)")
     pairs = [all_pairs[i] for i in rng.choice(len(all_pairs), n_tasks, replace=False)]
 
-    def prep(x):
-        x = torch.as_tensor(np.asarray(x, dtype=np.float32) / scale)
-        return x.unsqueeze(1) if x.ndim == 3 else x  # (n, C, H, W)
-
     tasks, splits = [], [Split({}, {}), Split({}, {}), Split({}, {})]
     for a, b in pairs:
-        tname = f"{a}v{b}"
-        tasks.append(Task(tname, "binary", input=tname))
-        for s, (split, (x, y)) in enumerate(zip(splits, pools)):
-            if s == 0:  # half of each digit
-                per = []
-                for c in (a, b):
-                    have = np.flatnonzero(y == c)
+        task_name = f"{a}v{b}"
+        tasks.append(Task(task_name, "binary", input=task_name))
+        for which, (split, (x, y)) in enumerate(zip(splits, pools)):
+            if which == 0:  # training: half of each digit
+                halves = []
+                for digit in (a, b):
+                    have = np.flatnonzero(y == digit)
                     if len(have) < n_train // 2:
-                        raise ConfigError(f"digit {c} has {len(have)} training examples, fewer than n_train/2="
+                        raise ConfigError(f"digit {digit} has {len(have)} training examples, fewer than n_train/2="
                                           f"{n_train // 2}; lower n_train")
-                    per.append(rng.choice(have, n_train // 2, replace=False))
-                idx = rng.permutation(np.concatenate(per))
+                    halves.append(rng.choice(have, n_train // 2, replace=False))
+                idx = rng.permutation(np.concatenate(halves))
             else:
                 idx = np.flatnonzero((y == a) | (y == b))
-                if s == 1 and len(idx) > max_eval:
+                if which == 1 and len(idx) > max_eval:
                     idx = np.sort(rng.choice(idx, max_eval, replace=False))
-            split.inputs[tname] = prep(x[idx])
-            split.labels[tname] = torch.as_tensor((y[idx] == b).astype(np.float32))
+            split.inputs[task_name] = as_images(x[idx], scale)
+            split.labels[task_name] = torch.as_tensor((y[idx] == b).astype(np.float32))
     return MultiTaskData(name, tasks, *splits, {"pairs": pairs, "scale": scale})
 
 
 @dataclass
 class DigitPairsConfig:
-    dir: str = ""  # folder with MNIST-format IDX files; empty: scikit-learn's embedded 8x8 digits
-    tasks: int = 10  # number of digit pairs (at most 45)
-    n_train: int = 40  # training examples per task, half of each digit
-    max_eval: int = 500  # validation examples per task at most
-    seed: int = 0  # draws the pairs, the split and the training examples
-    val_fraction: float = 0.15
-    test_fraction: float = 0.25  # embedded digits only; an IDX folder brings its own test files
+    dir: str = option("", "folder with MNIST-format IDX files; empty: scikit-learn's embedded 8x8 digits")
+    tasks: int = option(10, "number of digit pairs", low=1, high=45)
+    n_train: int = option(40, "training examples per task, half of each digit (even)", low=2)
+    max_eval: int = option(500, "validation examples per task at most", low=1)
+    seed: int = option(0, "draws the pairs, the split and the training examples", low=0)
+    val_fraction: float = option(0.15, "fraction of the images for validation", **FRACTION)
+    test_fraction: float = option(0.25, "fraction of the images for testing (embedded digits only; an IDX "
+                                  "folder brings its own test files)", **FRACTION)
 
 
 @register_dataset("digit_pairs", DigitPairsConfig,
                   "binary 'digit a vs digit b' tasks with their own inputs (embedded digits, or data.dir=IDX folder)")
 def load_digit_pairs(cfg: DigitPairsConfig) -> MultiTaskData:
     if cfg.dir:
-        xtr, ytr, xte, yte = load_idx_dir(cfg.dir)
-        return digit_pairs(xtr, ytr, xte, yte, cfg.tasks, cfg.n_train, cfg.max_eval, cfg.val_fraction, 0.0,
+        return digit_pairs(*load_idx_dir(cfg.dir), cfg.tasks, cfg.n_train, cfg.max_eval, cfg.val_fraction, 0.0,
                            cfg.seed, 255.0)
     from sklearn.datasets import load_digits as sk_digits
-    d = sk_digits()
-    return digit_pairs(d.images, d.target, None, None, cfg.tasks, cfg.n_train, cfg.max_eval, cfg.val_fraction,
-                       cfg.test_fraction, cfg.seed, 16.0)
+    digits = sk_digits()
+    return digit_pairs(digits.images, digits.target, None, None, cfg.tasks, cfg.n_train, cfg.max_eval,
+                       cfg.val_fraction, cfg.test_fraction, cfg.seed, 16.0)

@@ -1,7 +1,9 @@
 """MoleculeNet-style CSVs: a SMILES column and one column per task (blank = missing label).
 
 Molecules become RDKit Morgan fingerprints (radius and size configurable, bits or counts). Invalid
-SMILES are dropped and counted, never fatal. Features are cached under the cache directory, keyed by
+SMILES are dropped and counted, never fatal. Labels are 0/1, blank (or nan) for missing; a task column
+without any label is dropped with a warning when the tasks are the file's columns, and an error when
+data.tasks names it. Features are cached under the cache directory (manytask/data/cache.py), keyed by
 the file's sha256 and the featuriser settings. Splits: seeded random 80/10/10 or the Bemis-Murcko
 scaffold split as MoleculeNet defines it (largest scaffold groups to train first).
 
@@ -19,11 +21,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..registry import register_dataset
 from ..tasks import Task
-from .base import MultiTaskData, parse_number, random_split_indices, read_csv_rows, split_arrays
-from .download import cache_dir, fetch, file_hash
+from .base import (MultiTaskData, check_fractions, check_split_sizes, column_list, parse_number,
+                   random_split_indices, read_csv_rows, split_arrays)
+from .cache import cached_arrays
+from .download import fetch, file_hash
 from .synthetic import fake_correlated_labels
 
 log = logging.getLogger("manytask")
@@ -41,19 +45,21 @@ SOURCES = {
 
 @dataclass
 class MoleculeNetConfig:
-    path: str = ""  # a CSV (.csv or .csv.gz); empty: the embedded Tox21, or the download for other sets
-    smiles_col: str = "smiles"
-    tasks: tuple[str, ...] = ()  # task columns; empty: every column but SMILES and id columns
-    radius: int = 2
-    bits: int = 2048
-    counts: bool = False  # count fingerprints instead of bits
-    split: Literal["random", "scaffold"] = "random"
-    split_seed: int = 0
-    fractions: tuple[float, ...] = (0.8, 0.1, 0.1)
-    fake_tasks: int = 0  # append k fake binary tasks correlated with each other, not with the data
-    fake_rho: float = 0.8
-    fake_rate: float = 0.1
-    cache: bool = True
+    path: str = option("", "a CSV (.csv or .csv.gz); empty: the embedded Tox21, or the download for other sets")
+    smiles_col: str = option("smiles", "name of the SMILES column")
+    tasks: tuple[str, ...] = option((), "task columns; empty: every column but SMILES and id columns")
+    radius: int = option(2, "Morgan fingerprint radius", low=0)
+    bits: int = option(2048, "fingerprint length", low=1)
+    counts: bool = option(False, "count fingerprints instead of bits")
+    split: Literal["random", "scaffold"] = option("random", "seeded random split, or MoleculeNet's Bemis-Murcko "
+                                                  "scaffold split", choices=("random", "scaffold"))
+    split_seed: int = option(0, "seed of the random split and of the fake tasks", low=0)
+    fractions: tuple[float, ...] = option((0.8, 0.1, 0.1), "train, val and test fractions, summing to 1",
+                                          low=0, high=1, min_len=3)
+    fake_tasks: int = option(0, "append k fake binary tasks correlated with each other, not with the data", low=0)
+    fake_rho: float = option(0.8, "correlation of the fake tasks' latent scores", low=0, high=1)
+    fake_rate: float = option(0.1, "positive rate of each fake task", low=0, high=1, low_open=True, high_open=True)
+    cache: bool = option(True, "keep the fingerprints in the cache directory")
 
 
 def embedded_tox21() -> Path:
@@ -62,23 +68,25 @@ def embedded_tox21() -> Path:
 
 def read_csv(path: Path, smiles_col: str, task_cols: tuple[str, ...]) -> tuple[list[str], list[str], np.ndarray]:
     """-> (smiles (n,), task names (T,), labels (n, T) float32 with NaN for blanks)."""
-    header, rows = read_csv_rows(path)
+    header, rows, lines = read_csv_rows(path)
     if smiles_col not in header:
-        raise ConfigError(f"{path} has no SMILES column {smiles_col!r}; its columns are {', '.join(header)}; "
+        raise ConfigError(f"{path} has no SMILES column {smiles_col!r}; its columns are {column_list(header)}; "
                           "name the right one with data.smiles_col=...")
-    s_idx = header.index(smiles_col)
+    smiles_index = header.index(smiles_col)
     names = list(task_cols) or [h for h in header if h != smiles_col and h.lower() not in ("mol_id", "id", "name")]
     missing = [c for c in names if c not in header]
     if missing:
-        raise ConfigError(f"{path} has no task column(s) {missing}; its columns are {', '.join(header)}")
+        raise ConfigError(f"{path} has no task column(s) {missing}; its columns are {column_list(header)}")
     if not names:
         raise ConfigError(f"{path} has a SMILES column but no task columns")
-    cols = [header.index(c) for c in names]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.tasks names a column twice: {names}")
+    columns = [header.index(c) for c in names]
     smiles, labels = [], np.full((len(rows), len(names)), np.nan, dtype=np.float32)
-    for r, row in enumerate(rows):
-        smiles.append(row[s_idx].strip())
-        for j, c in enumerate(cols):
-            labels[r, j] = parse_number(row[c], path, r + 2, names[j], "labels must be numbers or blank for missing")
+    for r, (row, line) in enumerate(zip(rows, lines)):
+        smiles.append(row[smiles_index].strip())
+        for j, c in enumerate(columns):
+            labels[r, j] = parse_number(row[c], path, line, names[j], "labels must be 0, 1 or blank for missing")
     return smiles, names, labels
 
 
@@ -124,30 +132,29 @@ def scaffold_split_indices(smiles: list[str], fractions=(0.8, 0.1, 0.1)) -> tupl
     return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
 
 
-def _cached_features(path: Path, smiles: list[str], cfg: MoleculeNetConfig) -> tuple[np.ndarray, np.ndarray]:
+def cached_features(path: Path, smiles: list[str], cfg: MoleculeNetConfig) -> tuple[np.ndarray, np.ndarray]:
+    """featurize(smiles, cfg), kept in the cache as morgan-KEY.npz (KEY: the file's sha256 and the
+    featuriser settings) unless cfg.cache is false: x (n, bits) as uint8 (uint16 for counts), valid (n,)."""
     if not cfg.cache:
         return featurize(smiles, cfg)
     key = f"{file_hash(path)[:16]}-{cfg.smiles_col}-r{cfg.radius}-b{cfg.bits}-{'counts' if cfg.counts else 'bits'}"
-    cached = cache_dir() / f"morgan-{key}.npz"
-    if cached.exists():
-        z = np.load(cached)
-        return z["x"].astype(np.float32), z["valid"]
-    x, valid = featurize(smiles, cfg)
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, x=x.astype(np.uint8 if not cfg.counts else np.uint16), valid=valid)
-    tmp.replace(cached)
-    return x, valid
+
+    def build() -> dict[str, np.ndarray]:
+        x, valid = featurize(smiles, cfg)
+        return {"x": x.astype(np.uint16 if cfg.counts else np.uint8), "valid": valid}
+
+    arrays = cached_arrays(f"morgan-{key}.npz", build, {"x": (len(smiles), cfg.bits), "valid": (len(smiles),)})
+    return arrays["x"].astype(np.float32), arrays["valid"].astype(bool)
 
 
 def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> MultiTaskData:
     """The CSV at cfg.path (or `default`) as a MultiTaskData with one fingerprint input "x"."""
-    if cfg.radius < 0 or cfg.bits < 1:
-        raise ConfigError(f"need radius >= 0 and bits >= 1, got radius={cfg.radius}, bits={cfg.bits}")
+    check_fractions(cfg.fractions)
     if not cfg.path and default is None:
         raise ConfigError(f"data set {name!r} needs a file: pass data.path=my.csv")
     path = Path(cfg.path) if cfg.path else default
     smiles, names, labels = read_csv(path, cfg.smiles_col, tuple(cfg.tasks))
-    x, valid = _cached_features(path, smiles, cfg)
+    x, valid = cached_features(path, smiles, cfg)
     dropped = int((~valid).sum())
     if dropped:
         log.warning("%s: dropped %d of %d rows whose SMILES RDKit cannot parse", path.name, dropped, len(smiles))
@@ -155,6 +162,15 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
     if len(keep) < 3:
         raise ConfigError(f"{path}: only {len(keep)} valid molecules; need at least 3 to split")
     x, labels, smiles = x[keep], labels[keep], [smiles[i] for i in keep]
+    empty = [c for j, c in enumerate(names) if np.isnan(labels[:, j]).all()]
+    if empty and cfg.tasks:
+        raise ConfigError(f"{path}: task column(s) {empty} have no labels (on rows with a valid SMILES); "
+                          "drop them from data.tasks")
+    if empty:
+        log.warning("%s: dropped %d task column(s) without any label: %s", path.name, len(empty), column_list(empty))
+        names, labels = [c for c in names if c not in empty], labels[:, [c not in empty for c in names]]
+        if not names:
+            raise ConfigError(f"{path}: no task column has a label")
     for j, c in enumerate(names):
         vals = np.unique(labels[~np.isnan(labels[:, j]), j])
         if not set(vals.tolist()) <= {0.0, 1.0}:
@@ -164,13 +180,17 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
         fake = fake_correlated_labels(len(keep), cfg.fake_tasks, cfg.fake_rho, cfg.fake_rate, seed=cfg.split_seed + 1)
         labels = np.concatenate([labels, fake], axis=1)
         names = names + [f"fake{k}" for k in range(cfg.fake_tasks)]
-    fr = tuple(cfg.fractions)
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: a task column is called like a fake task (fake0, fake1, ...); rename "
+                              "it or select columns with data.tasks=...")
+    fractions = tuple(cfg.fractions)
     if cfg.split == "scaffold":
-        parts = scaffold_split_indices(smiles, fr)
+        parts = scaffold_split_indices(smiles, fractions)
     else:
-        parts = random_split_indices(len(keep), fr, cfg.split_seed)
+        parts = random_split_indices(len(keep), fractions, cfg.split_seed)
+    check_split_sizes(parts, fractions, path)
     train, val, test = split_arrays(x, labels, names, parts)
-    tasks = [Task(n, "binary") for n in names]
+    tasks = [Task(task_name, "binary") for task_name in names]
     meta = {"smiles": {s: [smiles[i] for i in p] for s, p in zip(("train", "val", "test"), parts)},
             "dropped": dropped}
     return MultiTaskData(name, tasks, train, val, test, meta)

@@ -1,5 +1,7 @@
-"""Synthetic tasks: fake correlated binary tasks (thesis 000, scenario 2 and section 5.3) and the grouped
-linear regression benchmark of Kang, Grauman & Sha (2011) used by MUiR (paper 003)."""
+"""Synthetic tasks: fake correlated binary tasks (Ramabaja, Interconnected Neural Networks for Multi Task
+Learning, 2018, scenario 2 and section 5.3) and the grouped linear regression benchmark of Kang, Grauman &
+Sha, Learning with Whom to Share in Multi-task Feature Learning, 2011, as used by Meyerson & Miikkulainen,
+Modular Universal Reparameterization: Deep Multi-Task Learning Across Diverse Domains, 2019."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..registry import register_dataset
 from ..tasks import Task
 from .base import MultiTaskData, Split
@@ -22,7 +24,7 @@ def fake_correlated_labels(n: int, k: int, rho: float = 0.8, rate: float = 0.1,
     shared by all columns and private noise e_j ~ N(0, 1); the threshold gives a positive rate of `rate`.
     """
     if not 0 <= rho <= 1 or not 0 < rate < 1:
-        raise ValueError(f"need 0 <= rho <= 1 and 0 < rate < 1, got rho={rho}, rate={rate}")
+        raise ConfigError(f"need 0 <= rho <= 1 and 0 < rate < 1, got rho={rho}, rate={rate}")
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n, 1))  # (n, 1) shared latent
     score = np.sqrt(rho) * z + np.sqrt(1 - rho) * rng.standard_normal((n, k))  # (n, k)
@@ -41,8 +43,8 @@ def grouped_regression_arrays(tasks: int = 30, groups: int = 3, dim: int = 20, t
     test_Y (tasks, test), groups (tasks,) and W (tasks, dim), all float32 except groups (int64).
     """
     if tasks < 1 or groups < 1 or tasks % groups or dim < 1 or train < 2 or test < 1 or noise < 0:
-        raise ValueError(f"need tasks divisible by groups, dim >= 1, train >= 2, test >= 1 and noise >= 0; got "
-                         f"tasks={tasks}, groups={groups}, dim={dim}, train={train}, test={test}, noise={noise}")
+        raise ConfigError(f"need tasks divisible by groups, dim >= 1, train >= 2, test >= 1 and noise >= 0; got "
+                          f"tasks={tasks}, groups={groups}, dim={dim}, train={train}, test={test}, noise={noise}")
     rng = np.random.default_rng(seed)
     group = np.repeat(np.arange(groups), tasks // groups)  # (tasks,)
     v = rng.standard_normal((groups, dim))  # (groups, dim)
@@ -66,38 +68,39 @@ def grouped_regression_data(arrays: dict[str, np.ndarray], val: int = 5,
     if missing:
         raise ConfigError(f"grouped regression arrays lack {missing}; need train_X (tasks, n, d), train_Y (tasks, n), "
                           "test_X, test_Y")
-    tx, ty, sx, sy = (np.asarray(arrays[k], dtype=np.float32) for k in need)
-    if tx.ndim != 3 or sx.ndim != 3 or ty.shape != tx.shape[:2] or sy.shape != sx.shape[:2] or tx.shape[0] != sx.shape[0] \
-            or tx.shape[2] != sx.shape[2]:
-        raise ConfigError(f"grouped regression arrays have inconsistent shapes: train_X {tx.shape}, train_Y {ty.shape}, "
-                          f"test_X {sx.shape}, test_Y {sy.shape}; need (tasks, n, d) and (tasks, n)")
-    if not 0 < val < tx.shape[1]:
-        raise ConfigError(f"data.val={val}: need 0 < val < {tx.shape[1]} training points per task")
-    T = tx.shape[0]
-    names = [f"t{i:02d}" for i in range(T)]
+    train_x, train_y, test_x, test_y = (np.asarray(arrays[k], dtype=np.float32) for k in need)
+    if train_x.ndim != 3 or test_x.ndim != 3 or train_y.shape != train_x.shape[:2] \
+            or test_y.shape != test_x.shape[:2] or train_x.shape[0] != test_x.shape[0] \
+            or train_x.shape[2] != test_x.shape[2]:
+        raise ConfigError(f"grouped regression arrays have inconsistent shapes: train_X {train_x.shape}, "
+                          f"train_Y {train_y.shape}, test_X {test_x.shape}, test_Y {test_y.shape}; "
+                          "need (tasks, n, d) and (tasks, n)")
+    if not 0 < val < train_x.shape[1]:
+        raise ConfigError(f"data.val={val}: need 0 < val < {train_x.shape[1]} training points per task")
+    names = [f"t{i:02d}" for i in range(train_x.shape[0])]
     tasks = [Task(n, "regression", input=n) for n in names]
 
-    def split(x, y):  # x (tasks, n, d), y (tasks, n)
+    def per_task(x, y):  # x (tasks, n, d), y (tasks, n) -> one input and one label vector per task
         return Split({n: torch.as_tensor(x[i]) for i, n in enumerate(names)},
                      {n: torch.as_tensor(y[i]) for i, n in enumerate(names)})
 
-    cut = tx.shape[1] - val
+    cut = train_x.shape[1] - val
     meta = {"groups": np.asarray(arrays["groups"]).tolist()} if "groups" in arrays else {}
-    return MultiTaskData(name, tasks, split(tx[:, :cut], ty[:, :cut]), split(tx[:, cut:], ty[:, cut:]),
-                         split(sx, sy), meta)
+    return MultiTaskData(name, tasks, per_task(train_x[:, :cut], train_y[:, :cut]),
+                         per_task(train_x[:, cut:], train_y[:, cut:]), per_task(test_x, test_y), meta)
 
 
 @dataclass
 class GroupedRegressionConfig:
-    path: str = ""  # an .npz with train_X, train_Y, test_X, test_Y (optional groups); empty = generate
-    tasks: int = 30
-    groups: int = 3
-    dim: int = 20
-    train: int = 15  # per task, including the `val` held out for validation
-    val: int = 5
-    test: int = 50
-    noise: float = 0.0  # std of Gaussian label noise (the noisy benchmark: 0.31)
-    seed: int = 0
+    path: str = option("", "an .npz with train_X, train_Y, test_X, test_Y (optional groups); empty: generate")
+    tasks: int = option(30, "number of tasks, a multiple of groups", low=1)
+    groups: int = option(3, "number of rank-one groups of tasks", low=1)
+    dim: int = option(20, "input dimension", low=1)
+    train: int = option(15, "training points per task, including the val held out for validation", low=2)
+    val: int = option(5, "of the training points per task, held out for validation (fewer than train)", low=1)
+    test: int = option(50, "test points per task", low=1)
+    noise: float = option(0.0, "std of Gaussian label noise (the noisy benchmark: 0.31)", low=0)
+    seed: int = option(0, "seed of the weights, inputs and noise", low=0)
 
 
 @register_dataset("grouped_regression", GroupedRegressionConfig,
@@ -109,8 +112,5 @@ def load_grouped_regression(cfg: GroupedRegressionConfig) -> MultiTaskData:
         with np.load(cfg.path) as z:
             arrays = {k: z[k] for k in z.files}
         return grouped_regression_data(arrays, cfg.val, Path(cfg.path).stem)
-    try:
-        arrays = grouped_regression_arrays(cfg.tasks, cfg.groups, cfg.dim, cfg.train, cfg.test, cfg.noise, seed=cfg.seed)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    arrays = grouped_regression_arrays(cfg.tasks, cfg.groups, cfg.dim, cfg.train, cfg.test, cfg.noise, seed=cfg.seed)
     return grouped_regression_data(arrays, cfg.val)

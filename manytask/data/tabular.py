@@ -1,11 +1,17 @@
-"""Tables: any CSV with numeric feature columns and one or more target columns, and scikit-learn's
-embedded tables (wine, breast_cancer, iris: classification; diabetes: regression).
+"""Tables: any CSV with numeric feature columns and one or more target columns, scikit-learn's
+embedded tables (wine, breast_cancer, iris: classification; diabetes: regression), and several of those
+tables as one multi-input problem (sklearn_tables).
 
 Each target column is one task. Features are standardised with the training split's mean and std;
 regression targets too (so MSE is in units of the target's std), unless turned off.
+
+A CSV's features must be finite numbers that float32 holds (no blank, nan or inf); a blank or nan target is
+a missing label. Every bad value, a target with no labels, labels that do not fit the task kind and too few
+rows for the split are one-line ConfigErrors naming the file (and the line and column where one applies).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -13,38 +19,83 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..registry import register_dataset
 from ..tasks import Task
-from .base import MultiTaskData, Split, parse_number, random_split_indices, read_csv_rows
+from .base import (MultiTaskData, Split, check_split_sizes, column_list, combine, parse_number,
+                   random_split_indices, read_csv_rows)
+
+MAX_CLASSES = 1000  # multiclass labels are integers 0..MAX_CLASSES-1
 
 
 def infer_kind(y: np.ndarray) -> str:
-    """binary for {0, 1}, multiclass for few non-negative integers, regression otherwise."""
+    """binary for {0, 1}, multiclass for at most 50 distinct integers in 0..MAX_CLASSES-1, regression otherwise."""
     vals = np.unique(y[~np.isnan(y)])
     if set(vals.tolist()) <= {0.0, 1.0}:
         return "binary"
-    if np.all(vals == np.round(vals)) and vals.min() >= 0 and len(vals) <= 50:
+    if np.all(vals == np.round(vals)) and vals.min() >= 0 and vals.max() < MAX_CLASSES and len(vals) <= 50:
         return "multiclass"
     return "regression"
 
 
+def check_labels(y: np.ndarray, kind: str, column: str, source: object) -> None:
+    """y (n,) with NaN = missing: some label present, 0/1 for binary, integers 0..MAX_CLASSES-1 for
+    multiclass; else a ConfigError naming the column of `source`."""
+    vals = np.unique(y[~np.isnan(y)])
+    if len(vals) == 0:
+        raise ConfigError(f"{source}: target column {column!r} has no values (every row blank); drop it from "
+                          "data.target")
+    if kind == "binary" and not set(vals.tolist()) <= {0.0, 1.0}:
+        other = vals[~np.isin(vals, (0, 1))][:3].tolist()
+        raise ConfigError(f"{source}: target column {column!r} is binary but holds {other}; binary labels are 0 "
+                          "and 1 (or pass data.kind=regression)")
+    if kind == "multiclass" and not (np.all(vals == np.round(vals)) and vals.min() >= 0 and vals.max() < MAX_CLASSES):
+        raise ConfigError(f"{source}: target column {column!r} is multiclass but holds values other than the "
+                          f"integers 0..{MAX_CLASSES - 1} (e.g. {vals[[0, -1]].tolist()}); number the classes from 0")
+
+
 def table_data(name: str, x: np.ndarray, targets: dict[str, np.ndarray], kinds: dict[str, str],
                fractions=(0.7, 0.15, 0.15), seed: int = 0, standardize: bool = True,
-               standardize_target: bool = True) -> MultiTaskData:
-    """x (n, d) and {task: (n,)} -> MultiTaskData with input "x" (n, d), split at random."""
+               standardize_target: bool = True, columns: list[str] | None = None,
+               source: object = None) -> MultiTaskData:
+    """x (n, d) and {task: (n,)} -> MultiTaskData with input "x" (n, d), split at random.
+
+    columns: the names of x's columns and source: the file, both for error messages. A split with a
+    positive fraction left empty, and statistics that overflow float32 (values near 1e20 and beyond), are
+    ConfigErrors."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
+        raise ConfigError(f"data.fractions={','.join(map(str, fractions))}: need three fractions (train, val, "
+                          "test) that sum to 1")
+    source = source or name
     parts = random_split_indices(len(x), tuple(fractions), seed)
-    x = x.astype(np.float32)
-    mu, sd = x[parts[0]].mean(0), x[parts[0]].std(0) + 1e-8
+    check_split_sizes(parts, fractions, source)
+    x = raw = x.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mu, sd = x[parts[0]].mean(0), x[parts[0]].std(0) + 1e-8
+        if standardize:
+            x = (x - mu) / sd
+    bad = ~np.isfinite(x).all(0)  # (d,) columns that overflowed
     if standardize:
-        x = (x - mu) / sd
+        bad |= ~(np.isfinite(mu) & np.isfinite(sd))
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise ConfigError(f"{source}: feature column {columns[j] if columns else j!r} has values too large to "
+                          f"standardise in float32 (|value| up to {float(np.abs(raw[:, j]).max()):.3g}); rescale "
+                          "it, or pass data.standardize=false")
     tasks, ys, meta = [], {}, {"target_scale": {}}
     for t, y in targets.items():
         y = y.astype(np.float32)
         kind = kinds[t]
         if kind == "regression" and standardize_target:
-            m, s = float(np.nanmean(y[parts[0]])), float(np.nanstd(y[parts[0]]) + 1e-8)
-            y = (y - m) / s
+            if np.isnan(y[parts[0]]).all():
+                raise ConfigError(f"{source}: target column {t!r} has no labels in the training split; add "
+                                  "labelled rows or change data.split_seed")
+            with np.errstate(over="ignore", invalid="ignore"):
+                m, s = float(np.nanmean(y[parts[0]])), float(np.nanstd(y[parts[0]]) + 1e-8)
+                y = (y - m) / s
+            if not (math.isfinite(m) and math.isfinite(s)) or np.isinf(y).any():
+                raise ConfigError(f"{source}: target column {t!r} has values too large to standardise in float32; "
+                                  "rescale it, or pass data.standardize_target=false")
             meta["target_scale"][t] = (m, s)
         outputs = int(np.nanmax(y)) + 1 if kind == "multiclass" else 1
         tasks.append(Task(t, kind, outputs))
@@ -53,35 +104,43 @@ def table_data(name: str, x: np.ndarray, targets: dict[str, np.ndarray], kinds: 
     return MultiTaskData(name, tasks, *splits, meta)
 
 
+FRACTIONS_HELP = "train, val and test fractions of the rows (summing to 1)"
+
+
 @dataclass
 class TabularConfig:
-    path: str = ""  # a CSV (.csv or .csv.gz) with a header row
-    target: tuple[str, ...] = ()  # target columns, one task each
-    kind: Literal["auto", "binary", "multiclass", "regression"] = "auto"
-    fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
-    split_seed: int = 0
-    standardize: bool = True
-    standardize_target: bool = True
+    path: str = option("", "a CSV (.csv or .csv.gz) with a header row")
+    target: tuple[str, ...] = option((), "target columns, one task each")
+    kind: Literal["auto", "binary", "multiclass", "regression"] = option(
+        "auto", "task kind of every target; auto: binary for 0/1, multiclass for few integers, else regression",
+        choices=("auto", "binary", "multiclass", "regression"))
+    fractions: tuple[float, ...] = option((0.7, 0.15, 0.15), FRACTIONS_HELP, low=0, high=1, min_len=3)
+    split_seed: int = option(0, "seed of the random split", low=0)
+    standardize: bool = option(True, "standardise the features with the training split's mean and std")
+    standardize_target: bool = option(True, "standardise regression targets the same way")
 
 
-def read_table(path: Path, targets: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    header, rows = read_csv_rows(path)
+def read_table(path: Path, targets: tuple[str, ...]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """-> (feature names (d,), features (n, d), {target: labels (n,) with NaN for a blank or nan})."""
+    header, rows, lines = read_csv_rows(path)
     if not rows:
         raise ConfigError(f"{path}: needs a header row and at least one data row")
     if not targets:
-        raise ConfigError(f"name the target column(s) with data.target=COL[,COL]; columns: {', '.join(header)}")
+        raise ConfigError(f"name the target column(s) with data.target=COL[,COL]; columns: {column_list(header)}")
     missing = [t for t in targets if t not in header]
     if missing:
-        raise ConfigError(f"{path} has no column(s) {missing}; its columns are {', '.join(header)}")
-    values = np.array([[parse_number(v, path, r + 2, header[c], "encode categorical columns as numbers first")
-                        for c, v in enumerate(row)] for r, row in enumerate(rows)], dtype=np.float64)
+        raise ConfigError(f"{path} has no column(s) {missing}; its columns are {column_list(header)}")
+    if len(set(targets)) != len(targets):
+        raise ConfigError(f"data.target names a column twice: {list(targets)}")
     feat = [c for c, h in enumerate(header) if h not in targets]
     if not feat:
         raise ConfigError(f"{path}: no feature columns left besides the targets")
-    if np.isnan(values[:, feat]).any():
-        c = feat[int(np.argmax(np.isnan(values[:, feat]).any(0)))]
-        raise ConfigError(f"{path}: feature column {header[c]!r} has blank values; fill or drop them first")
-    return values[:, feat], {t: values[:, header.index(t)] for t in targets}
+    is_target = [h in targets for h in header]
+    hints = ("features must be numbers: encode categorical columns as numbers, fill or drop blank values",
+             "labels must be numbers, blank for missing")
+    values = np.array([[parse_number(v, path, line, header[c], hints[is_target[c]], missing_ok=is_target[c])
+                        for c, v in enumerate(row)] for row, line in zip(rows, lines)], dtype=np.float64)
+    return [header[c] for c in feat], values[:, feat], {t: values[:, header.index(t)] for t in targets}
 
 
 @register_dataset("table", TabularConfig, "any numeric CSV: data.path=FILE data.target=COL[,COL]")
@@ -89,18 +148,20 @@ def load_table(cfg: TabularConfig) -> MultiTaskData:
     if not cfg.path:
         raise ConfigError("data set 'table' needs a file: pass data.path=my.csv data.target=COL")
     path = Path(cfg.path)
-    x, ys = read_table(path, tuple(cfg.target))
+    columns, x, ys = read_table(path, tuple(cfg.target))
     kinds = {t: infer_kind(y) if cfg.kind == "auto" else cfg.kind for t, y in ys.items()}
-    return table_data(path.name.split(".")[0], x, ys, kinds, cfg.fractions, cfg.split_seed, cfg.standardize,
-                      cfg.standardize_target)
+    for t, y in ys.items():
+        check_labels(y, kinds[t], t, path)
+    return table_data(path.name.split(".")[0] or "table", x, ys, kinds, cfg.fractions, cfg.split_seed,
+                      cfg.standardize, cfg.standardize_target, columns, path)
 
 
 @dataclass
 class SklearnTableConfig:
-    fractions: tuple[float, ...] = (0.7, 0.15, 0.15)
-    split_seed: int = 0
-    standardize: bool = True
-    standardize_target: bool = True
+    fractions: tuple[float, ...] = option((0.7, 0.15, 0.15), FRACTIONS_HELP, low=0, high=1, min_len=3)
+    split_seed: int = option(0, "seed of the random split", low=0)
+    standardize: bool = option(True, "standardise the features with the training split's mean and std")
+    standardize_target: bool = option(True, "standardise regression targets the same way")
 
 
 SKLEARN_TABLES = {"wine": ("load_wine", "multiclass"), "breast_cancer": ("load_breast_cancer", "binary"),
@@ -120,3 +181,21 @@ def sklearn_table(name: str, cfg: SklearnTableConfig | None = None) -> MultiTask
 for _name, (_fn, _kind) in SKLEARN_TABLES.items():
     register_dataset(_name, SklearnTableConfig, f"scikit-learn's {_name} table, one {_kind} task (embedded)")(
         lambda cfg, _n=_name: sklearn_table(_n, cfg))
+
+
+@dataclass
+class SklearnTablesConfig:
+    names: tuple[str, ...] = option(("wine", "breast_cancer", "iris"), "scikit-learn tables, one task and input each",
+                                    choices=tuple(SKLEARN_TABLES), min_len=1)
+    fractions: tuple[float, ...] = option((0.6, 0.2, 0.2), FRACTIONS_HELP, low=0, high=1, min_len=3)
+    split_seed: int = option(0, "seed of the random split of every table", low=0)
+
+
+@register_dataset("sklearn_tables", SklearnTablesConfig,
+                  "several of scikit-learn's embedded tables as one multi-input problem (one task and input per table)")
+def load_sklearn_tables(cfg: SklearnTablesConfig) -> MultiTaskData:
+    """Input and task TABLE for every table of cfg.names: wine (n, 13), breast_cancer (n, 30), iris (n, 4), ..."""
+    if len(set(cfg.names)) != len(cfg.names):
+        raise ConfigError(f"data.names={','.join(cfg.names)}: name every table once")
+    tables = [sklearn_table(name, SklearnTableConfig(tuple(cfg.fractions), cfg.split_seed)) for name in cfg.names]
+    return combine(*tables, name="sklearn_tables")

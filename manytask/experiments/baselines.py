@@ -1,18 +1,26 @@
 """The baselines side by side: the `demo` job that `make demo` runs."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import option
 from ..registry import register_experiment
-from .runner import Contender, compare
+from .runner import Contender, ExperimentConfig, ExperimentResult, compare
 
 DEMO = [
     Contender("hard_sharing", "hard_sharing"),
     Contender("stl", "stl", {"widths": "256"}),  # 12 nets: the slowest contender, kept small for the demo
-    Contender("icnn", "icnn", {"widths": "32,16"}),  # interconnected subnetworks (thesis 000), small widths
+    Contender("icnn", "icnn", {"widths": "32,16"}),  # interconnected subnetworks, small widths
 ]
 
 
-@register_experiment("demo", "Tox21 (embedded): hard sharing vs single-task nets vs ICNN, one seed, about 1-2 minutes")
-def demo(overrides: list[str], out: Path):
-    return compare("demo", "tox21", DEMO, seeds=(0,), overrides=["epochs=30", "patience=5", *overrides], out=out)
+@dataclass
+class DemoConfig(ExperimentConfig):
+    seeds: tuple[int, ...] = option((0,), "seeds: every contender trains once per seed", low=0, min_len=1)
+
+
+@register_experiment("demo", DemoConfig,
+                     "Tox21 (embedded): hard sharing vs single-task nets vs ICNN, one seed, about 1-2 minutes")
+def demo(cfg: DemoConfig, out: Path) -> ExperimentResult:
+    return compare("demo", "tox21", DEMO, cfg, out, defaults={"epochs": "30", "patience": "5"})

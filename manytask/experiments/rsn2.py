@@ -1,5 +1,7 @@
-"""RSN2 experiments (paper 001, Renn et al. 2022), each against dedicated control networks of the same
-architecture (one dense network per task group: the same layers with keep = 1), over several seeds.
+"""RSN2 experiments (Renn, Sotnek, Harvey, Caffo, The Multiple Subnetwork Hypothesis: Enabling Multidomain
+Learning by Isolating Task-Specific Subnetworks in Feedforward Neural Networks, 2022), each against
+dedicated control networks of the same architecture (one dense network per task group: the same layers
+with keep = 1), over several seeds.
 
     rsn2-ensemble          exp. 1: 5 disjoint subnetworks of 20% on one image task, each and their average
     rsn2-split             exp. 2: the 10 classes split into the 5 easiest and 5 hardest (control F1), 20% each
@@ -8,33 +10,37 @@ architecture (one dense network per task group: the same layers with keep = 1), 
     rsn2-multidomain-conv  exp. 4/6: two image domains with their own inputs through one conv trunk, in
                            sequence (digits, then rotated+inverted digits; or data.dir / data.dir2 files)
 
-Overrides: seeds=0,1,2; training keys (epochs, lr, patience, ...); rsn2 keys (keep, widths, conv, ...);
-data.dir=FOLDER (MNIST-format IDX files replace digits), data.dir2=FOLDER (second image domain),
-data.limit=N (at most N training images per image domain). Each writes table.csv, summary.json,
-sizes.csv, the packed model of every seed, and (staged experiments) forgetting.csv / forgetting.png.
+Keys: seeds=0,1,2; training keys (epochs, lr, patience, ...) and rsn2 keys (keep, widths, conv, ...) over
+the recipe's defaults; data.dir=FOLDER (MNIST-format IDX files replace digits), data.dir2=FOLDER (second
+image domain), data.limit=N (at most N training images per image domain). All are checked before anything
+is written. Each writes results.csv (per seed and task the test score of rsn2 and of its control; seed -1:
+the difference of the means, contender minus control), table.txt, summary.json (sizes, within-bound
+flags, ...), sizes.csv, per seed the packed model and the controls, and (staged experiments)
+forgetting.csv / forgetting.png.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from safetensors.torch import save_model
-from sklearn.metrics import f1_score
 
-from ..config import ConfigError, apply, field_types, split_overrides
+from ..config import ConfigError, apply, field_types, option
 from ..data.base import MultiTaskData, Split, combine
 from ..data.images import image_data, load_idx_dir
-from ..methods.rsn2 import RSN2Config, RSN2Net, build, export, load_packed, train_stages
-from ..nn.masked import check_disjoint, ownership_report
+from ..methods.rsn2 import RSN2Config, RSN2Net, build, check_masks, export, load_packed, stage_tasks
+from ..nn.masked import ownership_report
 from ..registry import get_dataset, register_experiment
-from ..report import line_plot, mean_std, pm, text_table, write_csv
+from ..report import line_plot, mean_pm, mean_std, text_table, write_csv
 from ..tasks import Task
-from ..train import TrainConfig, Trainer, evaluate_split, predict_split, seed_everything
+from ..train import TrainConfig, Trainer, evaluate_split, predict_split, seed_everything, train_stages
+from .runner import ExperimentConfig, ExperimentResult, Record, finish
 
 # The paper's numbers (accuracy in %, Boston housing MSE on min-max scaled prices). Our data differ
 # (digits / Tox21 / diabetes offline), so they are context, not targets.
@@ -45,46 +51,56 @@ PAPER = {
                          "Boston housing MSE": "0.016 (control 0.017)"},
     "rsn2-multidomain-conv": {"MNIST digit": "99 (control 99)", "Fashion": "90 (control 92)"},
 }
+METRIC = {"multiclass": "accuracy_pct", "binary": "auc", "regression": "mse"}  # results.csv metric of a score
+SHOWN = {"multiclass": "accuracy %", "binary": "ROC-AUC", "regression": "MSE"}  # the table's metric column
 
 
 # ---- settings -----------------------------------------------------------------------------------------
-@dataclasses.dataclass
+@dataclass
+class ImageSourceConfig:
+    """The data.KEY keys of the rsn2 experiments."""
+
+    dir: str = option("", "folder of MNIST-format IDX files that replace the embedded digits")
+    dir2: str = option("", "folder of the second image domain (rsn2-multidomain-conv); empty: the first "
+                           "domain rotated and inverted")
+    limit: int = option(0, "at most this many training images per image domain; 0 = all", low=0)
+
+
+@dataclass
+class RSN2ExperimentConfig(ExperimentConfig):
+    """seeds; training keys, rsn2 keys and data.KEY arrive in overrides and are resolved by settings()
+    over the recipe's defaults (the class's train_defaults and method_defaults)."""
+
+    train_defaults: ClassVar[dict] = {}
+    method_defaults: ClassVar[dict] = {}
+
+    @classmethod
+    def key_tables(cls) -> tuple:
+        return (("", apply(TrainConfig(), cls.train_defaults, "training")),
+                ("", apply(RSN2Config(), cls.method_defaults, "rsn2")), ("data.", ImageSourceConfig()))
+
+
+@dataclass
 class Settings:
-    seeds: tuple[int, ...]
     train: TrainConfig
     method: RSN2Config
-    data_dir: str = ""
-    data_dir2: str = ""
-    limit: int = 0
+    source: ImageSourceConfig
 
 
-def parse(overrides: list[str], train: dict, method: dict) -> Settings:
-    """Experiment defaults (train, method: {key: value}) plus the user's key=value overrides."""
-    kv = split_overrides(list(overrides))
-    seeds = (0, 1, 2)
-    if "seeds" in kv:
-        try:
-            seeds = tuple(int(s) for s in kv.pop("seeds").split(",") if s.strip())
-        except ValueError:
-            raise ConfigError("seeds=...: expected comma-separated integers, e.g. seeds=0,1,2") from None
-    data = {k[5:]: kv.pop(k) for k in list(kv) if k.startswith("data.")}
-    bad = sorted(set(data) - {"dir", "dir2", "limit"})
-    if bad:
-        raise ConfigError(f"unknown data key(s) {bad}; valid: data.dir, data.dir2, data.limit")
+def settings(cfg: RSN2ExperimentConfig, name: str) -> Settings:
+    """The recipe's defaults plus cfg.overrides, parsed and range-checked: a bad key or value is a
+    ConfigError before anything is written."""
     tkeys, mkeys = field_types(TrainConfig), field_types(RSN2Config)
-    unknown = sorted(set(kv) - set(tkeys) - set(mkeys))
+    data = {k.removeprefix("data."): v for k, v in cfg.overrides.items() if k.startswith("data.")}
+    unknown = sorted(k for k in cfg.overrides if not k.startswith("data.") and k not in tkeys and k not in mkeys)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown}; valid: seeds, data.dir, data.dir2, data.limit, training keys "
-                          f"({', '.join(sorted(tkeys))}), rsn2 keys ({', '.join(sorted(mkeys))})")
-    t = apply(TrainConfig(), {k: v for k, v in kv.items() if k in tkeys}, "training")
-    t = dataclasses.replace(t, **{k: v for k, v in train.items() if k not in kv})
-    m = apply(RSN2Config(), {k: v for k, v in kv.items() if k in mkeys}, "rsn2")
-    m = dataclasses.replace(m, **{k: v for k, v in method.items() if k not in kv})
-    try:
-        limit = int(data.get("limit", 0))
-    except ValueError:
-        raise ConfigError(f"data.limit={data['limit']}: expected an integer number of training images") from None
-    return Settings(seeds, t, m, data.get("dir", ""), data.get("dir2", ""), limit)
+        raise ConfigError(f"unknown key {unknown[0]!r} for {name}; valid: seeds, data.dir, data.dir2, data.limit, "
+                          f"training keys ({', '.join(sorted(tkeys))}), rsn2 keys ({', '.join(sorted(mkeys))})")
+    train = {k: v for k, v in cfg.overrides.items() if k in tkeys}
+    method = {k: v for k, v in cfg.overrides.items() if k in mkeys}
+    return Settings(apply(TrainConfig(), {**cfg.train_defaults, **train}, "training"),
+                    apply(RSN2Config(), {**cfg.method_defaults, **method}, "rsn2"),
+                    apply(ImageSourceConfig(), data, "data"))
 
 
 # ---- data ---------------------------------------------------------------------------------------------
@@ -92,9 +108,9 @@ def image_source(directory: str, limit: int = 0, seed: int = 0, name: str = "") 
     """digits (embedded) without a folder, else the MNIST-format files in it; one 10-class task named
     after the data set. limit > 0 keeps at most that many training images."""
     if directory:
-        xtr, ytr, xte, yte = load_idx_dir(directory)
-        nm = name or re.sub(r"\W+", "_", Path(directory).resolve().name).strip("_").lower() or "images"
-        data = image_data(nm, xtr, ytr, xte, yte, 255.0, 1 / 6, 0.0, seed)
+        x_train, y_train, x_test, y_test = load_idx_dir(directory)
+        folder = name or re.sub(r"\W+", "_", Path(directory).resolve().name).strip("_").lower() or "images"
+        data = image_data(folder, x_train, y_train, x_test, y_test, 255.0, 1 / 6, 0.0, seed)
     else:
         data = get_dataset("digits").fn(get_dataset("digits").config())
         if name:
@@ -107,11 +123,11 @@ def image_source(directory: str, limit: int = 0, seed: int = 0, name: str = "") 
 
 def renamed(data: MultiTaskData, name: str, transform=None) -> MultiTaskData:
     """A one-task data set under a new name (its task too), inputs optionally transformed."""
-    (old,) = [t.name for t in data.tasks]
-    t = data.tasks[0]
+    (task,) = data.tasks
     f = transform or (lambda x: x)
-    parts = [Split({k: f(v) for k, v in s.inputs.items()}, {name: s.labels[old]}) for s in (data.train, data.val, data.test)]
-    return MultiTaskData(name, [Task(name, t.kind, t.outputs, t.input)], *parts, dict(data.meta))
+    parts = [Split({k: f(v) for k, v in s.inputs.items()}, {name: s.labels[task.name]})
+             for s in (data.train, data.val, data.test)]
+    return MultiTaskData(name, [Task(name, task.kind, task.outputs, task.input)], *parts, dict(data.meta))
 
 
 def rotated_inverted(x: torch.Tensor) -> torch.Tensor:
@@ -134,10 +150,13 @@ def class_subset(data: MultiTaskData, classes: list[int], name: str) -> MultiTas
                          cut(data.test), {"classes": classes})
 
 
-def only(data: MultiTaskData, tasks: list[Task]) -> MultiTaskData:
+def tasks_only(data: MultiTaskData, tasks: list[Task]) -> MultiTaskData:
     """The tasks' part of a (combined) data set: their labels and the inputs they read."""
-    ins = list(dict.fromkeys(t.input for t in tasks))
-    cut = lambda s: Split({g: s.inputs[g] for g in ins}, {t.name: s.labels[t.name] for t in tasks})  # noqa: E731
+    inputs = list(dict.fromkeys(t.input for t in tasks))
+
+    def cut(s: Split) -> Split:
+        return Split({g: s.inputs[g] for g in inputs}, {t.name: s.labels[t.name] for t in tasks})
+
     return MultiTaskData(data.name, list(tasks), cut(data.train), cut(data.val), cut(data.test), data.meta)
 
 
@@ -152,26 +171,24 @@ def train_control(data: MultiTaskData, method: RSN2Config, cfg: TrainConfig, see
 
 def train_multitask(data: MultiTaskData, method: RSN2Config, stages: list[list[str]] | None,
                     cfgs: list[TrainConfig], seed: int):
-    """-> (model, forgetting rows, whether the first stage's test outputs stayed bit-identical through
-    every later stage)."""
+    """rsn2 trained stage after stage (stages named as rsn2.stage_tasks reads them; None: every
+    subnetwork in one stage) -> (model, forgetting rows, whether the first stage's test outputs stayed
+    bit-identical through every later stage)."""
     seed_everything(seed)
     model, hooks = build(data.tasks, data.input_shapes, method)
-    snapshots, first = [], []
-
-    def keep_outputs(stage: int) -> None:
-        if stage == 1:
-            first.extend(t for s in hooks.trainable for t in model.subnet_tasks[s])
-        snapshots.append(predict_split(model, data.test, first))
-
-    rows = train_stages(model, hooks, data, stages or [model.subnet_names],
-                        [dataclasses.replace(c, seed=seed) for c in cfgs], on_stage=keep_outputs)
+    task_stages = stage_tasks(model, stages or [model.subnet_names])
+    first = task_stages[0]
+    snapshots = []
+    rows = train_stages(model, hooks, data, task_stages, [dataclasses.replace(c, seed=seed) for c in cfgs],
+                        on_stage=lambda stage: snapshots.append(predict_split(model, data.test, first)))
     identical = all(torch.equal(snapshots[0][t.name], snap[t.name]) for snap in snapshots[1:] for t in first)
-    check_disjoint(model)
+    check_masks(model)
     return model, rows, identical
 
 
-def test_scores(model, data: MultiTaskData, tasks: list[Task] | None = None) -> dict[str, dict[str, float]]:
-    return evaluate_split(model, data.test, tasks or data.tasks)[0]
+def metrics_on_test(model, data: MultiTaskData) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} on the test split."""
+    return evaluate_split(model, data.test, data.tasks)[0]
 
 
 # ---- reporting ----------------------------------------------------------------------------------------
@@ -191,62 +208,74 @@ def within(kind: str, rsn2: float, control: float) -> bool:
     return rsn2 <= 1.10 * control
 
 
-def sizes_row(seed_dir: Path, model: RSN2Net, controls: list[RSN2Net]) -> dict[str, int]:
-    """File sizes: packed multitask model, each dense control (exported: no owner index), the unpacked
-    (T, in, out) model with its masks."""
+def score_records(scores: dict[str, dict[str, list[float]]], seeds, kinds: dict[str, str]) -> list[Record]:
+    """{contender: {task: [score per seed]}} (one contender is "control") -> records: every score, and
+    (seed -1, metric delta_METRIC) each other contender's mean minus the control's."""
+    records = [(c, seed, task, "test", METRIC[kinds[task]], value) for c, per_task in scores.items()
+               for task, values in per_task.items() for seed, value in zip(seeds, values)]
+    return records + [(c, -1, task, "test", f"delta_{METRIC[kinds[task]]}",
+                       mean_std(values)[0] - mean_std(scores["control"][task])[0])
+                      for c, per_task in scores.items() if c != "control" for task, values in per_task.items()]
+
+
+def write_models(seed_dir: Path, model: RSN2Net, controls: list[RSN2Net]) -> dict[str, int]:
+    """The packed model, each dense control (exported: no owner index) and the unpacked (T, in, out)
+    model with its masks -> their file sizes in bytes."""
     packed = export(model, seed_dir / "rsn2_packed.safetensors")
-    ctrl = [export(c, seed_dir / f"control_{i}.safetensors") for i, c in enumerate(controls)]
+    control_sizes = [export(c, seed_dir / f"control_{i}.safetensors") for i, c in enumerate(controls)]
     save_model(model, str(seed_dir / "rsn2_unpacked.safetensors"))
     unpacked = (seed_dir / "rsn2_unpacked.safetensors").stat().st_size
-    return {"packed": packed, "controls_sum": sum(ctrl), "control_max": max(ctrl), "unpacked": unpacked}
+    return {"packed": packed, "controls_sum": sum(control_sizes), "control_max": max(control_sizes),
+            "unpacked": unpacked}
+
+
+def write_ownership(seed_dir: Path, model: RSN2Net) -> bool:
+    """seed_dir/ownership.csv: per layer the fraction each subnetwork owns and the unused fraction.
+    -> whether Eq. 3 holds on every layer."""
+    rows, ok = ownership_report(model)
+    header = ["layer", "positions", "eq3", "unused", *model.subnet_names]
+    write_csv(seed_dir / "ownership.csv", header, [[r.get(k, "") for k in header] for r in rows])
+    return ok
 
 
 def packed_equal(model: RSN2Net, data: MultiTaskData, path: Path) -> float:
     """Largest |difference| between the masked model's and the reloaded packed model's test outputs."""
-    a, b = predict_split(model, data.test, data.tasks), predict_split(load_packed(path), data.test, data.tasks)
-    return max(float((a[t] - b[t]).abs().max()) if a[t].numel() else 0.0 for t in a)
+    masked = predict_split(model, data.test, data.tasks)
+    packed = predict_split(load_packed(path), data.test, data.tasks)
+    return max(float((masked[t] - packed[t]).abs().max()) if masked[t].numel() else 0.0 for t in masked)
 
 
-def finish(name: str, out: Path, header: list[str], rows: list[list], extra: dict, echo: bool = True) -> dict:
-    table = text_table(header, rows, digits=3)
-    write_csv(out / "table.csv", header, rows)
-    summary = {"experiment": name, **extra, "paper": PAPER.get(name, {})}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    (out / "table.txt").write_text(table + "\n")
-    if echo:
-        print(table)
-        print("paper:", "; ".join(f"{k}: {v}" for k, v in PAPER.get(name, {}).items()))
-        s = extra.get("sizes")
-        if s:
-            print(f"sizes (bytes, seed {extra['seeds'][0]}): packed {s['packed']:,}, one control {s['control_max']:,} "
-                  f"(packed/control {s['packed'] / s['control_max']:.3f}), all controls {s['controls_sum']:,}, "
-                  f"unpacked {s['unpacked']:,}")
-        print(f"{name}: {len(extra['seeds'])} seed(s), {extra['seconds']:.0f} s; results in {out}")
-    return summary
+def result(name: str, out: Path, table: str, records: list[Record], sizes: list[dict], seeds, summary: dict,
+           seconds: float) -> ExperimentResult:
+    """Write sizes.csv and the experiment's results; the printed table ends with the paper's numbers and
+    the first seed's sizes."""
+    keys = ["packed", "controls_sum", "control_max", "unpacked"]
+    write_csv(out / "sizes.csv", ["seed", *keys], [[seed, *(s[k] for k in keys)] for seed, s in zip(seeds, sizes)])
+    first = sizes[0]
+    size_summary = {**first, "packed_over_one_control": round(max(s["packed"] / s["control_max"] for s in sizes), 4),
+                    "packed_over_all_controls": round(max(s["packed"] / s["controls_sum"] for s in sizes), 4)}
+    table += ("\npaper: " + "; ".join(f"{k}: {v}" for k, v in PAPER[name].items())
+              + f"\nsizes (bytes, seed {seeds[0]}): packed {first['packed']:,}, one control {first['control_max']:,} "
+              f"(packed/control {first['packed'] / first['control_max']:.3f}), all controls {first['controls_sum']:,}, "
+              f"unpacked {first['unpacked']:,}")
+    return finish(ExperimentResult(name, out, records, table, {"seeds": list(seeds), **summary, "sizes": size_summary,
+                                                               "paper": PAPER[name]}, seconds))
 
 
-def size_summary(per_seed: list[dict]) -> dict:
-    s = dict(per_seed[0])
-    s["packed_over_one_control"] = round(max(r["packed"] / r["control_max"] for r in per_seed), 4)
-    s["packed_over_all_controls"] = round(max(r["packed"] / r["controls_sum"] for r in per_seed), 4)
-    return s
-
-
-def comparison(name: str, out: Path, tasks: list[Task], rsn2: dict[str, list[float]],
-               ctrl: dict[str, list[float]], extra: dict, labels: dict[str, str] | None = None) -> dict:
-    """Rows per task: rsn2 and control, mean ± std over seeds, the difference of the means, within bound."""
+def against_controls(name: str, out: Path, seeds, kinds: dict[str, str], rsn2: dict[str, list[float]],
+                     control: dict[str, list[float]], sizes: list[dict], summary: dict, t0: float) -> ExperimentResult:
+    """Rows per task (kinds: {task: kind}): rsn2 and control, mean ± std over seeds, the difference of
+    the means, within bound."""
     header = ["task", "metric", "rsn2", "control", "rsn2 - control", "within bound"]
     rows, ok = [], {}
-    for t in tasks:
-        if t.name not in rsn2:
-            continue
-        m_r, m_c = mean_std(rsn2[t.name])[0], mean_std(ctrl[t.name])[0]
-        ok[t.name] = within(t.kind, m_r, m_c)
-        metric = {"multiclass": "accuracy %", "binary": "ROC-AUC", "regression": "MSE"}[t.kind]
-        rows.append([(labels or {}).get(t.name, t.name), metric, pm(rsn2[t.name], 3), pm(ctrl[t.name], 3),
-                     round(m_r - m_c, 3), ok[t.name]])
-    return finish(name, out, header, rows, {**extra, "rsn2": rsn2, "control": ctrl, "within": ok,
-                                            "all_within": all(ok.values())})
+    for task, kind in kinds.items():
+        mean_rsn2, mean_control = mean_std(rsn2[task])[0], mean_std(control[task])[0]
+        ok[task] = within(kind, mean_rsn2, mean_control)
+        rows.append([task, SHOWN[kind], mean_pm(rsn2[task], 3), mean_pm(control[task], 3),
+                     round(mean_rsn2 - mean_control, 3), ok[task]])
+    records = score_records({"rsn2": rsn2, "control": control}, seeds, kinds)
+    return result(name, out, text_table(header, rows, digits=3), records, sizes, seeds,
+                  {**summary, "within": ok, "all_within": all(ok.values())}, time.perf_counter() - t0)
 
 
 # ---- experiments --------------------------------------------------------------------------------------
@@ -258,165 +287,188 @@ WIDE_CONV = {"conv": (64, 128), "pool_every": 1, "widths": (256,)}
 IMG_TRAIN = {"epochs": 60, "batch_size": 64, "lr": 3e-3, "patience": 8, "min_delta": 0.0, "progress": False}
 
 
-@register_experiment("rsn2-ensemble", "RSN2 exp. 1: 5 disjoint 20% conv subnetworks on digits, each and averaged, vs control")
-def ensemble(overrides: list[str], out: Path):
-    st = parse(overrides, IMG_TRAIN, {**CONV, "copies": 5, "keep": 0.2, "groups": "input"})
+@dataclass
+class RSN2EnsembleConfig(RSN2ExperimentConfig):
+    train_defaults: ClassVar[dict] = IMG_TRAIN
+    method_defaults: ClassVar[dict] = {**CONV, "copies": 5, "keep": 0.2, "groups": "input"}
+
+
+@dataclass
+class RSN2SplitConfig(RSN2ExperimentConfig):
+    train_defaults: ClassVar[dict] = IMG_TRAIN
+    method_defaults: ClassVar[dict] = {**CONV, "keep": 0.2, "groups": "input"}
+
+
+@dataclass
+class RSN2MultidomainConfig(RSN2ExperimentConfig):
+    train_defaults: ClassVar[dict] = {"epochs": 60, "batch_size": 128, "lr": 1e-3, "patience": 5, "progress": False}
+    # widths 512, 512: at 10% per subnetwork, 256 units left NR-AR 0.033 AUC below its control (docs/rsn2.md)
+    method_defaults: ClassVar[dict] = {"widths": (512, 512), "keep": 0.1, "groups": "input"}
+
+
+@dataclass
+class RSN2MultidomainConvConfig(RSN2ExperimentConfig):
+    train_defaults: ClassVar[dict] = IMG_TRAIN
+    method_defaults: ClassVar[dict] = {**WIDE_CONV, "keep": 0.2, "groups": "input"}
+
+
+@register_experiment("rsn2-ensemble", RSN2EnsembleConfig,
+                     "RSN2 exp. 1: 5 disjoint 20% conv subnetworks on digits, each and averaged, vs control")
+def rsn2_ensemble(cfg: RSN2EnsembleConfig, out: Path) -> ExperimentResult:
+    setup = settings(cfg, "rsn2-ensemble")
     t0 = time.perf_counter()
-    data = image_source(st.data_dir, st.limit)
+    data = image_source(setup.source.dir, setup.source.limit)
     (task,) = data.tasks
-    y = data.test.labels[task.name].long()
-    res: dict[str, list[float]] = {}
-    sizes, checks = [], []
-    for seed in st.seeds:
-        sd = out / f"seed{seed}"
-        sd.mkdir(parents=True, exist_ok=True)
-        model, _, _ = train_multitask(data, st.method, None, [st.train], seed)
+    labels = data.test.labels[task.name].long()
+    accuracy: dict[str, list[float]] = {}  # network -> test accuracy % per seed
+    sizes, packed_diffs = [], []
+    for seed in cfg.seeds:
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        model, _, _ = train_multitask(data, setup.method, None, [setup.train], seed)
         with torch.no_grad():
             model.eval()
-            ys = model.forward_subnets(data.test.inputs["x"])
-        for s, name in enumerate(model.subnet_names):
-            res.setdefault(f"subnetwork {s + 1}", []).append(100 * float((ys[s].argmax(1) == y).float().mean()))
-        res.setdefault("ensemble (average)", []).append(score(test_scores(model, data)[task.name], task))
-        control = train_control(data, st.method, st.train, seed)
-        res.setdefault("control", []).append(score(test_scores(control, data)[task.name], task))
-        sizes.append(sizes_row(sd, model, [control]))
-        checks.append(packed_equal(model, data, sd / "rsn2_packed.safetensors"))
-        (sd / "ownership.json").write_text(json.dumps(ownership_report(model)[0], indent=1))
-    c = mean_std(res["control"])[0]
+            outputs = model.forward_subnets(data.test.inputs["x"])  # {subnetwork: (n_test, 10)}
+        for s in range(len(model.subnet_names)):
+            accuracy.setdefault(f"subnetwork {s + 1}", []).append(100 * float((outputs[s].argmax(1) == labels).float().mean()))
+        accuracy.setdefault("ensemble (average)", []).append(score(metrics_on_test(model, data)[task.name], task))
+        control = train_control(data, setup.method, setup.train, seed)
+        accuracy.setdefault("control", []).append(score(metrics_on_test(control, data)[task.name], task))
+        sizes.append(write_models(seed_dir, model, [control]))
+        packed_diffs.append(packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"))
+        write_ownership(seed_dir, model)
+    control_mean = mean_std(accuracy["control"])[0]
+    ok = {k: k == "control" or within(task.kind, mean_std(v)[0], control_mean) for k, v in accuracy.items()}
     header = ["network", "test accuracy %", "minus control", "within 2 points"]
-    rows = [[k, pm(v, 2), round(mean_std(v)[0] - c, 2), k == "control" or mean_std(v)[0] >= c - 2]
-            for k, v in res.items()]
-    return finish("rsn2-ensemble", out, header, rows, {
-        "seeds": list(st.seeds), "seconds": time.perf_counter() - t0, "results": res, "data": data.name,
-        "all_within": all(r[3] for r in rows), "sizes": size_summary(sizes), "packed_max_abs_diff": max(checks),
-        "method": dataclasses.asdict(st.method), "train": dataclasses.asdict(st.train)})
+    rows = [[k, mean_pm(v, 2), round(mean_std(v)[0] - control_mean, 2), ok[k]] for k, v in accuracy.items()]
+    records = score_records({k: {task.name: v} for k, v in accuracy.items()}, cfg.seeds, {task.name: task.kind})
+    return result("rsn2-ensemble", out, text_table(header, rows, digits=3), records, sizes, cfg.seeds, {
+        "data": data.name, "within": ok, "all_within": all(ok.values()), "packed_max_abs_diff": max(packed_diffs),
+        "method": dataclasses.asdict(setup.method), "train": dataclasses.asdict(setup.train)}, time.perf_counter() - t0)
 
 
-@register_experiment("rsn2-split", "RSN2 exp. 2: digits classes split into 5 easy + 5 hard tasks (20% each) vs controls")
-def split(overrides: list[str], out: Path):
-    st = parse(overrides, IMG_TRAIN, {**CONV, "keep": 0.2, "groups": "input"})
+@register_experiment("rsn2-split", RSN2SplitConfig,
+                     "RSN2 exp. 2: digits classes split into 5 easy + 5 hard tasks (20% each) vs controls")
+def rsn2_split(cfg: RSN2SplitConfig, out: Path) -> ExperimentResult:
+    setup = settings(cfg, "rsn2-split")
     t0 = time.perf_counter()
-    base = image_source(st.data_dir, st.limit)
+    base = image_source(setup.source.dir, setup.source.limit)
     (task,) = base.tasks
     rsn2: dict[str, list[float]] = {}
-    ctrl: dict[str, list[float]] = {}
-    ten, splits, sizes, checks = [], [], [], []
-    for seed in st.seeds:
-        sd = out / f"seed{seed}"
-        sd.mkdir(parents=True, exist_ok=True)
-        full = train_control(base, st.method, st.train, seed)  # the 10-class control ranks the classes
-        ten.append(score(test_scores(full, base)[task.name], task))
-        pred = predict_split(full, base.val, base.tasks)[task.name].argmax(1).numpy()
-        f1 = f1_score(base.val.labels[task.name].numpy().astype(int), pred, average=None, labels=range(task.outputs))
+    control: dict[str, list[float]] = {}
+    ten_classes, class_splits, sizes, packed_diffs = [], [], [], []
+    for seed in cfg.seeds:
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        full = train_control(base, setup.method, setup.train, seed)  # the 10-class control ranks the classes
+        ten_classes.append(score(metrics_on_test(full, base)[task.name], task))
+        predicted = predict_split(full, base.val, base.tasks)[task.name].argmax(1).numpy()
+        from sklearn.metrics import f1_score
+        f1 = f1_score(base.val.labels[task.name].numpy().astype(int), predicted, average=None, labels=range(task.outputs))
         order = [int(c) for c in np.argsort(-f1, kind="stable")]  # on validation data, not test
         easy, hard = sorted(order[:task.outputs // 2]), sorted(order[task.outputs // 2:])
-        splits.append({"seed": seed, "easy": easy, "hard": hard, "val_f1": [round(float(v), 3) for v in f1]})
+        class_splits.append({"seed": seed, "easy": easy, "hard": hard, "val_f1": [round(float(v), 3) for v in f1]})
         data = combine(class_subset(base, easy, "easy"), class_subset(base, hard, "hard"))
-        model, _, _ = train_multitask(data, st.method, None, [st.train], seed)
-        tab = test_scores(model, data)
+        model, _, _ = train_multitask(data, setup.method, None, [setup.train], seed)
+        metrics = metrics_on_test(model, data)
         controls = []
         for t in data.tasks:
-            rsn2.setdefault(t.name, []).append(score(tab[t.name], t))
-            one = only(data, [t])
-            controls.append(train_control(one, st.method, st.train, seed))
-            ctrl.setdefault(t.name, []).append(score(test_scores(controls[-1], one)[t.name], t))
-        sizes.append(sizes_row(sd, model, controls))
-        checks.append(packed_equal(model, data, sd / "rsn2_packed.safetensors"))
-    return comparison("rsn2-split", out, data.tasks, rsn2, ctrl, {
-        "packed_max_abs_diff": max(checks),
-        "seeds": list(st.seeds), "seconds": time.perf_counter() - t0, "class_splits": splits,
-        "control_10_classes": ten, "sizes": size_summary(sizes), "data": base.name,
-        "method": dataclasses.asdict(st.method), "train": dataclasses.asdict(st.train)})
+            rsn2.setdefault(t.name, []).append(score(metrics[t.name], t))
+            one = tasks_only(data, [t])
+            controls.append(train_control(one, setup.method, setup.train, seed))
+            control.setdefault(t.name, []).append(score(metrics_on_test(controls[-1], one)[t.name], t))
+        sizes.append(write_models(seed_dir, model, controls))
+        packed_diffs.append(packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"))
+    return against_controls("rsn2-split", out, cfg.seeds, {t.name: t.kind for t in data.tasks}, rsn2, control, sizes, {
+        "data": base.name, "class_splits": class_splits, "control_10_classes": ten_classes,
+        "packed_max_abs_diff": max(packed_diffs), "method": dataclasses.asdict(setup.method),
+        "train": dataclasses.asdict(setup.train)}, t0)
 
 
-def forgetting_outputs(out: Path, rows: list[dict], data: MultiTaskData, group_of: dict[str, str]) -> None:
+def write_forgetting(out: Path, rows: list[dict], group_of: dict[str, str]) -> None:
     """forgetting.csv (every task after every stage, every seed) and forgetting.png (test loss per
     subnetwork group, mean over seeds and over the group's tasks, after each stage)."""
     keys = ["seed", "stage", "task", "loss"]
     write_csv(out / "forgetting.csv", keys, [[r[k] for k in keys] for r in rows])
     series = {}
-    for g in dict.fromkeys(group_of.values()):
-        pts = sorted({r["stage"] for r in rows if group_of[r["task"]] == g})
-        series[g] = (pts, [float(np.mean([r["loss"] for r in rows if r["stage"] == p and group_of[r["task"]] == g]))
-                           for p in pts])
+    for group in dict.fromkeys(group_of.values()):
+        stages = sorted({r["stage"] for r in rows if group_of[r["task"]] == group})
+        series[group] = (stages, [float(np.mean([r["loss"] for r in rows if r["stage"] == p and group_of[r["task"]] == group]))
+                                  for p in stages])
     line_plot(series, out / "forgetting.png", "RSN2: test loss of each task after each stage",
               "after stage", "test loss")
 
 
-def staged(name: str, out: Path, data: MultiTaskData, st: Settings, stages: list[list[str]],
-           cfgs: list[TrainConfig], t0: float, labels: dict[str, str] | None = None) -> dict:
+def staged(name: str, cfg: RSN2ExperimentConfig, setup: Settings, out: Path, data: MultiTaskData,
+           stages: list[list[str]], cfgs: list[TrainConfig], t0: float) -> ExperimentResult:
     """Shared by the multidomain experiments: staged rsn2 vs one dense control per input, every seed."""
     rsn2: dict[str, list[float]] = {}
-    ctrl: dict[str, list[float]] = {}
-    rows, sizes, same, checks, eq3 = [], [], [], [], []
+    control: dict[str, list[float]] = {}
+    rows, sizes, identical, packed_diffs, eq3 = [], [], [], [], []
     stage_cfg = {t.name: cfgs[i] for i, stage in enumerate(stages) for t in data.tasks
                  if t.input in stage or t.name in stage}
     group_of = {t.name: t.input for t in data.tasks}
-    for seed in st.seeds:
-        sd = out / f"seed{seed}"
-        sd.mkdir(parents=True, exist_ok=True)
-        model, frows, identical = train_multitask(data, st.method, stages, cfgs, seed)
-        rows += [{**r, "seed": seed} for r in frows]
-        same.append(identical)
-        tab = test_scores(model, data)
+    for seed in cfg.seeds:
+        seed_dir = out / f"seed{seed}"
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        model, forgetting, same = train_multitask(data, setup.method, stages, cfgs, seed)
+        rows += [{**r, "seed": seed} for r in forgetting]
+        identical.append(same)
+        metrics = metrics_on_test(model, data)
         controls = []
-        for g in dict.fromkeys(t.input for t in data.tasks):
-            ts = [t for t in data.tasks if t.input == g]
-            one = only(data, ts)
-            controls.append(train_control(one, st.method, stage_cfg[ts[0].name], seed))
-            ctab = test_scores(controls[-1], one)
-            for t in ts:
-                rsn2.setdefault(t.name, []).append(score(tab[t.name], t))
-                ctrl.setdefault(t.name, []).append(score(ctab[t.name], t))
-        sizes.append(sizes_row(sd, model, controls))
-        checks.append(packed_equal(model, data, sd / "rsn2_packed.safetensors"))
-        report, ok = ownership_report(model)
-        eq3.append(ok)
-        (sd / "ownership.json").write_text(json.dumps(report, indent=1))
-        (sd / "scores.json").write_text(json.dumps({"rsn2": {k: v[-1] for k, v in rsn2.items()},
-                                                    "control": {k: v[-1] for k, v in ctrl.items()},
-                                                    "bit_identical": identical, "sizes": sizes[-1]}, indent=1))
-    forgetting_outputs(out, rows, data, group_of)
+        for group in dict.fromkeys(group_of.values()):
+            tasks = [t for t in data.tasks if t.input == group]
+            one = tasks_only(data, tasks)
+            controls.append(train_control(one, setup.method, stage_cfg[tasks[0].name], seed))
+            control_metrics = metrics_on_test(controls[-1], one)
+            for t in tasks:
+                rsn2.setdefault(t.name, []).append(score(metrics[t.name], t))
+                control.setdefault(t.name, []).append(score(control_metrics[t.name], t))
+        sizes.append(write_models(seed_dir, model, controls))
+        packed_diffs.append(packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"))
+        eq3.append(write_ownership(seed_dir, model))
+    write_forgetting(out, rows, group_of)
+    kinds = {t.name: t.kind for t in data.tasks}
     # groups with several tasks (Tox21's 12 assays): also their mean, the paper's one-subnetwork view
-    for g in dict.fromkeys(group_of.values()):
-        ts = [t for t in data.tasks if t.input == g]
-        if len(ts) > 1:
-            for d in (rsn2, ctrl):
-                d[f"{g} (mean of {len(ts)})"] = [float(np.nanmean([d[t.name][i] for t in ts])) for i in range(len(st.seeds))]
-    shown = data.tasks + [Task(k, "binary") for k in rsn2 if k.endswith(")")]  # table rows of the group means
-    return comparison(name, out, shown, rsn2, ctrl, {
-        "seeds": list(st.seeds), "seconds": time.perf_counter() - t0, "stages": stages,
-        "earlier_stages_bit_identical": same, "eq3_on_every_layer": eq3, "packed_max_abs_diff": max(checks),
-        "sizes": size_summary(sizes), "method": dataclasses.asdict(st.method),
-        "train": [dataclasses.asdict(c) for c in cfgs]}, labels)
+    for group in dict.fromkeys(group_of.values()):
+        tasks = [t for t in data.tasks if t.input == group]
+        if len(tasks) > 1:
+            mean_name = f"{group} (mean of {len(tasks)})"
+            kinds[mean_name] = tasks[0].kind
+            for scores in (rsn2, control):
+                scores[mean_name] = [float(np.nanmean([scores[t.name][i] for t in tasks])) for i in range(len(cfg.seeds))]
+    return against_controls(name, out, cfg.seeds, kinds, rsn2, control, sizes, {
+        "stages": stages, "earlier_stages_bit_identical": identical, "eq3_on_every_layer": eq3,
+        "packed_max_abs_diff": max(packed_diffs), "method": dataclasses.asdict(setup.method),
+        "train": [dataclasses.asdict(c) for c in cfgs]}, t0)
 
 
-@register_experiment("rsn2-multidomain", "RSN2 exp. 5/7 (FC): digits + Tox21, then diabetes; 10% each; forgetting curve")
-def multidomain(overrides: list[str], out: Path):
-    # widths 512, 512: at 10% per subnetwork, 256 units left NR-AR 0.033 AUC below its control (docs/rsn2.md)
-    st = parse(overrides, {"epochs": 60, "batch_size": 128, "lr": 1e-3, "patience": 5, "progress": False},
-               {"widths": (512, 512), "keep": 0.1, "groups": "input"})
+@register_experiment("rsn2-multidomain", RSN2MultidomainConfig,
+                     "RSN2 exp. 5/7 (FC): digits + Tox21, then diabetes; 10% each; forgetting curve")
+def rsn2_multidomain(cfg: RSN2MultidomainConfig, out: Path) -> ExperimentResult:
+    setup = settings(cfg, "rsn2-multidomain")
     t0 = time.perf_counter()
-    images = image_source(st.data_dir, st.limit)
+    images = image_source(setup.source.dir, setup.source.limit)
     tox = get_dataset("tox21").fn(get_dataset("tox21").config())
-    tab = get_dataset("diabetes").fn(get_dataset("diabetes").config())
-    data = combine(images, tox, tab)
-    stages = [[images.name, tox.name], [tab.name]]
-    cfgs = [st.train, dataclasses.replace(st.train, batch_size=32)]  # the paper: batch 32 for the small table
-    return staged("rsn2-multidomain", out, data, st, stages, cfgs, t0)
+    tabular = get_dataset("diabetes").fn(get_dataset("diabetes").config())
+    data = combine(images, tox, tabular)
+    stages = [[images.name, tox.name], [tabular.name]]
+    cfgs = [setup.train, dataclasses.replace(setup.train, batch_size=32)]  # the paper: batch 32 for the small table
+    return staged("rsn2-multidomain", cfg, setup, out, data, stages, cfgs, t0)
 
 
-@register_experiment("rsn2-multidomain-conv", "RSN2 exp. 4/6: two image domains (own inputs) through one conv trunk, in sequence")
-def multidomain_conv(overrides: list[str], out: Path):
-    st = parse(overrides, IMG_TRAIN, {**WIDE_CONV, "keep": 0.2, "groups": "input"})
+@register_experiment("rsn2-multidomain-conv", RSN2MultidomainConvConfig,
+                     "RSN2 exp. 4/6: two image domains (own inputs) through one conv trunk, in sequence")
+def rsn2_multidomain_conv(cfg: RSN2MultidomainConvConfig, out: Path) -> ExperimentResult:
+    setup = settings(cfg, "rsn2-multidomain-conv")
     t0 = time.perf_counter()
-    first = image_source(st.data_dir, st.limit)
-    if st.data_dir2:
-        second = image_source(st.data_dir2, st.limit)
+    first = image_source(setup.source.dir, setup.source.limit)
+    if setup.source.dir2:
+        second = image_source(setup.source.dir2, setup.source.limit)
         if second.name == first.name:
             second = renamed(second, second.name + "_2")
     else:
         second = renamed(first, first.name + "_rotinv", rotated_inverted)
     data = combine(first, second)
-    stages = [[first.name], [second.name]]
-    return staged("rsn2-multidomain-conv", out, data, st, stages, [st.train, st.train], t0)
+    return staged("rsn2-multidomain-conv", cfg, setup, out, data, [[first.name], [second.name]],
+                  [setup.train, setup.train], t0)

@@ -1,74 +1,135 @@
-"""Shared machinery of registered experiments: several methods x several seeds on ONE split, and one
-side-by-side table of per-task test metrics (mean ± std over seeds).
+"""What every registered experiment shares: its config base, the ONE result type, and compare().
 
-    compare("demo", "tox21", [Contender("hard_sharing", "hard_sharing"), Contender("stl", "stl")],
-            seeds=(0,), overrides=["epochs=5"], out=Path("runs/demo-..."))
+An experiment is a typed config plus a small function:
 
-Overrides: `seeds=0,1,2` picks the seeds; `data.k=v` and training keys go to every contender;
-`LABEL.k=v` goes to one contender; a bare method key goes to every contender whose method has it.
+    @dataclass
+    class DemoConfig(ExperimentConfig):
+        seeds: tuple[int, ...] = option((0,), "seeds", low=0, min_len=1)
+
+    @register_experiment("demo", DemoConfig, "Tox21: hard sharing vs single-task nets")
+    def demo(cfg: DemoConfig, out: Path) -> ExperimentResult:
+        return compare("demo", "tox21", DEMO, cfg, out, defaults={"epochs": "30"})
+
+`manytask run NAME key=value ...` parses the experiment's own keys into its config (type and range
+checked, a one-line error before anything is written). The other keys go to the contenders
+(cfg.overrides): training keys and data.KEY to every contender, LABEL.KEY to one, a bare method key to
+every contender whose method has it; compare() resolves every contender's configs before training.
+
+Every experiment returns an ExperimentResult and writes, through finish(): results.csv in the long format
+`contender,seed,task,split,metric,value`, table.txt (the table it prints) and summary.json.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
-from ..config import ConfigError, field_types, split_overrides
+from ..config import ConfigError, apply, field_types, option, split_overrides
 from ..data.base import MultiTaskData
 from ..metrics import mean_over_tasks, primary
 from ..registry import get_dataset, get_method
-from ..report import fmt, mean_std, pm, text_table, write_csv
-from ..runs import RunResult, load_data, resolve, train_run
+from ..report import fmt, mean_pm, text_table, write_results
+from ..runs import RunResult, load_data, records, resolve, train_run
 from ..train import TrainConfig
+
+
+@dataclass
+class ExperimentConfig:
+    """Keys every experiment takes; an experiment's own config subclasses it and adds its keys."""
+
+    seeds: tuple[int, ...] = option((0, 1, 2), "seeds: every contender trains once per seed", low=0, min_len=1)
+    # key=value pairs for the contenders (training keys, data.KEY, LABEL.KEY, method keys), checked when
+    # the contenders are resolved, before anything trains
+    overrides: dict[str, str] = field(default_factory=dict, metadata={"hidden": True})
+    takes_overrides: ClassVar[bool] = True  # False: only the config's own keys are valid
+
+    @classmethod
+    def key_tables(cls) -> tuple[tuple[str, Any], ...]:
+        """The configs that cfg.overrides is checked against, as (key prefix, config with the experiment's
+        defaults), for `manytask list NAME`; empty: compare()'s routing (training keys, data.KEY, method
+        keys, LABEL.KEY)."""
+        return ()
+
+
+def parse_experiment(cfg_cls: type, args: Sequence[str], name: str = "experiment") -> ExperimentConfig:
+    """`key=value` strings -> the experiment's config; own keys typed and range-checked, the rest kept in
+    cfg.overrides for the contenders (or an error when the experiment takes none)."""
+    kv = split_overrides(list(args))
+    own = set(field_types(cfg_cls)) - {"overrides"}
+    rest = {k: v for k, v in kv.items() if k not in own}
+    if rest and not cfg_cls.takes_overrides:
+        raise ConfigError(f"unknown key {next(iter(rest))!r} for {name}; valid keys: {', '.join(sorted(own))} "
+                          f"(manytask list {name})")
+    cfg = apply(cfg_cls(), {k: v for k, v in kv.items() if k in own}, name)
+    return dataclasses.replace(cfg, overrides=rest)
 
 
 @dataclass
 class Contender:
     label: str  # column name in the table
     method: str  # registered method
-    overrides: dict[str, str] = field(default_factory=dict)  # method and training keys for this contender
+    overrides: dict[str, Any] = field(default_factory=dict)  # method and training keys (text or typed values)
+
+
+Record = tuple  # (contender, seed, task, split, metric, value): one row of results.csv
 
 
 @dataclass
 class ExperimentResult:
+    """What every experiment returns. `runs` (label -> one RunResult per seed) and `data` are set by
+    experiments built on compare()."""
+
     name: str
     dir: Path
-    data: MultiTaskData
-    runs: dict[str, list[RunResult]]  # label -> one RunResult per seed
+    records: list[Record]
     table: str
+    summary: dict
     seconds: float
+    data: MultiTaskData | None = None
+    runs: dict[str, list[RunResult]] = field(default_factory=dict)
+
+    def values(self, contender: str, metric: str, task: str | None = None, split: str = "test") -> list[float]:
+        """The recorded values of one contender, metric, split (and task), in seed order."""
+        return [r[5] for r in self.records if r[0] == contender and r[4] == metric and r[3] == split
+                and (task is None or r[2] == task)]
 
     def metric(self, label: str, task: str, split: str = "test", metric: str | None = None) -> list[float]:
-        """One value per seed."""
+        """compare() results: one value per seed of a task's metric (default: its primary metric)."""
         t = next(t for t in self.data.tasks if t.name == task)
         return [r.tables[split][task][metric or primary(t)] for r in self.runs[label]]
 
     def mean_metric(self, label: str, split: str = "test", metric: str | None = None) -> list[float]:
-        """Mean over tasks of their primary metric (or `metric`), one value per seed."""
-        out = []
-        for r in self.runs[label]:
-            m = metric or primary(self.data.tasks[0])
-            out.append(mean_over_tasks(r.tables[split], self.data.tasks)[m])
-        return out
+        """compare() results: mean over tasks of their primary metric (or `metric`), one value per seed."""
+        m = metric or primary(self.data.tasks[0])
+        return [mean_over_tasks(r.tables[split], self.data.tasks)[m] for r in self.runs[label]]
 
 
-def parse_overrides(overrides: Sequence[str], contenders: Sequence[Contender], default_seeds: Sequence[int],
-                    data_name: str) -> tuple[tuple[int, ...], dict[str, dict[str, str]]]:
-    """-> (seeds, {label: overrides for resolve()})."""
-    kv = split_overrides(list(overrides))
-    seeds = tuple(default_seeds)
-    if "seeds" in kv:
-        try:
-            seeds = tuple(int(s) for s in kv.pop("seeds").split(",") if s.strip())
-        except ValueError:
-            raise ConfigError("seeds=...: expected comma-separated integers, e.g. seeds=0,1,2") from None
+def run_records(label: str, run: RunResult) -> list[Record]:
+    """Every (split, task, metric) value of one trained run as records."""
+    return records(label, run.spec.train.seed, run.tables)
+
+
+def finish(result: ExperimentResult, echo: bool = True) -> ExperimentResult:
+    """Write results.csv, table.txt and summary.json of an experiment and print its table."""
+    write_results(result.dir, result.records, result.table,
+                  {"experiment": result.name, "seconds": round(result.seconds, 1), **result.summary})
+    if echo:
+        print(result.table)
+        print(f"{result.name}: {result.seconds:.0f} s; results in {result.dir}")
+    return result
+
+
+def contender_overrides(overrides: dict[str, Any], contenders: Sequence[Contender],
+                        data_name: str) -> dict[str, dict[str, Any]]:
+    """{label: the keys resolve() gets for that contender}: its own, then the user's routed to it."""
     labels = {c.label for c in contenders}
     per = {c.label: dict(c.overrides) for c in contenders}
     tkeys, dkeys = field_types(TrainConfig), field_types(get_dataset(data_name).config)
-    for k, v in kv.items():
+    for k, v in overrides.items():
         head, _, rest = k.partition(".")
         if head in labels and rest:
             per[head][rest] = v
@@ -83,18 +144,20 @@ def parse_overrides(overrides: Sequence[str], contenders: Sequence[Contender], d
                                   "or a key of one of the methods")
             for c in takers:
                 per[c.label][k] = v
-    return seeds, per
+    return per
 
 
-def compare(name: str, data_name: str, contenders: Sequence[Contender], seeds: Sequence[int],
-            overrides: Sequence[str], out: Path, paper: dict[str, dict[str, float]] | None = None,
-            data: MultiTaskData | None = None, echo: bool = True) -> ExperimentResult:
-    """Train every contender with every seed on the same data and split; write out/LABEL/seedS runs,
-    table.csv and summary.json; print the table. `paper` = {column: {task: value}} adds the paper's
-    numbers beside ours."""
+def compare(name: str, data_name: str, contenders: Sequence[Contender], cfg: ExperimentConfig, out: Path,
+            defaults: dict[str, Any] | None = None, paper: dict[str, dict[str, float]] | None = None,
+            data: MultiTaskData | None = None, echo: bool = True, write: bool = True) -> ExperimentResult:
+    """Train every contender with every seed of cfg on the same data and split; write out/LABEL/seedS
+    runs and the experiment's results; print the side-by-side table. `defaults` are the experiment's
+    training and data keys, which cfg.overrides may replace; `paper` = {column: {task: value}} adds the
+    paper's numbers beside ours. write=False leaves writing and printing the result to the caller, which
+    adds its own records and figures first and then calls finish()."""
     t0 = time.perf_counter()
-    seeds, per = parse_overrides(overrides, contenders, seeds, data_name)
-    specs = {c.label: [resolve(data_name, c.method, {**per[c.label], "seed": str(s)}) for s in seeds]
+    per = contender_overrides({**(defaults or {}), **cfg.overrides}, contenders, data_name)
+    specs = {c.label: [resolve(data_name, c.method, {**per[c.label], "seed": str(s)}) for s in cfg.seeds]
              for c in contenders}  # resolve everything first: a bad key fails before any training
     data = data or load_data(specs[contenders[0].label][0])
     if echo:
@@ -104,25 +167,16 @@ def compare(name: str, data_name: str, contenders: Sequence[Contender], seeds: S
         runs[c.label] = []
         for spec in specs[c.label]:
             if echo:
-                print(f"[{name}] {c.label} ({c.method}) seed {spec.train.seed}")
+                print(f"[{name}] {c.label} ({c.method}) seed {spec.train.seed}", flush=True)
             runs[c.label].append(train_run(spec, data, out / c.label, name=f"seed{spec.train.seed}", echo=False))
-    result = ExperimentResult(name, out, data, runs, "", time.perf_counter() - t0)
+    records = [rec for c in contenders for run in runs[c.label] for rec in run_records(c.label, run)]
+    result = ExperimentResult(name, out, records, "", {}, time.perf_counter() - t0, data, runs)
     result.table = side_by_side(result, paper)
-    rows = []
-    for c in contenders:
-        for t in data.tasks:
-            vals = result.metric(c.label, t.name)
-            rows.append((c.label, t.name, primary(t), *mean_std(vals), json.dumps(vals)))
-    write_csv(out / "table.csv", ("contender", "task", "metric", "mean", "std", "per_seed"), rows)
-    summary = {"experiment": name, "data": data_name, "seeds": list(seeds), "seconds": round(result.seconds, 1),
-               "contenders": {c.label: {"method": c.method, "overrides": per[c.label],
-                                        "params": runs[c.label][0].summary["params"],
-                                        "mean_test": result.mean_metric(c.label)} for c in contenders}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    if echo:
-        print(result.table)
-        print(f"{name}: {len(seeds)} seed(s), {result.seconds:.0f} s; results in {out}")
-    return result
+    result.summary = {"data": data_name, "seeds": list(cfg.seeds),
+                      "contenders": {c.label: {"method": c.method, "overrides": per[c.label],
+                                               "params": runs[c.label][0].summary["params"],
+                                               "mean_test": result.mean_metric(c.label)} for c in contenders}}
+    return finish(result, echo) if write else result
 
 
 def side_by_side(result: ExperimentResult, paper: dict[str, dict[str, float]] | None = None) -> str:
@@ -133,14 +187,15 @@ def side_by_side(result: ExperimentResult, paper: dict[str, dict[str, float]] | 
     header = ["task", *labels, *(f"paper {p}" for p in paper)]
     rows = []
     for t in result.data.tasks:
-        rows.append([t.name, *(pm(result.metric(label, t.name)) for label in labels),
+        rows.append([t.name, *(mean_pm(result.metric(label, t.name)) for label in labels),
                      *(fmt(paper[p].get(t.name, math.nan), 2) for p in paper)])
     metric = primary(result.data.tasks[0])
     paper_means = []
     for p in paper:
         vals = [v for v in paper[p].values() if not math.isnan(v)]
         paper_means.append(fmt(sum(vals) / len(vals), 3) if vals else "")
-    rows.append([f"mean {metric}", *(pm(result.mean_metric(label)) for label in labels), *paper_means])
+    rows.append([f"mean {metric}", *(mean_pm(result.mean_metric(label)) for label in labels), *paper_means])
     params = ["parameters", *(f"{result.runs[label][0].summary['params']:,}" for label in labels), *([""] * len(paper))]
     rows.append(params)
     return text_table(header, rows)
+

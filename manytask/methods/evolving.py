@@ -28,29 +28,32 @@ epochs (see manytask/weighting.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
-from ..nn.mlp import activation
+from ..config import ConfigError, option
+from ..nn.mlp import ACTIVATIONS, activation
 from ..registry import register_method
-from ..tasks import Task, mean_loss
+from ..tasks import Task, module_key
 from ..train import Hooks, Trainer
 from ..weighting import SCHEDULES, Schedule
 
 
 @dataclass
 class EvolvingConfig:
-    widths: tuple[int, ...] = (50,)  # hidden layers = coding layers of the DAEs; the paper's NN1..NN4
-    activation: str = "sigmoid"
-    noise: float = 0.25  # masking probability p of the DAEs' corruption f
-    schedule: str = "constant"  # constant | stairs | lin | lin_t1 | exp
-    t1: float = 10.0  # stairs and lin_t1: the epoch where lambda_s reaches 1
-    sigma: float = 5.0  # exp: lambda_r(t) = exp(-t / sigma)
-    value: float = 0.5  # constant: lambda_s
+    widths: tuple[int, ...] = option((50,), "hidden layers = the coding layers of the DAEs (the paper's NN1..NN4: "
+                                     "50 / 60,50 / 70,60,50 / 80,70,60,50)", low=1, min_len=1)
+    activation: str = option("sigmoid", "activation of the hidden layers", choices=tuple(ACTIVATIONS))
+    noise: float = option(0.25, "masking probability p of the DAEs' corruption", low=0, high=1, high_open=True)
+    schedule: str = option("constant", "loss-weight schedule of lambda_s(t) (manytask/weighting.py)",
+                           choices=tuple(SCHEDULES))
+    t1: float = option(10.0, "stairs and lin_t1: the epoch where lambda_s reaches 1", low=0)
+    sigma: float = option(5.0, "exp: lambda_r(t) = exp(-t / sigma), t in epochs", low=0, low_open=True)
+    value: float = option(0.5, "constant: the main weight lambda_s", low=0, high=1)
 
 
 class EvolvingNet(nn.Module):
@@ -59,17 +62,13 @@ class EvolvingNet(nn.Module):
     def __init__(self, tasks: list[Task], in_dim: int, widths: tuple[int, ...], act: str = "sigmoid",
                  noise: float = 0.25):
         super().__init__()
-        if not widths:
-            raise ConfigError("evolving needs at least one hidden layer, e.g. widths=50 or widths=70,60,50")
-        if not 0.0 <= noise < 1.0:
-            raise ConfigError(f"evolving: noise is a masking probability in [0, 1), got {noise}")
         dims = (in_dim, *widths)
         self.tasks, self.noise = tasks, noise
         self.act = activation(act)
         # layers[k-1] is hidden layer k of M and the coding layer w_c,k of DAE k
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.decoders = nn.ModuleList(nn.Linear(b, a) for a, b in zip(dims[:-1], dims[1:]))  # w_d,k
-        self.heads = nn.ModuleDict({t.name: nn.Linear(widths[-1], t.outputs) for t in tasks})  # w_s
+        self.heads = nn.ModuleDict({module_key(t.name): nn.Linear(widths[-1], t.outputs) for t in tasks})  # w_s
 
     def representations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[x_0 (batch, d0), x_1 (batch, widths[0]), ..., x_K (batch, widths[-1])]."""
@@ -80,7 +79,7 @@ class EvolvingNet(nn.Module):
 
     def forward(self, x):
         h = self.representations(x)[-1]  # (batch, widths[-1])
-        return {t.name: self.heads[t.name](h) for t in self.tasks}
+        return {t.name: self.heads[module_key(t.name)](h) for t in self.tasks}
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
         """Masking noise f: each entry of x (batch, d) zeroed with probability p."""
@@ -101,38 +100,32 @@ class EvolvingNet(nn.Module):
 
 class EvolvingHooks(Hooks):
     """Algorithm 1: per minibatch, a step on lambda_r(t) J_r (whole batch), then on lambda_s(t) J_s
-    (labelled rows), with the weights of the schedule at t = epochs completed."""
+    (labelled rows), each through trainer.optimizer_step, with the weights of the schedule at
+    t = epochs completed."""
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
         self.last_weights = (math.nan, math.nan)
 
-    def before_training(self, tr: Trainer) -> None:
+    def before_training(self, trainer: Trainer) -> None:
         # the schedule's length is the run's: lin ends at the last epoch of this training
-        kw = {k: getattr(self.schedule, k) for k in ("name", "t1", "sigma", "value")}
-        self.schedule = Schedule(epochs=tr.cfg.epochs, **kw)
+        self.schedule = dataclasses.replace(self.schedule, epochs=trainer.cfg.epochs)
 
-    def _step(self, tr: Trainer, loss: torch.Tensor) -> None:
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.before_optimizer_step(tr)
-        tr.optimizer.step()
-
-    def training_step(self, tr: Trainer, x, y: dict[str, torch.Tensor]) -> float:
-        lam_s, lam_r = self.schedule(max(tr.epoch - 1, 0))
+    def training_step(self, trainer: Trainer, x, y: dict[str, torch.Tensor]) -> float:
+        lam_s, lam_r = self.schedule(max(trainer.epoch - 1, 0))
         self.last_weights = (lam_s, lam_r)
         total = 0.0
         if lam_r > 0:  # step toward J_r with the whole batch B (updates w' = w_sh + decoders)
-            j_r = lam_r * tr.model.reconstruction_loss(x)
-            self._step(tr, j_r)
+            j_r = lam_r * trainer.model.reconstruction_loss(x)
+            trainer.optimizer_step(j_r)
             total += float(j_r.detach())
         labelled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # (batch,) rows of B_s
-        for t in tr.tasks:
+        for t in trainer.tasks:
             labelled |= ~torch.isnan(y[t.name])
         if lam_s > 0 and bool(labelled.any()):  # step toward J_s with B_s (updates w = w_sh + heads)
-            out = tr.model(x[labelled])
-            j_s = lam_s * mean_loss(tr.tasks, out, {k: v[labelled] for k, v in y.items()}, tr.task_weights)
-            self._step(tr, j_s)
+            out = self.forward(trainer, x[labelled])
+            j_s = lam_s * self.loss(trainer, out, {k: v[labelled] for k, v in y.items()})
+            trainer.optimizer_step(j_s)
             total += float(j_s.detach())
         return total
 
@@ -142,8 +135,7 @@ class EvolvingHooks(Hooks):
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: EvolvingConfig):
     if len(input_shapes) != 1 or len({t.input for t in tasks}) != 1:
         raise ConfigError(f"evolving needs one input shared by every task, got inputs {sorted(input_shapes)}")
-    if cfg.schedule not in SCHEDULES:
-        raise ConfigError(f"evolving: unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     (shape,) = input_shapes.values()
     model = EvolvingNet(tasks, math.prod(shape), tuple(cfg.widths), cfg.activation, cfg.noise)
-    return model, EvolvingHooks(Schedule(cfg.schedule, 1, cfg.t1, cfg.sigma, cfg.value))
+    # the schedule's epochs are set from the run's training config in before_training
+    return model, EvolvingHooks(Schedule(cfg.schedule, t1=cfg.t1, sigma=cfg.sigma, value=cfg.value))

@@ -12,16 +12,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..nn.mlp import mlp
+from ..config import option
+from ..nn.mlp import ACTIVATIONS, Activation, mlp
 from ..registry import register_method
-from ..tasks import Task
+from ..tasks import Task, module_key
 
 
 @dataclass
 class HardSharingConfig:
-    widths: tuple[int, ...] = (1024, 512)  # the trunk; widths[0] is the (per-input) first layer
-    activation: str = "relu"
-    dropout: float = 0.25
+    widths: tuple[int, ...] = option((1024, 512), "trunk widths; the first is each input's own first layer",
+                                     low=1, min_len=1)
+    activation: Activation = option("relu", "activation after every hidden layer", choices=tuple(ACTIVATIONS))
+    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
 
 
 class HardSharing(nn.Module):
@@ -34,13 +36,15 @@ class HardSharing(nn.Module):
             raise ValueError("hard_sharing needs at least one hidden width, e.g. widths=512")
         self.tasks = tasks
         used = sorted({t.input for t in tasks})
-        self.encoders = nn.ModuleDict({g: mlp(math.prod(input_shapes[g]), widths[:1], act, dropout) for g in used})
+        self.inputs = used
+        self.encoders = nn.ModuleDict({module_key(g): mlp(math.prod(input_shapes[g]), widths[:1], act, dropout)
+                                       for g in used})
         self.trunk = mlp(widths[0], widths[1:], act, dropout)
-        self.heads = nn.ModuleDict({t.name: nn.Linear(widths[-1], t.outputs) for t in tasks})
+        self.heads = nn.ModuleDict({module_key(t.name): nn.Linear(widths[-1], t.outputs) for t in tasks})
 
     def forward(self, x):
-        h = {g: self.trunk(enc(x[g] if isinstance(x, dict) else x)) for g, enc in self.encoders.items()}
-        return {t.name: self.heads[t.name](h[t.input]) for t in self.tasks}  # (batch, outputs) each
+        h = {g: self.trunk(self.encoders[module_key(g)](x[g] if isinstance(x, dict) else x)) for g in self.inputs}
+        return {t.name: self.heads[module_key(t.name)](h[t.input]) for t in self.tasks}  # (batch, outputs) each
 
 
 @register_method("hard_sharing", HardSharingConfig, "shared MLP trunk, one linear head per task")

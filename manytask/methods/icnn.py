@@ -1,5 +1,5 @@
-"""Interconnected neural network (ICNN; Ramabaja 2018, "Interconnected Neural Networks for Multi Task
-Learning", thesis 000, sections 3 and 6).
+"""Interconnected neural network (ICNN; Ramabaja, Interconnected Neural Networks for Multi Task
+Learning, 2018, sections 3 and 6).
 
 One subnetwork per task, all reading the same input x:
 
@@ -23,29 +23,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..nn.interconnected import InterLayer, connector_l1, connector_matrices
-from ..nn.mlp import activation, mlp_params
+from ..nn.mlp import ACTIVATIONS, Activation, activation, mlp_params
 from ..registry import register_method
-from ..report import heatmap, write_csv
-from ..tasks import Task, mean_loss
+from ..report import Matrix
+from ..tasks import Task
 from ..train import Hooks
 
 
 @dataclass
 class ICNNConfig:
-    widths: tuple[int, ...] = (128, 64)  # units per subnetwork; widths[1:] are inter-layers (>= 2 widths)
-    activation: str = "relu"
-    dropout: float = 0.25
-    isolate: bool = True  # the thesis's backward rule; false = plain jointly trained network (ablation)
-    targets: tuple[str, ...] = ()  # task names that receive connectors (section 6.1); empty = every task
-    connector_l1: float = 0.0  # lambda of the L1 penalty on connector weights
+    widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers",
+                                     low=1, min_len=2)
+    activation: Activation = option("relu", "activation after every layer", choices=tuple(ACTIVATIONS))
+    dropout: float = option(0.25, "dropout probability after every layer", low=0, high=1, high_open=True)
+    isolate: bool = option(True, "gradient isolation (the thesis's backward rule); false trains the same network "
+                                 "jointly (ablation)")
+    targets: tuple[str, ...] = option((), "task names that receive connectors (section 6.1); empty: every task")
+    connector_l1: float = option(0.0, "lambda of the L1 penalty on connector weights", low=0)
 
 
 class ICNN(nn.Module):
@@ -69,10 +69,9 @@ class ICNN(nn.Module):
             a = self.drop(self.act(layer(a)))  # (batch, N, w_j)
         return {t.name: head(a[:, i]) for i, (t, head) in enumerate(zip(self.tasks, self.heads))}  # (batch, outputs)
 
-    def write_artifacts(self, run_dir: Path) -> dict:
-        """Every run directory gets the last inter-layer's connector heatmap (connectors.csv/.png)."""
-        paths = connector_heatmap(self, [t.name for t in self.tasks], Path(run_dir) / "connectors")
-        return {"connector_heatmap": [p.name for p in paths]}
+    def artifacts(self) -> tuple[dict, list[Matrix]]:
+        """The last inter-layer's connector heatmap: every run directory gets connectors.csv/.png."""
+        return {}, [connector_heatmap(self, [t.name for t in self.tasks])]
 
     def root_params_per_subnetwork(self, task: int = 0) -> int:
         """Root weights and biases of one subnetwork (first layer, inter-layer roots, head): the size of
@@ -82,71 +81,46 @@ class ICNN(nn.Module):
 
 
 class ConnectorL1(Hooks):
-    """Adds lam * sum |connector weights| (nn/interconnected.connector_l1) to the mean task loss."""
+    """The loss is the mean task loss plus lam * sum |connector weights| (nn/interconnected.connector_l1);
+    the logged train loss therefore includes the penalty."""
 
     def __init__(self, lam: float):
         self.lam = lam
 
-    def training_step(self, trainer, x, y) -> float:
-        out = trainer.model(x)
-        loss = mean_loss(trainer.tasks, out, y, trainer.task_weights)
-        total = loss + self.lam * connector_l1(trainer.model)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.before_optimizer_step(trainer)
-        trainer.optimizer.step()
-        return float(loss.detach())  # the task loss, comparable with runs without the penalty
+    def loss(self, trainer, out, y) -> torch.Tensor:
+        return super().loss(trainer, out, y) + self.lam * connector_l1(trainer.model)
 
 
-@register_method("icnn", ICNNConfig, "interconnected subnetworks, one per task, with gradient isolation (thesis 000)",
-                 multi_input=False)
+@register_method("icnn", ICNNConfig, "interconnected subnetworks, one per task, with gradient isolation "
+                 "(Ramabaja 2018)", multi_input=False)
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNNConfig):
     inputs = sorted({t.input for t in tasks})
     if len(inputs) != 1:
         raise ConfigError(f"icnn needs every task to read the same input, got inputs {inputs}; "
                           "train each input's tasks separately or use hard_sharing")
-    if len(cfg.widths) < 2 or min(cfg.widths) < 1:
-        raise ConfigError(f"icnn widths={','.join(map(str, cfg.widths))}: need at least two positive widths "
-                          "(the second and later are inter-layers), e.g. widths=128,64")
-    if cfg.connector_l1 < 0:
-        raise ConfigError(f"connector_l1={cfg.connector_l1}: the penalty must be >= 0")
     names = [t.name for t in tasks]
-    targets = None
-    if cfg.targets:
-        unknown = [t for t in cfg.targets if t not in names]
-        if unknown:
-            raise ConfigError(f"targets={','.join(cfg.targets)}: unknown task(s) {unknown}; tasks are {', '.join(names)}")
-        targets = [names.index(t) for t in cfg.targets]
-    model = ICNN(tasks, math.prod(input_shapes[inputs[0]]), tuple(cfg.widths), cfg.activation, cfg.dropout,
-                 cfg.isolate, targets)
+    unknown = [t for t in cfg.targets if t not in names]
+    if unknown:
+        raise ConfigError(f"targets={','.join(cfg.targets)}: unknown task(s) {unknown}; tasks are {', '.join(names)}")
+    targets = [names.index(t) for t in cfg.targets] or None
+    try:
+        model = ICNN(tasks, math.prod(input_shapes[inputs[0]]), tuple(cfg.widths), cfg.activation, cfg.dropout,
+                     cfg.isolate, targets)
+    except ValueError as e:  # e.g. targets= with a single task: no other subnetwork to connect from
+        raise ConfigError(str(e)) from None
     return (model, ConnectorL1(cfg.connector_l1)) if cfg.connector_l1 > 0 else model
 
 
-def connector_heatmap(model: nn.Module, task_names: list[str], path_stem: Path | str,
-                      layers: str = "last") -> list[Path]:
-    """Write the sum of |W(k->i)| for every ordered pair (source k = row, target i = column) of each
-    inter-layer as PATH_STEM[_layerJ].csv and .png (thesis Figs. 5-7). layers: "last" or "all".
-    The CSV keeps the diagonal (root weights); the PNG leaves it blank so the connectors' contrast shows.
-    Returns the written paths."""
+def connector_heatmap(model: nn.Module, task_names: list[str], layer: int = -1, name: str = "connectors") -> Matrix:
+    """sum |W(k->i)| for every ordered pair (source k = row, target i = column) of one inter-layer
+    (default the last) as a report.Matrix (N_src, N_dst), thesis Figs. 5-7: report.write_matrix writes
+    NAME.csv (diagonal = roots) and NAME.png (diagonal blank, so that the connectors' contrast shows)."""
     mats = connector_matrices(model)  # one (N_src, N_dst) per inter-layer
     if not mats:
-        raise ConfigError("connector_heatmap: the model has no inter-layer (is it an icnn model?)")
-    if layers not in ("last", "all"):
-        raise ConfigError(f"layers={layers!r}: use 'last' or 'all'")
+        raise ValueError("connector_heatmap: the model has no inter-layer (is it an icnn model?)")
     if len(task_names) != mats[0].shape[0]:
-        raise ConfigError(f"connector_heatmap: {len(task_names)} task names for {mats[0].shape[0]} subnetworks")
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    picks = [(len(mats), mats[-1])] if layers == "last" else list(enumerate(mats, start=1))
-    written = []
-    for j, m in picks:
-        s = stem if layers == "last" else stem.with_name(f"{stem.name}_layer{j}")
-        write_csv(s.with_suffix(".csv"), ("source", *task_names),
-                  [(src, *(float(v) for v in row)) for src, row in zip(task_names, m)])
-        shown = m.astype(float).copy()
-        np.fill_diagonal(shown, np.nan)
-        heatmap(shown, task_names, task_names, s.with_suffix(".png"),
-                title=f"sum |W(source->target)|, inter-layer {j} of {len(mats)} (diagonal = roots, omitted)",
-                xlabel="target subnetwork", ylabel="source subnetwork")
-        written += [s.with_suffix(".csv"), s.with_suffix(".png")]
-    return written
+        raise ValueError(f"connector_heatmap: {len(task_names)} task names for {mats[0].shape[0]} subnetworks")
+    j = range(1, len(mats) + 1)[layer]  # 1-based number of the inter-layer
+    return Matrix(name, mats[layer].astype(float), task_names, task_names,
+                  title=f"sum |W(source->target)|, inter-layer {j} of {len(mats)} (diagonal = roots, omitted)",
+                  xlabel="target subnetwork", ylabel="source subnetwork", hide_diagonal=True, corner="source")

@@ -1,5 +1,6 @@
-"""RSN2: disjoint task subnetworks in one network (Renn, Sotnek, Harvey, Caffo 2022, "The Multiple Subnetwork
-Hypothesis: enabling multidomain learning by isolating task-specific subnetworks", paper 001).
+"""RSN2: disjoint task subnetworks in one network (Renn, Sotnek, Harvey, Caffo, The Multiple Subnetwork
+Hypothesis: Enabling Multidomain Learning by Isolating Task-Specific Subnetworks in Feedforward Neural
+Networks, 2022).
 
 Every layer is a task-masked layer (manytask/nn/masked.py): subnetwork s computes
 
@@ -16,10 +17,11 @@ Inputs of different shapes get their own first layer (a "task-dedicated first la
 inputs of one shape share it. The rest of the network is shared by all subnetworks; the head is a masked
 layer too (each output unit of each subnetwork keeps `keep` of its inputs; output biases are per task).
 
-Training (RSN2Hooks): only the subnetworks of the trained tasks get gradients; masked positions and
-frozen subnetworks get exactly zero gradient, weight decay is applied inside the trainable masks only
-(the optimizer's own weight decay is off), and every stage builds a fresh optimizer, so Adam/SGD
-momentum of frozen positions is zero: earlier subnetworks stay bit-identical (train_stages).
+Training (RSN2Hooks): only the subnetworks of the trained tasks are computed, each with its own loss;
+masked positions and frozen subnetworks get exactly zero gradient, weight decay is applied inside the
+trainable masks only (the optimizer's own weight decay is off), and every stage builds a fresh optimizer,
+so Adam/SGD momentum of frozen positions is zero: earlier subnetworks stay bit-identical. Continual
+training is manytask.train.train_stages with the stages that `stage_tasks` names.
 export() packs each layer into ONE tensor of a single-task layer's shape plus an owner index.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,24 +38,36 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..data.base import MultiTaskData
 from ..nn.masked import MaskedConv2d, MaskedLayer, MaskedLinear, check_disjoint, masked_layers
 from ..registry import register_method
 from ..tasks import Task, mean_loss
-from ..train import Hooks, TrainConfig, Trainer, evaluate_split
+from ..train import Hooks, Trainer
 
 
 @dataclass
 class RSN2Config:
-    widths: tuple[int, ...] = (128, 128)  # fully connected layers; widths[0] is the first layer (per input shape)
-    conv: tuple[int, ...] = ()  # 3x3 conv channels before the FC layers (image inputs); empty = fully connected
-    pool_every: int = 2  # 2x2 max pooling after every `pool_every` conv layers
-    groups: str = "task"  # task | input | explicit "name:taskA+taskB,taskC"
-    copies: int = 1  # disjoint subnetworks per group, predictions averaged (ensemble)
-    keep: float = 0.0  # fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks
-    criterion: Literal["gradient", "magnitude"] = "gradient"
-    mask_batch: int = 512  # examples per subnetwork for the gradient criterion
+    widths: tuple[int, ...] = option((128, 128), "fully connected widths; widths[0] is the first layer "
+                                     "(one per input shape)", low=1, min_len=1)
+    conv: tuple[int, ...] = option((), "3x3 conv channels before the FC layers (image inputs); empty = fully connected",
+                                   low=1)
+    pool_every: int = option(2, "2x2 max pooling after every pool_every conv layers", low=1)
+    groups: str = option("task", "what a subnetwork serves: task, input, or explicit groups name:taskA+taskB,taskC")
+    copies: int = option(1, "disjoint subnetworks per group, their predictions averaged (an ensemble)", low=1)
+    keep: float = option(0.0, "fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks",
+                         low=0, high=1)
+    criterion: Literal["gradient", "magnitude"] = option(
+        "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|", choices=("gradient", "magnitude"))
+    mask_batch: int = option(512, "examples per subnetwork for the gradient criterion", low=1)
+
+
+def check_masks(model: nn.Module) -> None:
+    """Eq. 3 on every masked layer; an overlap is a ConfigError naming the layer and the subnetworks."""
+    try:
+        check_disjoint(model)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def plan_subnets(tasks: list[Task], groups: str, copies: int = 1) -> list[tuple[str, list[str]]]:
@@ -69,10 +83,10 @@ def plan_subnets(tasks: list[Task], groups: str, copies: int = 1) -> list[tuple[
     else:
         plan = []
         for item in filter(None, (s.strip() for s in groups.split(","))):
-            label, _, members = item.rpartition(":")
-            members_l = [m.strip() for m in members.split("+") if m.strip()]
-            plan.append((label or "+".join(members_l), members_l))
-        flat = [m for _, ms in plan for m in ms]
+            label, _, joined = item.rpartition(":")
+            members = [m.strip() for m in joined.split("+") if m.strip()]
+            plan.append((label or "+".join(members), members))
+        flat = [m for _, members in plan for m in members]
         unknown = sorted(set(flat) - set(names))
         if unknown:
             raise ConfigError(f"groups={groups}: unknown task(s) {unknown}; tasks are {', '.join(names)}")
@@ -81,12 +95,12 @@ def plan_subnets(tasks: list[Task], groups: str, copies: int = 1) -> list[tuple[
             raise ConfigError(f"groups={groups}: every task must be in exactly one group (twice: {twice}, "
                               f"missing: {sorted(set(names) - set(flat))}); or use groups=task / groups=input")
     by = {t.name: t for t in tasks}
-    for label, ms in plan:
-        ins = sorted({by[m].input for m in ms})
+    for label, members in plan:
+        ins = sorted({by[m].input for m in members})
         if len(ins) > 1:
             raise ConfigError(f"group {label!r} mixes inputs {ins}; a subnetwork's tasks must read one input")
     if copies > 1:
-        plan = [(f"{label}#{i}", ms) for label, ms in plan for i in range(copies)]
+        plan = [(f"{label}#{i}", members) for label, members in plan for i in range(copies)]
     return plan
 
 
@@ -234,7 +248,8 @@ def select_masks(model: RSN2Net, data: MultiTaskData, keep: float | dict[str, fl
     """Algorithm 1, one shot after initialisation. For each subnetwork s in order: activate every
     position no earlier subnetwork owns, score it by |d loss_s / d W_s| on `batch` examples of s's data
     (or |W_s| for criterion=magnitude), keep the top fraction keep[s] of each layer. Checks capacity
-    (fractions sum to at most 1 on every layer) before and disjointness after; both raise ConfigError."""
+    (fractions sum to at most 1 on every layer) before and disjointness after; both raise ConfigError,
+    as does a layer where `keep` leaves a subnetwork no weight."""
     if criterion not in ("gradient", "magnitude"):
         raise ConfigError(f"criterion={criterion}: choose gradient or magnitude")
     names = model.subnet_names
@@ -269,19 +284,22 @@ def select_masks(model: RSN2Net, data: MultiTaskData, keep: float | dict[str, fl
                 sb = layer.bias.grad[t].abs() if layer.bias.grad is not None else torch.zeros_like(layer.bias[t])
             else:
                 sw, sb = layer.weight[t].detach().abs(), layer.bias[t].detach().abs()
-            layer.assign(t, keeps[name], sw, sb, lname)
+            try:
+                layer.assign(t, keeps[name], sw, sb, lname)
+            except ValueError as e:  # too few free positions, or keep too small for the layer
+                raise ConfigError(str(e)) from None
     model.zero_grad(set_to_none=True)
-    check_disjoint(model)
+    check_masks(model)
 
 
 class RSN2Hooks(Hooks):
     """Mask selection before the first training, per-subnetwork losses, and updates confined to the
-    trainable subnetworks' masks. `frozen`: names of subnetworks trained in earlier stages."""
+    trainable subnetworks' masks. `frozen`: names of the subnetworks trained by earlier fits (stages)."""
 
     def __init__(self, keep: float, criterion: str = "gradient", mask_batch: int = 512):
         self.keep, self.criterion, self.mask_batch = keep, criterion, mask_batch
         self.frozen: set[str] = set()
-        self.trainable: list[int] = []
+        self.trainable: list[int] = []  # subnetworks of the tasks this fit trains
         self.grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = []
         self.weight_decay = 0.0
 
@@ -289,18 +307,18 @@ class RSN2Hooks(Hooks):
         # weight decay is applied in before_optimizer_step, inside the trainable masks only
         return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
 
-    def before_training(self, tr: Trainer) -> None:
-        model: RSN2Net = tr.model
+    def before_training(self, trainer: Trainer) -> None:
+        model: RSN2Net = trainer.model
         if not model.masks_selected():
-            select_masks(model, tr.data, self.keep, self.criterion, self.mask_batch, tr.cfg.seed)
-        check_disjoint(model)
-        wanted = {t.name for t in tr.tasks}
+            select_masks(model, trainer.data, self.keep, self.criterion, self.mask_batch, trainer.cfg.seed)
+        check_masks(model)
+        wanted = {t.name for t in trainer.tasks}
         self.trainable = [s for s, ts in enumerate(model.subnet_tasks) if any(t.name in wanted for t in ts)]
         again = [model.subnet_names[s] for s in self.trainable if model.subnet_names[s] in self.frozen]
         if again:
             raise ConfigError(f"subnetworks {again} were trained in an earlier stage and are frozen; "
                               "train each subnetwork in one stage only")
-        self.weight_decay = tr.cfg.weight_decay
+        self.weight_decay = trainer.cfg.weight_decay
         self.grad_masks = []
         for _, layer, local in model.layers():
             on = torch.zeros(layer.n_tasks, dtype=torch.bool, device=layer.weight.device)
@@ -311,20 +329,19 @@ class RSN2Hooks(Hooks):
             self.grad_masks.append((layer.weight, layer.weight_mask & on.view(shape_w)))  # (T, *slice)
             self.grad_masks.append((layer.bias, layer.bias_mask & on.view(-1, 1)))  # (T, out)
 
-    def training_step(self, tr: Trainer, x, y) -> float:
-        model: RSN2Net = tr.model
-        wanted = {t.name for t in tr.tasks}
-        ys = model.forward_subnets(x, only=set(self.trainable))
-        loss = sum(mean_loss([t for t in model.subnet_tasks[s] if t.name in wanted], model.task_outputs(s, ys[s]),
-                             y, tr.task_weights) for s in self.trainable)  # each subnetwork its own loss
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.before_optimizer_step(tr)
-        tr.optimizer.step()
-        return float(loss.detach())
+    def forward(self, trainer: Trainer, x) -> dict[int, torch.Tensor]:
+        """Only the trainable subnetworks: {subnetwork: (batch, subnet_out[s])}."""
+        return trainer.model.forward_subnets(x, only=set(self.trainable))
+
+    def loss(self, trainer: Trainer, out: dict[int, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each subnetwork its own loss (the mean over its trained tasks); their sum."""
+        model: RSN2Net = trainer.model
+        wanted = {t.name for t in trainer.tasks}
+        return sum(mean_loss([t for t in model.subnet_tasks[s] if t.name in wanted], model.task_outputs(s, out[s]),
+                             y, trainer.task_weights) for s in self.trainable)
 
     @torch.no_grad()
-    def before_optimizer_step(self, tr: Trainer) -> None:
+    def before_optimizer_step(self, trainer: Trainer) -> None:
         for p, m in self.grad_masks:
             if p.grad is None:
                 continue
@@ -332,41 +349,38 @@ class RSN2Hooks(Hooks):
                 p.grad.add_(p, alpha=self.weight_decay)
             p.grad.mul_(m)  # masked, unowned and frozen positions: exactly zero
 
+    def after_training(self, trainer: Trainer) -> None:
+        """Freeze what this fit trained: a later fit (stage) that trains these subnetworks is an error."""
+        self.frozen |= {trainer.model.subnet_names[s] for s in self.trainable}
 
-def train_stages(model: RSN2Net, hooks: RSN2Hooks, data: MultiTaskData, stages: list[list[str]],
-                 cfg: TrainConfig | list[TrainConfig], on_stage: Callable[[int], None] | None = None) -> list[dict]:
-    """Train stage after stage (names: subnetworks, groups of copies, or task names); after each stage
-    freeze its subnetworks and record the test loss and metrics of every task trained so far
-    (the forgetting curve, paper Fig. 3-5). on_stage(i) runs after stage i (1-based).
-    -> rows {stage, task, loss, <metric>: value}."""
-    cfgs = cfg if isinstance(cfg, list) else [cfg] * len(stages)
-    if len(cfgs) != len(stages):
-        raise ConfigError(f"{len(stages)} stages but {len(cfgs)} training configs")
+
+def is_copy(model: RSN2Net, s: int) -> bool:
+    """Subnetwork s is one of several copies of a group (copies > 1: its tasks are served more than once)."""
+    return len(model.serving[model.subnet_tasks[s][0].name]) > 1
+
+
+def stage_tasks(model: RSN2Net, stages: list[list[str]]) -> list[list[Task]]:
+    """Stages named by subnetworks, groups of copies (GROUP for GROUP#0, GROUP#1, ...) or task names ->
+    the tasks of each stage (all tasks of every subnetwork named), for manytask.train.train_stages."""
     names = model.subnet_names
-    rows, done = [], []
+    out = []
     for i, stage in enumerate(stages, 1):
-        tasks = []
+        tasks: dict[str, Task] = {}  # each task once, even when several copies serve it
         for n in stage:
-            hits = [s for s, sn in enumerate(names) if sn == n or sn.split("#")[0] == n
-                    or any(t.name == n for t in model.subnet_tasks[s])]
+            hits = [s for s, sn in enumerate(names) if sn == n or any(t.name == n for t in model.subnet_tasks[s])
+                    or (sn.rpartition("#")[0] == n and is_copy(model, s))]
             if not hits:
                 raise ConfigError(f"stage {i}: {n!r} names no subnetwork or task; subnetworks are {', '.join(names)}")
-            tasks += [t for s in hits for t in model.subnet_tasks[s] if t not in tasks]
-        Trainer(model, data, cfgs[i - 1], hooks, tasks=tasks).fit()
-        hooks.frozen |= {names[s] for s in hooks.trainable}
-        if on_stage:
-            on_stage(i)
-        done += [t for t in tasks if t not in done]
-        table, _ = evaluate_split(model, data.test, done, cfgs[i - 1].eval_batch_size, "cpu")
-        rows += [{"stage": i, "task": t.name, **{k: v for k, v in table[t.name].items() if k != "n"}} for t in done]
-    return rows
+            tasks.update({t.name: t for s in hits for t in model.subnet_tasks[s]})
+        out.append(list(tasks.values()))
+    return out
 
 
 # ---- compact export ------------------------------------------------------------------------------------
 def export(model: RSN2Net, path: Path | str) -> int:
     """Pack every masked layer into ONE tensor of a single-task layer's shape plus an owner index and
     save them (with the architecture as metadata) as safetensors. -> file size in bytes."""
-    check_disjoint(model)
+    check_masks(model)
     tensors = {f"{name}.{k}": v.detach().cpu() for name, layer in masked_layers(model).items()
                for k, v in layer.pack().items()}
     save_file(tensors, str(path), metadata={"rsn2": json.dumps(model.arch)})
@@ -380,9 +394,10 @@ def load_packed(path: Path | str) -> RSN2Net:
         if not meta or "rsn2" not in meta:
             raise ConfigError(f"{path} is not an rsn2 export (no rsn2 metadata); write it with rsn2.export()")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    a = json.loads(meta["rsn2"])
-    model = RSN2Net([Task(**t) for t in a["tasks"]], {k: tuple(v) for k, v in a["input_shapes"].items()},
-                    [(n, ms) for n, ms in a["subnets"]], tuple(a["widths"]), tuple(a["conv"]), a["pool_every"])
+    arch = json.loads(meta["rsn2"])
+    model = RSN2Net([Task(**t) for t in arch["tasks"]], {k: tuple(v) for k, v in arch["input_shapes"].items()},
+                    [(n, members) for n, members in arch["subnets"]], tuple(arch["widths"]), tuple(arch["conv"]),
+                    arch["pool_every"])
     for name, layer in masked_layers(model).items():
         layer.unpack({k[len(name) + 1:]: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == name})
     return model

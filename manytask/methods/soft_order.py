@@ -1,5 +1,5 @@
 """Soft layer ordering (Meyerson & Miikkulainen, "Beyond Shared Hierarchies: Deep Multitask Learning
-through Soft Layer Ordering", ICLR 2018; shared/papers/002).
+through Soft Layer Ordering", ICLR 2018).
 
 D shared layers F_1..F_D of one width w; task t has an encoder E_t (its input -> w) and a decoder D_t
 (w -> its outputs). With learned scalars s of shape (T, D, D), zero at the start (uniform mixing):
@@ -11,7 +11,7 @@ D shared layers F_1..F_D of one width w; task t has an encoder E_t (its input ->
 ordering=parallel replaces the softmax by a one-hot on layer k at depth k (the classic shared hierarchy);
 ordering=permuted by a one-hot on layer rho_t(k), with rho_t a random permutation per task drawn once from
 the seed. identity=true adds an identity candidate at every depth (s becomes (T, D, D+1)): a task may skip a
-depth ("Soft Order + Identity" in the slides). conv=true uses 3x3 convolutions of `width` channels instead of
+depth ("soft order + identity"). conv=true uses 3x3 convolutions of `width` channels instead of
 dense layers, for image inputs (C, H, W).
 
 The D layers of a depth are one stacked tensor (manytask.nn.soft_order): soft ordering computes all of them
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -31,11 +30,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from ..config import ConfigError
+from ..config import ConfigError, option
 from ..nn.soft_order import ConvBank, DenseBank
 from ..registry import register_method
-from ..report import heatmap, write_csv
-from ..tasks import Task
+from ..report import Matrix
+from ..tasks import Task, module_key
 from ..train import Hooks
 
 ORDERINGS = ("soft", "parallel", "permuted")
@@ -43,19 +42,22 @@ ORDERINGS = ("soft", "parallel", "permuted")
 
 @dataclass
 class SoftOrderConfig:
-    width: int = 64  # units of every shared layer (channels when conv=true)
-    depth: int = 4  # D, the number of shared layers and of depths
-    ordering: Literal["soft", "parallel", "permuted"] = "soft"
-    identity: bool = False  # soft only: an identity candidate at every depth
-    conv: bool = False  # 3x3 convolutional layers for image inputs (C, H, W)
-    dropout: float = 0.2  # after every shared layer (and the encoder)
-    scores_lr: float = 0.0  # > 0: the mixing scores s get this learning rate; 0: the training lr
+    width: int = option(64, "units of every shared layer (channels when conv=true)", low=1)
+    depth: int = option(4, "D, the number of shared layers and of depths", low=1)
+    ordering: Literal["soft", "parallel", "permuted"] = option(
+        "soft", "soft: learned mixing; parallel: layer k at depth k; permuted: a random order per task",
+        choices=ORDERINGS)
+    identity: bool = option(False, "soft only: an identity candidate at every depth")
+    conv: bool = option(False, "3x3 convolutional layers for image inputs (C, H, W)")
+    dropout: float = option(0.2, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True)
+    scores_lr: float = option(0.0, "learning rate of the mixing scores s; 0: the training lr", low=0)
 
 
 class SoftOrder(nn.Module):
     """forward(x) -> {task: (n_t, task.outputs)}; x is (n, *shape) or {input: (n_input, *shape)}.
 
-    encoders[task]: (n_t, *input shape) -> (n_t, *feat); decoders[task]: (n_t, *feat) -> (n_t, outputs).
+    encoders[task name]: (n_t, *input shape) -> (n_t, *feat); decoders[task name]: (n_t, *feat) -> (n_t, outputs)
+    (kept under module_key(task name)).
     bank: a DenseBank or ConvBank of D layers on feat. order: (T, D) long layer indices for the fixed
     orderings, None for soft ordering (then the learned `scores` (T, D, D [+1]) mix the layers).
     """
@@ -64,8 +66,8 @@ class SoftOrder(nn.Module):
                  bank: DenseBank | ConvBank, order: torch.Tensor | None = None, identity: bool = False):
         super().__init__()
         self.tasks = tasks
-        self.encoders = nn.ModuleDict(encoders)
-        self.decoders = nn.ModuleDict(decoders)
+        self.encoders = nn.ModuleDict({module_key(name): m for name, m in encoders.items()})
+        self.decoders = nn.ModuleDict({module_key(name): m for name, m in decoders.items()})
         self.bank = bank
         T, D = len(tasks), bank.depth
         self.identity = identity
@@ -74,7 +76,7 @@ class SoftOrder(nn.Module):
             self.order = None
         else:
             if identity:
-                raise ConfigError("identity=true needs ordering=soft: a fixed ordering has no mixing to skip with")
+                raise ValueError("identity needs soft ordering (order=None): a fixed ordering has no mixing")
             if tuple(order.shape) != (T, D):
                 raise ValueError(f"order must be (tasks, depth) = ({T}, {D}), got {tuple(order.shape)}")
             self.scores = None
@@ -91,12 +93,21 @@ class SoftOrder(nn.Module):
             return torch.softmax(self.scores, dim=-1)
         return nn.functional.one_hot(self.order, self.depth).float()
 
-    def write_artifacts(self, run_dir: Path) -> dict:
-        """Called by runs.train_run: mixing.csv and mixing.png in the run directory (see write_mixing)."""
-        return {"ordering_distance": write_mixing(self, run_dir)}
+    def artifacts(self) -> tuple[dict, list[Matrix]]:
+        """({"ordering_distance": d}, [the mixing weights as a (T*D, K) matrix]): rows "TASK dK" (task,
+        depth), columns the candidate layers F1..FD (and identity). runs.train_run writes them as
+        mixing.csv and mixing.png."""
+        mix = self.mixing().detach().cpu().numpy()  # (T, D, K)
+        T, D, K = mix.shape
+        dist = ordering_distance(mix)
+        cols = [f"F{j + 1}" for j in range(D)] + (["identity"] if K > D else [])
+        rows = [f"{t.name} d{k + 1}" for t in self.tasks for k in range(D)]
+        return {"ordering_distance": dist}, [
+            Matrix("mixing", mix.reshape(T * D, K), rows, cols, title=f"ordering distance {dist:.3f}",
+                   xlabel="shared layer", ylabel="task, depth", fmt_cells=".2f", corner="task, depth")]
 
     def forward(self, x):
-        hs = [self.encoders[t.name](t.select(x)) for t in self.tasks]  # T x (n_t, *feat)
+        hs = [self.encoders[module_key(t.name)](t.select(x)) for t in self.tasks]  # T x (n_t, *feat)
         sizes = [h.shape[0] for h in hs]
         h = pad_sequence(hs, batch_first=True)  # (T, n_max, *feat), zero rows beyond n_t
         T, n, feat = h.shape[0], h.shape[1], h.shape[2:]
@@ -110,7 +121,7 @@ class SoftOrder(nn.Module):
             if self.identity:
                 cand = torch.cat([cand, h.unsqueeze(1)], dim=1)  # (T, D+1, n, *feat)
             h = torch.einsum("tj,tjnf->tnf", mix[:, k], cand.flatten(3)).reshape(T, n, *feat)  # (T, n, *feat)
-        return {t.name: self.decoders[t.name](h[i, :sizes[i]]) for i, t in enumerate(self.tasks)}
+        return {t.name: self.decoders[module_key(t.name)](h[i, :sizes[i]]) for i, t in enumerate(self.tasks)}
 
 
 def ordering_distance(mixing: np.ndarray) -> float:
@@ -125,23 +136,6 @@ def ordering_distance(mixing: np.ndarray) -> float:
     return float(tv[np.triu_indices(T, 1)].mean())
 
 
-def write_mixing(model: SoftOrder, out: Path | str, title: str = "") -> float:
-    """Write the learned mixing weights of every task as mixing.csv (task, depth, layer, weight) and
-    mixing.png (rows: task and depth, columns: layers) under `out`; return ordering_distance."""
-    out = Path(out)
-    mix = model.mixing().detach().cpu().numpy()  # (T, D, K)
-    T, D, K = mix.shape
-    cols = [f"F{j + 1}" for j in range(model.depth)] + (["identity"] if K > model.depth else [])
-    write_csv(out / "mixing.csv", ("task", "depth", "layer", "weight"),
-              [(t.name, k + 1, cols[j], float(mix[i, k, j])) for i, t in enumerate(model.tasks)
-               for k in range(D) for j in range(K)])
-    dist = ordering_distance(mix)
-    heatmap(mix.reshape(T * D, K), [f"{t.name} d{k + 1}" for t in model.tasks for k in range(D)], cols,
-            out / "mixing.png", title=f"{title} ordering distance {dist:.3f}".strip(), xlabel="shared layer",
-            ylabel="task, depth", fmt_cells=".2f")
-    return dist
-
-
 class ScoresLR(Hooks):
     """The mixing scores on their own learning rate (one optimizer, two parameter groups)."""
 
@@ -149,13 +143,12 @@ class ScoresLR(Hooks):
         self.lr = lr
 
     def parameters(self, model: SoftOrder):
-        rest = [p for n, p in model.named_parameters() if n != "scores" and p.requires_grad]
-        return [{"params": rest}, {"params": [model.scores], "lr": self.lr}]
+        others = [p for n, p in model.named_parameters() if n != "scores" and p.requires_grad]
+        return [{"params": others}, {"params": [model.scores], "lr": self.lr}]
 
 
-def _layer_kind(input_shapes: dict[str, tuple[int, ...]], used: list[str], conv: bool) -> None:
-    if not conv:
-        return
+def check_conv_inputs(input_shapes: dict[str, tuple[int, ...]], used: list[str]) -> None:
+    """conv=true: every input a task reads is an image (C, H, W), all of one H x W."""
     bad = {g: input_shapes[g] for g in used if len(input_shapes[g]) != 3}
     if bad:
         raise ConfigError(f"conv=true needs image inputs (channels, height, width), but {bad} are not; "
@@ -170,18 +163,10 @@ def _layer_kind(input_shapes: dict[str, tuple[int, ...]], used: list[str], conv:
                  "soft layer ordering: D shared layers mixed per task and depth by learned softmax weights "
                  "(ordering=parallel|permuted for the baselines)")
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: SoftOrderConfig) -> SoftOrder | tuple[SoftOrder, Hooks]:
-    if cfg.width < 1 or cfg.depth < 1:
-        raise ConfigError(f"soft_order needs width >= 1 and depth >= 1, got width={cfg.width}, depth={cfg.depth}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(f"dropout={cfg.dropout}: expected a probability in [0, 1)")
-    if cfg.ordering not in ORDERINGS:
-        raise ConfigError(f"ordering={cfg.ordering}: choose one of {', '.join(ORDERINGS)}")
     if cfg.identity and cfg.ordering != "soft":
         raise ConfigError("identity=true needs ordering=soft: a fixed ordering has no mixing to skip with")
-    if cfg.scores_lr < 0:
-        raise ConfigError(f"scores_lr={cfg.scores_lr}: expected >= 0 (0 = the training lr)")
-    used = sorted({t.input for t in tasks})
-    _layer_kind(input_shapes, used, cfg.conv)
+    if cfg.conv:
+        check_conv_inputs(input_shapes, sorted({t.input for t in tasks}))
     w, drop = cfg.width, cfg.dropout
     encoders, decoders = {}, {}
     for t in tasks:

@@ -1,6 +1,7 @@
 """Single-task learning: one independent MLP per task, nothing shared (the baseline every MTL method
 must beat). With params_per_task > 0 each task's hidden layers get the one width that gives that many
-parameters: the thesis's "NN2 STL", matched to the root weights of an ICNN subnetwork (thesis 000, s. 4).
+parameters: the "NN2 STL" of Ramabaja (Interconnected Neural Networks for Multi Task Learning, 2018,
+section 4), matched to the root weights of an ICNN subnetwork.
 """
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..nn.mlp import mlp, width_for_params
+from ..config import option
+from ..nn.mlp import ACTIVATIONS, Activation, mlp, width_for_params
 from ..registry import register_method
-from ..tasks import Task
+from ..tasks import Task, module_key
 
 
 @dataclass
 class STLConfig:
-    widths: tuple[int, ...] = (512,)  # hidden widths of every task's network
-    activation: str = "relu"
-    dropout: float = 0.25
-    params_per_task: int = 0  # > 0: replace widths by len(widths) equal layers sized to this count
+    widths: tuple[int, ...] = option((512,), "hidden widths of every task's network", low=1, min_len=1)
+    activation: Activation = option("relu", "activation after every hidden layer", choices=tuple(ACTIVATIONS))
+    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
+    params_per_task: int = option(0, "> 0: every task gets len(widths) hidden layers of the one width that gives "
+                                     "this many parameters; 0: the widths as given", low=0)
 
 
 class PerTaskMLP(nn.Module):
@@ -30,11 +33,11 @@ class PerTaskMLP(nn.Module):
         super().__init__()
         self.tasks = tasks
         self.nets = nn.ModuleDict({
-            t.name: mlp(math.prod(input_shapes[t.input]), widths[t.name], act, dropout, out_dim=t.outputs)
+            module_key(t.name): mlp(math.prod(input_shapes[t.input]), widths[t.name], act, dropout, out_dim=t.outputs)
             for t in tasks})
 
     def forward(self, x):
-        return {t.name: self.nets[t.name](t.select(x)) for t in self.tasks}
+        return {t.name: self.nets[module_key(t.name)](t.select(x)) for t in self.tasks}
 
 
 @register_method("stl", STLConfig, "single-task baseline: one independent MLP per task")

@@ -1,4 +1,5 @@
-"""The inter-layer of an interconnected neural network (ICNN; Ramabaja 2018, thesis 000, section 3).
+"""The inter-layer of an interconnected neural network (ICNN; Ramabaja, Interconnected Neural Networks for
+Multi Task Learning, 2018, section 3).
 
 N subnetworks, one per task, run side by side. Layer j of subnetwork i reads every subnetwork's
 previous layer:
@@ -38,8 +39,6 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-
-from ..config import ConfigError
 
 
 def _per_destination(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
@@ -86,7 +85,7 @@ class InterLayer(nn.Module):
                  targets: Sequence[int] | None = None):
         super().__init__()
         if n_tasks < 1 or n_in < 1 or n_out < 1:
-            raise ConfigError(f"an inter-layer needs n_tasks, n_in, n_out >= 1, got {n_tasks}, {n_in}, {n_out}")
+            raise ValueError(f"an inter-layer needs n_tasks, n_in, n_out >= 1, got {n_tasks}, {n_in}, {n_out}")
         self.n_tasks, self.n_in, self.n_out, self.isolate = n_tasks, n_in, n_out, isolate
         self.full = targets is None
         bound = 1.0 / np.sqrt(n_in * n_tasks)  # the fan-in of one unit is n * N (all subnetworks feed it)
@@ -95,9 +94,9 @@ class InterLayer(nn.Module):
         else:
             targets = sorted(set(int(t) for t in targets))
             if not targets or targets[0] < 0 or targets[-1] >= n_tasks:
-                raise ConfigError(f"targets={list(targets)}: need subnetwork indices in 0..{n_tasks - 1}, at least one")
+                raise ValueError(f"targets={list(targets)}: need subnetwork indices in 0..{n_tasks - 1}, at least one")
             if n_tasks < 2:
-                raise ConfigError("targets= needs at least 2 subnetworks (connectors come from the others)")
+                raise ValueError("targets= needs at least 2 subnetworks (connectors come from the others)")
             self.register_buffer("targets", torch.tensor(targets), persistent=False)  # (T,)
             others = torch.tensor([[k for k in range(n_tasks) if k != t] for t in targets])  # (T, N-1)
             self.register_buffer("sources", others, persistent=False)
@@ -166,7 +165,7 @@ def connector_l1(model: nn.Module) -> torch.Tensor:
             s = (p.abs() * mask).sum()
             total = s if total is None else total + s
     if total is None:
-        raise ConfigError("connector_l1: the model has no InterLayer")
+        raise ValueError("connector_l1: the model has no InterLayer")
     return total
 
 
@@ -182,11 +181,11 @@ def count_connectors(model: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def prune_connectors(model: nn.Module, fraction: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Magnitude pruning (thesis s. 6.2): in each inter-layer, zero the `fraction` of connector weights
+    """Magnitude pruning (Ramabaja 2018, section 6.2): in each inter-layer, zero the `fraction` of connector weights
     with the smallest |w| (roots and biases untouched). Returns [(parameter, keep mask)] so fine-tuning
     can hold the pruned weights at zero (`apply_masks` after every optimizer step)."""
     if not 0.0 <= fraction < 1.0:
-        raise ConfigError(f"prune={fraction}: the pruned fraction of connectors must be in [0, 1), e.g. prune=0.9")
+        raise ValueError(f"prune_connectors: fraction={fraction}; the pruned fraction of connectors must be in [0, 1)")
     kept = []
     for layer in interlayers(model):
         for p, mask in layer.connector_params():

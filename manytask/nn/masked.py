@@ -1,5 +1,6 @@
-"""Task-masked Linear and Conv2d layers: RSN2 (Renn, Sotnek, Harvey, Caffo 2022, "The Multiple Subnetwork
-Hypothesis", paper 001).
+"""Task-masked Linear and Conv2d layers for RSN2 (Renn, Sotnek, Harvey, Caffo, The Multiple Subnetwork
+Hypothesis: Enabling Multidomain Learning by Isolating Task-Specific Subnetworks in Feedforward Neural
+Networks, 2022).
 
 A multitask layer keeps one kernel per task along a leading task axis and one binary mask per task (Eq. 1):
 
@@ -19,6 +20,9 @@ Shapes in forward(): a layer computes the tasks `idx` (indices into its task axi
     Conv2d  x (batch, in, H, W) shared               -> (batch, n * out, H', W')   one conv
             x (batch, n * in, H, W) stacked per task -> (batch, n * out, H', W')   one grouped conv
 Tasks that read different inputs (different batches) are computed by separate calls.
+
+Layers raise ValueError on bad shapes, capacity shortfalls and overlapping masks; the method that chose
+the settings turns those into messages for the user.
 """
 from __future__ import annotations
 
@@ -28,8 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ..config import ConfigError
 
 
 class MaskedLayer(nn.Module):
@@ -51,7 +53,7 @@ class MaskedLayer(nn.Module):
         self.names = list(names)
         T = len(self.names)
         if T < 1:
-            raise ConfigError("a masked layer needs at least one task")
+            raise ValueError("a masked layer needs at least one task")
         self.out_limit = list(out_limit) if out_limit is not None else [out_features] * T
         self.per_output, self.disjoint_bias = per_output, disjoint_bias
         bound = math.sqrt(6.0 / fan_in)  # He-uniform per task slice, biases zero (as Keras)
@@ -63,9 +65,6 @@ class MaskedLayer(nn.Module):
     @property
     def n_tasks(self) -> int:
         return len(self.names)
-
-    def _idx(self, idx) -> list[int]:
-        return list(range(self.n_tasks)) if idx is None else list(idx)
 
     def float_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The masks in the weights' dtype, cached until a mask changes (in place, .to(), loading):
@@ -108,7 +107,8 @@ class MaskedLayer(nn.Module):
         by score (|gradient| or |weight|, >= 0). Ties go to the lower flat index (stable sort), so zero
         scores are resolved deterministically and never into a position another task owns.
 
-        score_w: weight slice shape; score_b: (out,). Raises ConfigError when too few positions are free."""
+        score_w: weight slice shape; score_b: (out,). Raises ValueError when too few positions are free or
+        `keep` leaves the task no weight."""
         self.weight_mask[t] = False
         self.bias_mask[t] = False
         fw, fb = self.free(t)
@@ -116,12 +116,12 @@ class MaskedLayer(nn.Module):
         owners = [self.names[s] for s in range(self.n_tasks) if s != t and bool(self.weight_mask[s].any())]
 
         def short(k, n_free, what):
-            raise ConfigError(f"layer {name or type(self).__name__}: task {self.names[t]!r} needs {k} {what} but "
+            raise ValueError(f"layer {name or type(self).__name__}: task {self.names[t]!r} needs {k} {what} but "
                               f"only {n_free} are free after tasks {owners}; lower keep so that the tasks' "
                               "fractions sum to at most 1")
 
         def none(n, what):
-            raise ConfigError(f"layer {name or type(self).__name__}: keep={keep} of {n} {what} leaves task "
+            raise ValueError(f"layer {name or type(self).__name__}: keep={keep} of {n} {what} leaves task "
                               f"{self.names[t]!r} no weight; raise keep or widen the layer")
 
         s = torch.where(fw, score_w, torch.full_like(score_w, -1.0))
@@ -153,14 +153,14 @@ class MaskedLayer(nn.Module):
         self.bias_mask[t, torch.argsort(sb, descending=True, stable=True)[:k]] = True
 
     def check_disjoint(self, name: str = "") -> None:
-        """Eq. 3 on the masks: ConfigError naming the layer, the position and the tasks on any overlap."""
+        """Eq. 3 on the masks: ValueError naming the layer, the position and the tasks on any overlap."""
         parts = [("weight", self.weight_mask)] + ([("bias", self.bias_mask)] if self.disjoint_bias else [])
         for what, mask in parts:
             count = mask.sum(0)
             if bool((count > 1).any()):
                 pos = tuple(int(i) for i in (count > 1).nonzero()[0])
                 tasks = [self.names[s] for s in range(self.n_tasks) if bool(mask[(s, *pos)])]
-                raise ConfigError(f"layer {name or type(self).__name__}: {what} at {pos} is owned by tasks {tasks}; "
+                raise ValueError(f"layer {name or type(self).__name__}: {what} at {pos} is owned by tasks {tasks}; "
                                   "task masks must be disjoint (Eq. 3)")
 
     @torch.no_grad()
@@ -258,7 +258,7 @@ def masked_layers(model: nn.Module) -> dict[str, MaskedLayer]:
 
 
 def check_disjoint(model: nn.Module) -> None:
-    """Eq. 3 on every masked layer of a model; a violation is a ConfigError naming layer and tasks."""
+    """Eq. 3 on every masked layer of a model; a violation is a ValueError naming layer and tasks."""
     for name, layer in masked_layers(model).items():
         layer.check_disjoint(name)
 

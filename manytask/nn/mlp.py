@@ -2,18 +2,19 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from torch import nn
 
-from ..config import ConfigError
-
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "gelu": nn.GELU,
                "selu": nn.SELU, "leaky_relu": nn.LeakyReLU}
+# The type of a config's activation field: the names of ACTIVATIONS (tests/nn/test_mlp.py checks they agree).
+Activation = Literal["relu", "tanh", "sigmoid", "elu", "gelu", "selu", "leaky_relu"]
 
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise ConfigError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
@@ -43,7 +44,7 @@ def width_for_params(in_dim: int, depth: int, out_dim: int, target: int) -> int:
     """The hidden width h (same for all `depth` layers) whose MLP has the parameter count closest to
     `target`: solves (depth-1) h^2 + (in + depth + out) h + out = target."""
     if depth < 1 or target <= 0:
-        raise ConfigError(f"need depth >= 1 and a positive parameter target, got depth={depth}, target={target}")
+        raise ValueError(f"need depth >= 1 and a positive parameter target, got depth={depth}, target={target}")
     a, b, c = depth - 1, in_dim + depth + out_dim, out_dim - target
     h = (-c / b) if a == 0 else (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
     cands = {max(1, math.floor(h)), max(1, math.ceil(h))}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from manytask.config import ConfigError
+from manytask.config import ConfigError, apply
 from manytask.data import images, tabular
 from manytask.data.base import batches, combine
 from manytask.tasks import Task
@@ -88,3 +88,35 @@ def test_sklearn_tables_and_combine_batches():
     assert len(steps) == int(np.ceil(diab.train.size("x") / 32))  # the larger input sets the epoch
     for x, y in steps:
         assert x["wine"].shape[0] == y["wine"].shape[0] and x["diabetes"].shape[0] == y["diabetes"].shape[0]
+
+
+def test_sklearn_tables_is_one_input_and_task_per_table():
+    data = tabular.load_sklearn_tables(tabular.SklearnTablesConfig())
+    assert [(t.name, t.kind, t.input) for t in data.tasks] == [
+        ("wine", "multiclass", "wine"), ("breast_cancer", "binary", "breast_cancer"), ("iris", "multiclass", "iris")]
+    assert data.input_shapes == {"wine": (13,), "breast_cancer": (30,), "iris": (4,)}
+    assert data.train.size("iris") == 90 and data.test.size("iris") == 30  # 60/20/20 of 150 rows
+    again = tabular.load_sklearn_tables(tabular.SklearnTablesConfig(names=("iris",)))
+    assert torch.equal(again.train.inputs["iris"], data.train.inputs["iris"])  # each table split on its own
+
+
+@pytest.mark.parametrize("cfg_cls,values,msg", [
+    (tabular.SklearnTablesConfig, {"names": "wine,titanic"}, "names=wine,titanic: choose one of wine, breast_cancer"),
+    (tabular.SklearnTablesConfig, {"names": ""}, "names=: need one of wine"),
+    (tabular.SklearnTablesConfig, {"fractions": "0.5,0.5,-0.1"}, "fractions=0.5,0.5,-0.1: must be in \\[0, 1\\]"),
+    (tabular.TabularConfig, {"split_seed": "-1"}, "split_seed=-1: must be >= 0"),
+    (tabular.TabularConfig, {"kind": "ordinal"}, "kind=ordinal: choose one of auto"),
+    (tabular.SklearnTableConfig, {"fractions": "0.7,0.3"}, "fractions=0.7,0.3: need .*at least 3 values"),
+])
+def test_table_config_ranges(cfg_cls, values, msg):
+    with pytest.raises(ConfigError, match=msg):
+        apply(cfg_cls(), values, "data")
+
+
+@pytest.mark.parametrize("cfg,msg", [
+    (tabular.SklearnTablesConfig(names=("iris", "iris")), "name every table once"),
+    (tabular.SklearnTablesConfig(fractions=(0.6, 0.6, 0.2)), "sum to 1"),
+])
+def test_sklearn_tables_cross_field_errors(cfg, msg):
+    with pytest.raises(ConfigError, match=msg):
+        tabular.load_sklearn_tables(cfg)

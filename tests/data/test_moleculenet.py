@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from manytask import load_dataset
 from manytask.config import ConfigError
 from manytask.data import moleculenet as mn
-from manytask.data.download import cache_dir
+from manytask.data.cache import cache_dir
 
 SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "not_a_smiles", "CCN", "c1ccncc1", "CCCC", "c1ccccc1CC",
           "OCC(O)CO", "c1ccc2ccccc2c1", "CC(C)O", "c1ccccc1N"]
@@ -134,3 +135,22 @@ def test_embedded_tox21():
     n = sum(data.split(s).size("x") for s in ("train", "val", "test"))
     assert n == 7831 - data.meta["dropped"]
     assert data.train.size("x") == round(0.8 * n)
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("bits", "0", "bits=0: must be >= 1"),
+    ("radius", "-1", "radius=-1: must be >= 0"),
+    ("split", "cluster", "choose one of random, scaffold"),
+    ("fake_rate", "1", "fake_rate=1.0: must be in (0, 1)"),
+    ("fractions", "0.8,0.2", "fractions=0.8,0.2: need in [0, 1], at least 3 values"),
+])
+def test_settings_out_of_range_name_the_valid_values(csv_file, key, value, msg):
+    with pytest.raises(ConfigError) as e:
+        load_dataset("moleculenet", path=str(csv_file), **{key: value})
+    assert msg in str(e.value)
+
+
+@pytest.mark.parametrize("split", ["random", "scaffold"])
+def test_fractions_must_sum_to_one_for_either_split(csv_file, split):
+    with pytest.raises(ConfigError, match="split fractions 0.5,0.5,0.5: need three fractions"):
+        mn.load_any(mn.MoleculeNetConfig(path=str(csv_file), split=split, fractions=(0.5, 0.5, 0.5), bits=64))

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from manytask.config import ConfigError
-from manytask.data.synthetic import fake_correlated_labels, grouped_regression_arrays, grouped_regression_data
-from manytask.registry import get_dataset
+from manytask.data.synthetic import (GroupedRegressionConfig, fake_correlated_labels, grouped_regression_arrays,
+                                     grouped_regression_data, load_grouped_regression)
+from manytask.registry import DATASETS
 
 
 def test_groups_are_rank_one_with_positive_multiples():
@@ -33,8 +34,13 @@ def test_noise_has_the_asked_std():
     assert abs(float(np.std(noisy["test_Y"] - clean["test_Y"])) - 0.31) < 0.01
 
 
+def test_registered_with_its_config():
+    entry = DATASETS["grouped_regression"]
+    assert entry.fn is load_grouped_regression and entry.config is GroupedRegressionConfig
+
+
 def test_data_set_layout_and_validation_split():
-    d = get_dataset("grouped_regression").fn(get_dataset("grouped_regression").config(tasks=6, groups=2, dim=4))
+    d = load_grouped_regression(GroupedRegressionConfig(tasks=6, groups=2, dim=4))
     assert [t.name for t in d.tasks] == [f"t{i:02d}" for i in range(6)]
     assert all(t.input == t.name and t.kind == "regression" for t in d.tasks)
     assert d.train.size("t03") == 10 and d.val.size("t03") == 5 and d.test.size("t03") == 50
@@ -45,7 +51,7 @@ def test_npz_round_trip(tmp_path):
     a = grouped_regression_arrays(tasks=4, groups=2, dim=3, seed=5)
     path = tmp_path / "bench.npz"
     np.savez(path, **{k: a[k] for k in ("train_X", "train_Y", "test_X", "test_Y")})
-    d = get_dataset("grouped_regression").fn(get_dataset("grouped_regression").config(path=str(path), val=3))
+    d = load_grouped_regression(GroupedRegressionConfig(path=str(path), val=3))
     assert d.name == "bench" and "groups" not in d.meta
     assert torch.equal(d.train.inputs["t02"], torch.as_tensor(a["train_X"][2, :12]))
     assert torch.equal(d.val.labels["t01"], torch.as_tensor(a["train_Y"][1, 12:]))
@@ -60,11 +66,12 @@ def test_bad_input_says_what_is_wrong(tmp_path):
         grouped_regression_data({**a, "test_Y": a["test_Y"][:, :3, None]})
     with pytest.raises(ConfigError, match="val"):
         grouped_regression_data(a, val=15)
-    cfg = get_dataset("grouped_regression").config
     with pytest.raises(ConfigError, match="no such file"):
-        get_dataset("grouped_regression").fn(cfg(path=str(tmp_path / "missing.npz")))
+        load_grouped_regression(GroupedRegressionConfig(path=str(tmp_path / "missing.npz")))
     with pytest.raises(ConfigError, match="divisible"):
-        get_dataset("grouped_regression").fn(cfg(tasks=10, groups=3))
+        load_grouped_regression(GroupedRegressionConfig(tasks=10, groups=3))
+    with pytest.raises(ConfigError, match="rate"):
+        fake_correlated_labels(10, 2, rate=1.0)
 
 
 def test_fake_correlated_labels_unchanged():

@@ -1,9 +1,10 @@
-"""RSN2 experiments (manytask/experiments/rsn2.py): data helpers, override errors, tiny end-to-end runs
-of every recipe (one seed, one or two epochs, small nets), and the full runs with the issue's acceptance
-checks under @pytest.mark.slow."""
+"""RSN2 experiments (manytask/experiments/rsn2.py): data helpers, key errors, tiny end-to-end runs
+of every recipe (one seed, one or two epochs, small nets), and the full runs with the acceptance checks
+under @pytest.mark.slow."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,22 +12,40 @@ import torch
 
 from manytask.config import ConfigError
 from manytask.data.images import write_idx
-from manytask.experiments.rsn2 import class_subset, image_source, parse, rotated_inverted
+from manytask.experiments.rsn2 import RSN2SplitConfig, class_subset, image_source, rotated_inverted, settings
+from manytask.experiments.runner import parse_experiment
 from manytask.registry import get_experiment
+from manytask.report import read_results
 
 TINY = ["seeds=0", "epochs=2", "patience=0", "conv=4,8", "widths=16", "data.limit=150", "mask_batch=64"]
 
 
-def test_parse_rejects_unknown_keys_and_applies_defaults():
-    st = parse(["seeds=1,2", "keep=0.25", "epochs=3", "data.limit=10"], {"epochs": 9, "lr": 0.01}, {"keep": 0.1})
-    assert st.seeds == (1, 2) and st.method.keep == 0.25 and st.train.epochs == 3 and st.train.lr == 0.01
-    assert st.limit == 10
-    with pytest.raises(ConfigError, match="unknown key"):
-        parse(["nope=1"], {}, {})
-    with pytest.raises(ConfigError, match="unknown data key"):
-        parse(["data.foo=1"], {}, {})
-    with pytest.raises(ConfigError, match="seeds="):
-        parse(["seeds=a"], {}, {})
+def run(name, args, out):
+    entry = get_experiment(name)
+    return entry.fn(parse_experiment(entry.config, args, name), out)
+
+
+def test_settings_reject_unknown_keys_and_apply_the_recipe_defaults():
+    setup = settings(parse_experiment(RSN2SplitConfig, ["keep=0.25", "epochs=3", "data.limit=10"]), "rsn2-split")
+    assert setup.method.keep == 0.25 and setup.train.epochs == 3 and setup.source.limit == 10
+    assert setup.train.lr == 3e-3 and setup.method.conv == (32, 64)  # the recipe's defaults where not overridden
+    assert parse_experiment(RSN2SplitConfig, ["seeds=1,2"]).seeds == (1, 2)
+    bad = {"nope=1": "unknown key 'nope' for rsn2-split; valid: seeds, data.dir",
+           "data.foo=1": "unknown data key 'foo'",
+           "data.limit=x": "limit=x: expected an integer", "data.limit=-1": "limit=-1: must be >= 0",
+           "keep=2": "keep=2.0: must be in", "criterion=size": "criterion=size: choose one of gradient, magnitude"}
+    for arg, message in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            settings(parse_experiment(RSN2SplitConfig, [arg]), "rsn2-split")
+    with pytest.raises(ConfigError, match="seeds=a"):
+        parse_experiment(RSN2SplitConfig, ["seeds=a"])
+
+
+@pytest.mark.parametrize("name", ["rsn2-ensemble", "rsn2-split", "rsn2-multidomain", "rsn2-multidomain-conv"])
+def test_a_bad_key_fails_before_anything_is_written(name, tmp_path):
+    with pytest.raises(ConfigError, match="limit=many: expected an integer"):
+        run(name, ["data.limit=many"], tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_class_subset_and_derived_domain():
@@ -51,9 +70,13 @@ def test_image_source_reads_mnist_format_files(tmp_path):
 
 @pytest.mark.parametrize("name", ["rsn2-ensemble", "rsn2-split", "rsn2-multidomain-conv"])
 def test_image_experiments_run_end_to_end(name, tmp_path, capsys):
-    get_experiment(name).fn(TINY, tmp_path)
+    result = run(name, TINY, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert (tmp_path / "table.csv").exists() and (tmp_path / "seed0" / "rsn2_packed.safetensors").exists()
+    assert (tmp_path / "table.txt").exists() and (tmp_path / "seed0" / "rsn2_packed.safetensors").exists()
+    assert read_results(tmp_path) == [tuple(r) for r in result.records]
+    contenders = {r[0] for r in result.records}
+    assert {"control"} < contenders and all(0 <= r[5] <= 100 for r in result.records if r[1] >= 0)
+    assert len(summary["within"]) == len([r for r in result.records if r[1] == -1]) + ("control" in summary["within"])
     assert summary["packed_max_abs_diff"] <= 1e-6
     s = summary["sizes"]
     assert s["packed"] < s["unpacked"]
@@ -72,15 +95,15 @@ def test_mnist_files_run_through_the_ensemble(tmp_path):
     for stem, n in (("train", 120), ("t10k", 40)):
         write_idx(d / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 8, 8)).astype(np.uint8))
         write_idx(d / f"{stem}-labels-idx1-ubyte", (np.arange(n) % 10).astype(np.uint8))
-    get_experiment("rsn2-ensemble").fn([*TINY, f"data.dir={d}"], tmp_path / "out")
+    run("rsn2-ensemble", [*TINY, f"data.dir={d}"], tmp_path / "out")
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["data"] == "files"
 
 
-# ---- full runs: the issue's acceptance checks (minutes each) ----------------------------------------------
+# ---- full runs: the acceptance checks (minutes each) ------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rsn2-ensemble", "rsn2-split", "rsn2-multidomain", "rsn2-multidomain-conv"])
 def test_acceptance(name, tmp_path):
-    get_experiment(name).fn([], tmp_path)
+    run(name, [], tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["all_within"], summary.get("within")
     assert summary["sizes"]["packed_over_one_control"] <= 1.1

@@ -10,9 +10,11 @@ import torch
 
 from manytask.config import ConfigError
 from manytask.data.images import digit_pairs, write_idx
-from manytask.experiments.soft_order import (fit_patterns, paired, PatternsConfig, soft_order_digits,
+from manytask.experiments.runner import parse_experiment
+from manytask.experiments.soft_order import (OrderingsConfig, PatternsConfig, fit_patterns, soft_order_digits,
                                              soft_order_patterns, soft_order_tables)
 from manytask.registry import get_dataset
+from manytask.report import paired, read_results
 
 
 def coded_digits(n_per_class=30, size=4):
@@ -87,41 +89,57 @@ def test_paired_counts_and_signs():
 
 
 def test_digits_experiment_small(tmp_path, capsys):
-    result = soft_order_digits(["seeds=0,1", "epochs=2", "data.tasks=2", "data.n_train=10", "data.max_eval=20",
-                                "width=8"], tmp_path)
+    cfg = parse_experiment(OrderingsConfig, ["seeds=0,1", "epochs=2", "data.tasks=2", "data.n_train=10",
+                                             "data.max_eval=20", "width=8"], "soft-order-digits")
+    result = soft_order_digits(cfg, tmp_path)
     assert set(result.runs) == {"soft", "parallel", "permuted", "single_task"}
-    rows = (tmp_path / "errors.csv").read_text().splitlines()
-    assert len(rows) == 1 + 4 * 2
-    tests = json.loads((tmp_path / "paired.json").read_text())["tests"]
+    records = read_results(tmp_path)
+    errors = [r for r in records if r[2:5] == ("mean", "test", "error")]
+    assert len(errors) == 4 * 2
+    for label, seed, *_, error in errors:  # 1 - the run's mean test accuracy
+        run = result.runs[label][seed]
+        assert error == pytest.approx(1 - run.summary["mean"]["test"]["accuracy"])
+    distances = {(r[0], r[1]) for r in records if r[4] == "ordering_distance"}
+    assert distances == {(label, seed) for label in ("soft", "parallel", "permuted") for seed in (0, 1)}
+    tests = json.loads((tmp_path / "summary.json").read_text())["soft_vs"]
     assert set(tests) == {"parallel", "permuted", "single_task"}
+    assert tests["parallel"] == paired(result.values("soft", "error", "mean"), result.values("parallel", "error", "mean"))
     for label in ("soft", "parallel", "permuted"):
         assert (tmp_path / label / "seed0" / "mixing.png").exists()
         assert (tmp_path / label / "seed1" / "mixing.csv").exists()
-    assert result.runs["soft"][0].model.bank.weight.shape == (4, 8, 8)
+    assert result.runs["soft"][0].model.bank.weight.shape == (4, 8, 8)  # width=8 reached every contender
+    assert result.runs["single_task"][0].spec.method_cfg.widths == (8,) * 5
     out = capsys.readouterr().out
     assert "ordering distance" in out and "Wilcoxon p" in out
 
 
+@pytest.mark.parametrize("arg,match", [("width=0", "width=0: must be >= 1"), ("dropout=1", "dropout=1.0: must be in"),
+                                       ("seeds=", "seeds=: need .*at least 1 value"), ("depth=two", "expected an integer")])
+def test_experiment_keys_are_checked_when_parsed(arg, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_experiment(OrderingsConfig, [arg], "soft-order-digits")
+
+
 def test_tables_experiment_small(tmp_path):
-    result = soft_order_tables(["seeds=0", "epochs=2"], tmp_path)
+    result = soft_order_tables(parse_experiment(OrderingsConfig, ["seeds=0", "epochs=2"], "soft-order-tables"), tmp_path)
     assert [t.name for t in result.data.tasks] == ["wine", "breast_cancer", "iris"]
     assert result.data.input_shapes == {"wine": (13,), "breast_cancer": (30,), "iris": (4,)}
-    assert (tmp_path / "report.txt").exists()
+    assert "Wilcoxon p" in (tmp_path / "table.txt").read_text()
 
 
 def test_patterns_experiment_small(tmp_path):
-    summary = soft_order_patterns(["seeds=0", "epochs=20", "n=8"], tmp_path)
-    assert summary["config"]["n"] == 8 and len(summary["train_mse"]["permuted"]) == 1
+    result = soft_order_patterns(parse_experiment(PatternsConfig, ["seeds=0", "epochs=20", "n=8"]), tmp_path)
+    assert result.summary["config"]["n"] == 8 and len(result.values("permuted", "mse", "mean", "train")) == 1
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["n"] == 8
     assert (tmp_path / "loss.png").exists() and (tmp_path / "soft" / "mixing.csv").exists()
     with pytest.raises(ConfigError, match="unknown"):
-        soft_order_patterns(["width_x=3"], tmp_path)
+        parse_experiment(PatternsConfig, ["width_x=3"], "soft-order-patterns")
 
 
 @pytest.mark.slow
 def test_soft_ordering_beats_parallel_on_digit_pairs(tmp_path):
-    result = soft_order_digits([], tmp_path)
-    tests = json.loads((tmp_path / "paired.json").read_text())
-    soft, par = np.mean(tests["errors"]["soft"]), np.mean(tests["errors"]["parallel"])
+    result = soft_order_digits(parse_experiment(OrderingsConfig, []), tmp_path)
+    soft, par = np.mean(result.values("soft", "error", "mean")), np.mean(result.values("parallel", "error", "mean"))
     assert soft < par, f"soft {soft:.4f} vs parallel {par:.4f}"
-    assert np.mean(tests["ordering_distance"]["soft"]) > 0.0
+    assert np.mean(result.values("soft", "ordering_distance", "mean", "train")) > 0.0
     assert len(result.runs["soft"]) == 5

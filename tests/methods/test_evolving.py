@@ -12,7 +12,7 @@ from torch import nn
 from manytask.config import ConfigError
 from manytask.data.base import MultiTaskData, Split, hide_labels
 from manytask.methods.evolving import EvolvingConfig, EvolvingNet, build
-from manytask.runs import RunSpec
+from manytask.runs import RunSpec, create_model
 from manytask.runs import build as build_run
 from manytask.tasks import Task
 from manytask.train import Hooks, TrainConfig, Trainer
@@ -26,11 +26,11 @@ def tiny_images(n=60, seed=0) -> MultiTaskData:
     """(n, 1, 4, 4) images in [0, 1], a 3-class label: dark, medium or bright on average."""
     g = torch.Generator().manual_seed(seed)
 
-    def split(m):
+    def make_split(m):
         x = torch.rand(m, 1, 4, 4, generator=g)
         y = torch.bucketize(x.mean((1, 2, 3)), torch.tensor([0.47, 0.53])).float()  # (m,)
         return Split({"x": x}, {"digit": y})
-    return MultiTaskData("tiny-img", TASK, split(n), split(n // 3), split(n // 3))
+    return MultiTaskData("tiny-img", TASK, make_split(n), make_split(n // 3), make_split(n // 3))
 
 
 def make(data, seed=0, **cfg):
@@ -107,14 +107,14 @@ def test_algorithm_1_two_sgd_steps_match_a_hand_computed_reference():
     model, hooks = make(data, widths=(6,), noise=0.0, schedule="lin_t1", t1=4.0)
     ref = copy.deepcopy(model)
     lr = 0.1
-    tr = Trainer(model, data, TrainConfig(epochs=10, batch_size=16, optimizer="sgd", momentum=0.0, lr=lr,
+    trainer = Trainer(model, data, TrainConfig(epochs=10, batch_size=16, optimizer="sgd", momentum=0.0, lr=lr,
                                           patience=0, progress=False), hooks)
-    hooks.before_training(tr)
-    tr.epoch = 2  # second epoch is running: t = 1, lambda_s = 0.25, lambda_r = 0.75
+    hooks.before_training(trainer)
+    trainer.epoch = 2  # second epoch is running: t = 1, lambda_s = 0.25, lambda_r = 0.75
     x = data.train.inputs["x"][:16]
     y = {"digit": data.train.labels["digit"][:16].clone()}
     y["digit"][10:] = float("nan")  # rows 10.. are unlabelled
-    hooks.training_step(tr, x, y)
+    hooks.training_step(trainer, x, y)
     assert hooks.last_weights == (0.25, 0.75)
     # reference: w' -= lr * 0.75 * grad J_r(whole batch); then w -= lr * 0.25 * grad J_s(labelled rows)
     params = dict(ref.named_parameters())
@@ -136,14 +136,40 @@ def test_algorithm_1_two_sgd_steps_match_a_hand_computed_reference():
 def test_unlabelled_batch_takes_only_the_reconstruction_step():
     data = tiny_images()
     model, hooks = make(data, widths=(6,), schedule="constant", value=0.5)
-    tr = Trainer(model, data, TrainConfig(optimizer="sgd", momentum=0.0, lr=0.1, progress=False), hooks)
-    hooks.before_training(tr)
+    trainer = Trainer(model, data, TrainConfig(optimizer="sgd", momentum=0.0, lr=0.1, progress=False), hooks)
+    hooks.before_training(trainer)
     heads = copy.deepcopy(model.heads.state_dict())
     dec = model.decoders[0].weight.clone()
     x = data.train.inputs["x"][:8]
-    hooks.training_step(tr, x, {"digit": torch.full((8,), float("nan"))})
+    hooks.training_step(trainer, x, {"digit": torch.full((8,), float("nan"))})
     assert all(torch.equal(v, model.heads.state_dict()[k]) for k, v in heads.items())
     assert not torch.equal(dec, model.decoders[0].weight)
+
+
+def test_both_steps_go_through_the_trainers_optimizer_step():
+    """Algorithm 1's two steps are Trainer.optimizer_step calls, so before_optimizer_step (e.g. a gradient
+    mask) runs before each; a batch without labels takes the reconstruction step only."""
+    data = tiny_images()
+    model, hooks = make(data, widths=(6,), schedule="constant", value=0.5)
+    seen = []  # per optimizer step: (names of the parameters with a gradient when before_optimizer_step runs)
+
+    class Spy(type(hooks)):
+        def before_optimizer_step(self, trainer):
+            seen.append({n.split(".")[0] for n, p in trainer.model.named_parameters() if p.grad is not None})
+
+    hooks.__class__ = Spy
+    trainer = Trainer(model, data, TrainConfig(optimizer="sgd", momentum=0.0, lr=0.1, progress=False), hooks)
+    steps = []
+    step = trainer.optimizer_step
+    trainer.optimizer_step = lambda loss: (steps.append(float(loss.detach())), step(loss))  # counted, then taken
+    hooks.before_training(trainer)
+    x = data.train.inputs["x"][:8]
+    hooks.training_step(trainer, x, {"digit": data.train.labels["digit"][:8]})
+    assert len(steps) == 2 and seen == [{"layers", "decoders"}, {"layers", "heads"}]  # J_r step, then J_s step
+    steps.clear()
+    seen.clear()
+    hooks.training_step(trainer, x, {"digit": torch.full((8,), float("nan"))})
+    assert len(steps) == 1 and seen == [{"layers", "decoders"}]
 
 
 def test_stairs_schedule_is_applied_per_epoch():
@@ -154,8 +180,8 @@ def test_stairs_schedule_is_applied_per_epoch():
     snaps = []
 
     class Spy(type(hooks)):
-        def after_epoch(self, tr):
-            snaps.append((copy.deepcopy(tr.model.heads.state_dict()), tr.model.decoders[0].weight.clone(),
+        def after_epoch(self, trainer):
+            snaps.append((copy.deepcopy(trainer.model.heads.state_dict()), trainer.model.decoders[0].weight.clone(),
                           self.last_weights))
 
     hooks.__class__ = Spy
@@ -233,22 +259,24 @@ def test_hide_labels_keeps_l_labels_and_u_inputs():
 def test_semi_supervised_training_lowers_the_supervised_loss():
     data = hide_labels(tiny_images(n=90), 30, None, seed=0)
     model, hooks = make(data, widths=(12,), schedule="exp", sigma=2.0)
-    tr = Trainer(model, data, TrainConfig(epochs=25, batch_size=16, optimizer="adam", lr=0.03, patience=0,
+    trainer = Trainer(model, data, TrainConfig(epochs=25, batch_size=16, optimizer="adam", lr=0.03, patience=0,
                                           progress=False), hooks)
     with torch.no_grad():
-        before_s, before_r = tr.evaluate("train")[1], float(model.reconstruction_loss(data.train.inputs["x"]))
-    tr.fit()
-    assert tr.evaluate("train")[1] < 0.6 * before_s
+        before_s, before_r = trainer.evaluate("train")[1], float(model.reconstruction_loss(data.train.inputs["x"]))
+    trainer.fit()
+    assert trainer.evaluate("train")[1] < 0.6 * before_s
     with torch.no_grad():
         assert float(model.reconstruction_loss(data.train.inputs["x"])) < 0.5 * before_r
 
 
-@pytest.mark.parametrize("kw,needle", [({"widths": ()}, "at least one hidden layer"), ({"noise": 1.0}, "noise"),
-                                       ({"schedule": "cosine"}, "unknown schedule"), ({"sigma": -1.0}, "sigma"),
+@pytest.mark.parametrize("kw,needle", [({"widths": ()}, "widths=: need .*at least 1 value"), ({"noise": 1.0}, "noise"),
+                                       ({"schedule": "cosine"}, "schedule=cosine: choose one of"),
+                                       ({"sigma": -1.0}, "sigma"),
                                        ({"activation": "swish"}, "activation")])
 def test_bad_config_is_a_config_error(kw, needle):
+    data = tiny_images()
     with pytest.raises(ConfigError, match=needle):
-        make(tiny_images(), **kw)
+        create_model("evolving", data.tasks, data.input_shapes, **kw)
 
 
 def test_two_inputs_are_refused():

@@ -1,5 +1,5 @@
 """The icnn method: model shapes, isolation end to end through the model and a real training step,
-NN2 STL parameter matching, config errors, the L1 hook, and the connector heatmap files."""
+NN2 STL parameter matching, config errors, the L1 hook, and the connector heatmaps."""
 from __future__ import annotations
 
 import csv
@@ -7,13 +7,14 @@ import csv
 import pytest
 import torch
 
-from manytask.config import ConfigError
-from manytask.methods.icnn import ICNN, ICNNConfig, build, connector_heatmap
+from manytask.config import ConfigError, apply, check
+from manytask.methods.icnn import ICNN, ConnectorL1, ICNNConfig, build, connector_heatmap
 from manytask.nn.interconnected import InterLayer, connector_l1
 from manytask.nn.mlp import mlp_params
+from manytask.report import write_matrix
 from manytask.runs import RunSpec, build as build_run, n_params
-from manytask.tasks import Task
-from manytask.train import TrainConfig, Trainer
+from manytask.tasks import Task, mean_loss
+from manytask.train import Hooks, TrainConfig, Trainer
 
 from ..conftest import tiny_multi, tiny_shared
 
@@ -93,13 +94,19 @@ def test_training_changes_only_trained_tasks_subnetworks():
 
 
 def test_config_errors():
+    """Ranges of single fields are checked by the config; the builder checks the rest against the data."""
+    with pytest.raises(ConfigError, match="widths=8: need .*at least 2 values"):
+        check(ICNNConfig(widths=(8,)))
+    with pytest.raises(ConfigError, match="connector_l1"):
+        check(ICNNConfig(connector_l1=-1.0))
+    for key, value in (("widths", "8,0"), ("dropout", "1.0"), ("activation", "swish")):
+        with pytest.raises(ConfigError, match=key if key != "activation" else "choose one of relu"):
+            apply(ICNNConfig(), {key: value}, "icnn method")
     shapes = {"x": (12,)}
-    with pytest.raises(ConfigError, match="at least two"):
-        build(tasks(), shapes, ICNNConfig(widths=(8,)))
     with pytest.raises(ConfigError, match="unknown task"):
         build(tasks(), shapes, ICNNConfig(targets=("nope",)))
-    with pytest.raises(ConfigError, match="connector_l1"):
-        build(tasks(), shapes, ICNNConfig(connector_l1=-1.0))
+    with pytest.raises(ConfigError, match="at least 2 subnetworks"):  # the layer's ValueError, re-raised
+        build(tasks(1), shapes, ICNNConfig(targets=("t0",)))
     data = tiny_multi()
     with pytest.raises(ConfigError, match="same input"):
         build(data.tasks, data.input_shapes, ICNNConfig())
@@ -121,18 +128,34 @@ def test_targets_config_and_l1_hook_shrink_connectors():
     assert trained(0.05) < 0.5 * trained(0.0)
 
 
+def test_l1_hook_changes_the_loss_only():
+    """ConnectorL1 adds lam * L1 to the mean task loss; the optimizer step stays the trainer's own."""
+    data = tiny_shared()
+    model, hooks = build(data.tasks, data.input_shapes, ICNNConfig(widths=(8, 6), connector_l1=0.01))
+    assert isinstance(hooks, ConnectorL1) and type(hooks).training_step is Hooks.training_step
+    tr = Trainer(model, data, TrainConfig(progress=False), hooks)
+    x, y = next(tr.batches())
+    out = model(x)
+    expected = mean_loss(tr.tasks, out, y) + 0.01 * connector_l1(model)
+    torch.testing.assert_close(hooks.loss(tr, out, y), expected)
+
+
 def test_connector_heatmap_files(tmp_path):
     names = ["a", "b", "c"]
     model = ICNN([Task(n, "binary") for n in names], 6, (4, 3, 2))
     with torch.no_grad():
         model.inter[1].weight.zero_()
         model.inter[1].weight[2, 0] = 1.0  # only a->c (weight[dst, src]): |W| sum = 3*2
-    paths = connector_heatmap(model, names, tmp_path / "conn")
+    paths = write_matrix(tmp_path, connector_heatmap(model, names, name="conn"))
     assert {p.name for p in paths} == {"conn.csv", "conn.png"} and all(p.stat().st_size > 0 for p in paths)
     rows = list(csv.reader(open(tmp_path / "conn.csv")))
     assert rows[0] == ["source", "a", "b", "c"]
     assert [float(v) for v in rows[1][1:]] == [0.0, 0.0, 6.0] and rows[2][0] == "b"
-    every = connector_heatmap(model, names, tmp_path / "all", layers="all")
-    assert {p.name for p in every} == {"all_layer1.csv", "all_layer1.png", "all_layer2.csv", "all_layer2.png"}
-    with pytest.raises(ConfigError):
-        connector_heatmap(model, names[:2], tmp_path / "bad")
+    _, (last,) = model.artifacts()  # what every run directory gets: the last inter-layer as connectors.csv/png
+    assert last.name == "connectors" and (last.values == connector_heatmap(model, names).values).all()
+    every = [connector_heatmap(model, names, j, f"all_layer{j + 1}") for j in range(len(model.inter))]
+    assert [m.title.split(", ")[1].split(" (")[0] for m in every] == ["inter-layer 1 of 2", "inter-layer 2 of 2"]
+    written = [p.name for m in every for p in write_matrix(tmp_path, m)]
+    assert written == ["all_layer1.csv", "all_layer1.png", "all_layer2.csv", "all_layer2.png"]
+    with pytest.raises(ValueError, match="task names"):
+        connector_heatmap(model, names[:2])

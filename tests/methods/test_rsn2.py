@@ -10,10 +10,10 @@ import torch
 from manytask.config import ConfigError
 from manytask.data.base import MultiTaskData, Split, model_input
 from manytask.methods.rsn2 import (RSN2Config, average, build, export, load_packed, plan_subnets, select_masks,
-                                   train_stages)
+                                   stage_tasks)
 from manytask.nn.masked import check_disjoint, masked_layers, ownership_report
-from manytask.tasks import Task
-from manytask.train import TrainConfig, Trainer, predict_split
+from manytask.tasks import Task, mean_loss
+from manytask.train import TrainConfig, Trainer, predict_split, train_stages
 
 from ..conftest import tiny_multi, tiny_shared
 
@@ -104,6 +104,45 @@ def test_capacity_check_names_layer_and_subnetworks():
         make(data, keep=0.5, groups="task")  # caught by the builder, before training starts
 
 
+def test_a_layer_error_caused_by_keep_is_a_config_error():
+    """The masked layer raises ValueError; select_masks turns a user-caused one into a ConfigError."""
+    data = tiny_shared()
+    model, _ = make(data, groups="task")
+    message = r"layer head: keep=0.01 of 16 inputs per output unit leaves task 'bin' no weight"
+    with pytest.raises(ConfigError, match=message):
+        select_masks(model, data, 0.01)
+
+
+def test_stage_tasks_reads_subnetworks_groups_and_tasks():
+    data = tiny_multi()
+    model, _ = make(data, groups="input", copies=2, keep=0.25)
+    names = lambda stages: [[t.name for t in ts] for ts in stage_tasks(model, stages)]  # noqa: E731
+    assert names([["img"], ["tab#1"]]) == [["img"], ["tab_bin", "tab_reg"]]
+    assert names([["tab_reg"]]) == [["tab_bin", "tab_reg"]]  # a task trains its whole subnetwork
+    with pytest.raises(ConfigError, match="stage 2: 'nope' names no subnetwork"):
+        stage_tasks(model, [["img"], ["nope"]])
+
+
+def test_loss_is_the_sum_of_the_trained_subnetworks_losses():
+    """forward computes only the trained subnetworks; loss sums each subnetwork's own mean task loss."""
+    data = tiny_multi()
+    model, hooks = make(data, groups="input", keep=0.4)
+    trainer = Trainer(model, data, FAST, hooks, tasks=[t for t in data.tasks if t.input == "tab"])
+    hooks.before_training(trainer)
+    x, y = next(trainer.batches())
+    out = hooks.forward(trainer, x)
+    assert set(out) == {1}  # the "tab" subnetwork only
+    assert torch.equal(hooks.loss(trainer, out, y), mean_loss(trainer.tasks, model.task_outputs(1, out[1]), y))
+    shared = tiny_shared()
+    copies, copy_hooks = make(shared, groups="input", copies=2, keep=0.4)
+    trainer = Trainer(copies, shared, FAST, copy_hooks)
+    copy_hooks.before_training(trainer)
+    x, y = next(trainer.batches())
+    out = copy_hooks.forward(trainer, x)
+    each = [mean_loss(shared.tasks, copies.task_outputs(s, out[s]), y) for s in (0, 1)]
+    torch.testing.assert_close(copy_hooks.loss(trainer, out, y), each[0] + each[1])
+
+
 def stage_data():
     return tiny_multi()
 
@@ -115,7 +154,7 @@ def test_later_stages_leave_earlier_tasks_bit_identical(optimizer):
     model, hooks = make(data, groups="input", keep=0.4)
     cfg = dataclasses.replace(FAST, optimizer=optimizer, weight_decay=0.05, momentum=0.9)
     after = {}
-    train_stages(model, hooks, data, [["img"], ["tab"]], cfg,
+    train_stages(model, hooks, data, stage_tasks(model, [["img"], ["tab"]]), [cfg, cfg],
                  on_stage=lambda i: after.setdefault(i, (predict_split(model, data.test, data.tasks),
                                                          {k: v.clone() for k, v in model.state_dict().items()})))
     (p1, s1), (p2, s2) = after[1], after[2]
@@ -132,10 +171,10 @@ def test_later_stages_leave_earlier_tasks_bit_identical(optimizer):
 def test_masked_and_unowned_weights_never_change():
     data = tiny_shared()
     model, hooks = make(data, groups="task", keep=0.2)
-    tr = Trainer(model, data, dataclasses.replace(FAST, weight_decay=0.1), hooks)
-    hooks.before_training(tr)
+    trainer = Trainer(model, data, dataclasses.replace(FAST, weight_decay=0.1), hooks)
+    hooks.before_training(trainer)
     w0 = {n: lay.weight.detach().clone() for n, lay in masked_layers(model).items()}
-    tr.fit()
+    trainer.fit()
     for n, lay in masked_layers(model).items():
         off = ~lay.weight_mask
         assert torch.equal(lay.weight.detach()[off], w0[n][off]), n
@@ -146,15 +185,14 @@ def test_a_frozen_subnetwork_cannot_be_trained_again():
     data = stage_data()
     model, hooks = make(data, groups="input", keep=0.4)
     with pytest.raises(ConfigError, match=r"\['img'\] were trained in an earlier stage"):
-        train_stages(model, hooks, data, [["img"], ["img"]], FAST)
-    with pytest.raises(ConfigError, match="names no subnetwork"):
-        train_stages(model, hooks, data, [["nope"]], FAST)
+        train_stages(model, hooks, data, stage_tasks(model, [["img"], ["img"]]), [FAST, FAST])
+    assert hooks.frozen == {"img"}  # after_training froze what the first stage trained
 
 
 def test_forgetting_rows_cover_every_task_trained_so_far():
     data = stage_data()
     model, hooks = make(data, groups="input", keep=0.4)
-    rows = train_stages(model, hooks, data, [["img"], ["tab"]], FAST)
+    rows = train_stages(model, hooks, data, stage_tasks(model, [["img"], ["tab"]]), [FAST, FAST])
     assert [(r["stage"], r["task"]) for r in rows] == [(1, "img"), (2, "img"), (2, "tab_bin"), (2, "tab_reg")]
     assert rows[0]["loss"] == rows[1]["loss"]  # no forgetting
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from manytask.config import ConfigError
+from manytask.config import ConfigError, apply
 from manytask.data.base import model_input
-from manytask.methods.soft_order import SoftOrderConfig, build, ordering_distance
+from manytask.methods.soft_order import SoftOrder, SoftOrderConfig, build, ordering_distance
 from manytask.runs import evaluate_run, resolve, train_run
 from manytask.train import TrainConfig, Trainer
 
@@ -144,13 +144,14 @@ def test_learned_orderings_differ_between_tasks(tmp_path):
     assert not np.allclose(mix, 0.25, atol=1e-3)  # moved away from uniform
     dist = run.summary["artifacts"]["ordering_distance"]  # train_run wrote mixing.csv and mixing.png
     assert dist == pytest.approx(ordering_distance(mix)) and dist > 0.01
-    assert json.loads((run.dir / "results.json").read_text())["artifacts"]["ordering_distance"] == dist
-    rows = list(csv.DictReader(open(run.dir / "mixing.csv")))
-    assert len(rows) == 3 * 4 * 4
-    sums = {}
-    for r in rows:
-        sums[(r["task"], r["depth"])] = sums.get((r["task"], r["depth"]), 0.0) + float(r["weight"])
-    assert np.allclose(list(sums.values()), 1.0, atol=1e-5)
+    assert json.loads((run.dir / "results.json").read_text())["artifacts"] == {
+        "ordering_distance": dist, "files": ["mixing.csv", "mixing.png"]}
+    header, *rows = list(csv.reader(open(run.dir / "mixing.csv")))  # rows: task and depth, columns: layers
+    assert header == ["task, depth", "F1", "F2", "F3", "F4"]
+    assert [r[0] for r in rows] == [f"{t.name} d{k}" for t in run.model.tasks for k in (1, 2, 3, 4)]
+    weights = np.array([[float(v) for v in r[1:]] for r in rows])  # (3 * 4, 4)
+    np.testing.assert_allclose(weights, mix.reshape(12, 4), rtol=1e-6)
+    assert np.allclose(weights.sum(1), 1.0, atol=1e-5)
     assert (run.dir / "mixing.png").stat().st_size > 1000
 
 
@@ -166,13 +167,15 @@ def test_run_reloads_exactly(tmp_path, ordering):
 @pytest.mark.parametrize("cfg,match", [
     ({"identity": True, "ordering": "parallel"}, "identity=true needs ordering=soft"),
     ({"conv": True}, "conv=true needs image inputs"),
-    ({"width": 0}, "width >= 1"),
-    ({"dropout": 1.0}, "dropout"),
+    ({"width": 0}, "width=0: must be >= 1"),
+    ({"depth": 0}, "depth=0: must be >= 1"),
+    ({"dropout": 1.0}, "dropout=1.0: must be in \\[0, 1\\)"),
 ])
 def test_bad_settings_are_config_errors(cfg, match):
+    """Ranges fail when the config is parsed (config.apply), cross-field settings in the builder."""
     data = tiny_multi()
     with pytest.raises(ConfigError, match=match):
-        build(data.tasks, data.input_shapes, SoftOrderConfig(**cfg))
+        build(data.tasks, data.input_shapes, apply(SoftOrderConfig(), cfg, "soft_order"))
 
 
 def test_conv_needs_one_image_size():
@@ -193,5 +196,12 @@ def test_scores_get_their_own_learning_rate():
     assert groups[1]["params"] == [model.scores]
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
     assert not isinstance(build(data.tasks, data.input_shapes, SoftOrderConfig(ordering="parallel", scores_lr=0.05)), tuple)
-    with pytest.raises(ConfigError, match="scores_lr"):
-        build(data.tasks, data.input_shapes, SoftOrderConfig(scores_lr=-1.0))
+    with pytest.raises(ConfigError, match="scores_lr=-1.0: must be >= 0"):
+        build(data.tasks, data.input_shapes, apply(SoftOrderConfig(), {"scores_lr": "-1"}, "soft_order"))
+
+
+def test_model_rejects_identity_with_a_fixed_order():
+    data = tiny_shared()
+    model = built(data, width=8, depth=2, ordering="parallel")
+    with pytest.raises(ValueError, match="identity needs soft ordering"):
+        SoftOrder(data.tasks, dict(model.encoders), dict(model.decoders), model.bank, model.order, identity=True)

@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import nn
 
-from manytask.config import ConfigError
 from manytask.nn.hyper import MuirModels, from_blocks, reparameterisable, to_blocks
 
 
@@ -45,8 +44,13 @@ def test_what_does_not_divide_stays_plain():
     plain = {n for n, _ in muir.named_parameters()}
     assert "solo.0.2.weight" not in plain and "solo.0.0.weight" in plain and "solo.0.2.bias" in plain
     assert muir.n_locations == 4 and muir.hyper.shape == (4, 16, 2) and muir.context.shape == (4, 2)
-    with pytest.raises(ConfigError, match="divides"):
+    # the layer raises ValueError (the muir method turns those caused by settings into ConfigError)
+    with pytest.raises(ValueError, match="divides"):
         MuirModels([nn.Linear(5, 3)], block=(4, 4))
+    with pytest.raises(ValueError, match="alignment needs 4"):
+        MuirModels([nn.Linear(8, 8)], block=(4, 4), alignment=[0, 1])
+    with pytest.raises(ValueError, match="positive"):
+        MuirModels([nn.Linear(8, 8)], block=(4, 4), context=0)
 
 
 def load_originals(muir: MuirModels, originals: list[nn.Module]) -> None:
@@ -181,15 +185,15 @@ def test_proportional_sampling_and_selection():
         muir.psi.copy_(torch.where(torch.arange(100) < 90, 7, torch.arange(100)))  # module 7 used by 90%
     g = torch.Generator().manual_seed(0)
     locs = muir.propose(0.5, 0.5, g)
-    chal = muir.cand[locs, 1:]
-    assert 0.8 < float((chal == 7).float().mean()) < 0.97  # challengers drawn in proportion to use
+    challengers = muir.cand[locs, 1:]  # (P, lambda)
+    assert 0.8 < float((challengers == 7).float().mean()) < 0.97  # challengers drawn in proportion to use
     assert torch.equal(muir.cand[locs, 0], muir.psi[locs])
     with torch.no_grad():  # make challenger 2 win at every mixing location
         muir.soft[locs, 2] = 5.0
     before = muir.psi.clone()
     changed = muir.select()
-    assert torch.equal(muir.psi[locs], chal[:, 1])
-    assert changed == int((chal[:, 1] != before[locs]).sum())
+    assert torch.equal(muir.psi[locs], challengers[:, 1])
+    assert changed == int((challengers[:, 1] != before[locs]).sum())
     keep = ~torch.isin(torch.arange(100), locs)
     assert torch.equal(muir.psi[keep], before[keep]) and not muir.active.any()
     assert muir.sharing()[7] == [0]

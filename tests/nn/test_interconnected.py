@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from manytask.config import ConfigError
 from manytask.nn.interconnected import (InterLayer, apply_masks, connector_l1, count_connectors,
                                         prune_connectors)
 
@@ -217,7 +216,11 @@ def test_zero_rows_and_bad_input():
     assert lay_t(torch.zeros(0, N, n)).shape == (0, N, m)
     with pytest.raises(ValueError, match="expects"):
         lay(torch.zeros(2, N + 1, n))
-    with pytest.raises(ConfigError, match="targets"):
+    # layers raise plain ValueErrors (a method turns those caused by a user setting into ConfigErrors)
+    with pytest.raises(ValueError, match="targets") as bad_targets:
         InterLayer(N, n, m, targets=[N])
-    with pytest.raises(ConfigError, match="prune"):
+    with pytest.raises(ValueError, match="prune") as bad_fraction:
         prune_connectors(lay, 1.0)
+    with pytest.raises(ValueError, match="no InterLayer") as no_layer:
+        connector_l1(torch.nn.Linear(2, 2))
+    assert bad_targets.type is bad_fraction.type is no_layer.type is ValueError

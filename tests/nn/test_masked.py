@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 
-from manytask.config import ConfigError
 from manytask.nn.masked import (MaskedConv2d, MaskedLinear, check_disjoint, ownership_report, pack_owner,
                                 unpack_owner)
 
@@ -105,16 +104,19 @@ def test_ties_and_zero_scores_are_deterministic_and_disjoint():
 def test_capacity_violation_names_layer_and_tasks():
     layer = MaskedLinear(["digits", "tox21"], 10, 10)
     layer.assign(0, 0.7, torch.rand(10, 10), torch.rand(10), "fcs.0")
-    with pytest.raises(ConfigError, match=r"layer fcs\.0: task 'tox21' needs 50 weights but only 30 are free.*digits"):
+    message = r"layer fcs\.0: task 'tox21' needs 50 weights but only 30 are free.*digits"
+    with pytest.raises(ValueError, match=message) as err:
         layer.assign(1, 0.5, torch.rand(10, 10), torch.rand(10), "fcs.0")
+    assert type(err.value) is ValueError  # a layer error; the method turns user-caused ones into ConfigError
 
 
 def test_overlap_is_an_error_naming_layer_and_tasks():
     layer = random_disjoint(MaskedLinear(["a", "b", "c"], 4, 3))
     check_disjoint(layer)
     layer.weight_mask[0, 1, 2] = layer.weight_mask[2, 1, 2] = True
-    with pytest.raises(ConfigError, match=r"weight at \(1, 2\) is owned by tasks \['a', 'c'\]"):
+    with pytest.raises(ValueError, match=r"weight at \(1, 2\) is owned by tasks \['a', 'c'\]") as err:
         check_disjoint(layer)
+    assert type(err.value) is ValueError
 
 
 def test_per_output_selection_with_output_limits():

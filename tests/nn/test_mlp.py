@@ -1,10 +1,11 @@
 """MLP building blocks and the parameter matching behind the thesis's NN2 STL."""
 from __future__ import annotations
 
+import typing
+
 import pytest
 
-from manytask.config import ConfigError
-from manytask.nn.mlp import mlp, mlp_params, width_for_params
+from manytask.nn.mlp import ACTIVATIONS, Activation, mlp, mlp_params, width_for_params
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -16,8 +17,15 @@ def test_width_for_params_hits_the_target(depth):
     assert sum(p.numel() for p in mlp(2048, (w,) * depth, out_dim=1).parameters()) == got
 
 
+def test_activation_type_lists_every_activation():
+    """Config fields annotated with Activation accept exactly the names mlp() can build."""
+    assert typing.get_args(Activation) == tuple(ACTIVATIONS)
+
+
 def test_bad_inputs():
-    with pytest.raises(ConfigError, match="unknown activation 'swishy'"):
+    """Layers raise plain ValueErrors (never manytask's ConfigError)."""
+    with pytest.raises(ValueError, match="unknown activation 'swishy'") as bad_act:
         mlp(4, (3,), act="swishy")
-    with pytest.raises(ConfigError, match="positive parameter target"):
+    with pytest.raises(ValueError, match="positive parameter target") as bad_target:
         width_for_params(4, 1, 1, 0)
+    assert bad_act.type is bad_target.type is ValueError
