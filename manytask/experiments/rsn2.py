@@ -218,6 +218,15 @@ def score_records(scores: dict[str, dict[str, list[float]]], seeds, kinds: dict[
                       for c, per_task in scores.items() if c != "control" for task, values in per_task.items()]
 
 
+def write_seed(out: Path, seed: int, model: RSN2Net, controls: list[RSN2Net], data: MultiTaskData) -> tuple[dict, float, bool]:
+    """out/seedS: the models (write_models) and ownership.csv -> (file sizes, largest |difference| between
+    the masked and the reloaded packed model's test outputs, whether Eq. 3 holds on every layer)."""
+    seed_dir = out / f"seed{seed}"
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    sizes = write_models(seed_dir, model, controls)
+    return sizes, packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"), write_ownership(seed_dir, model)
+
+
 def write_models(seed_dir: Path, model: RSN2Net, controls: list[RSN2Net]) -> dict[str, int]:
     """The packed model, each dense control (exported: no owner index) and the unpacked (T, in, out)
     model with its masks -> their file sizes in bytes."""
@@ -323,8 +332,6 @@ def rsn2_ensemble(cfg: RSN2EnsembleConfig, out: Path) -> ExperimentResult:
     accuracy: dict[str, list[float]] = {}  # network -> test accuracy % per seed
     sizes, packed_diffs = [], []
     for seed in cfg.seeds:
-        seed_dir = out / f"seed{seed}"
-        seed_dir.mkdir(parents=True, exist_ok=True)
         model, _, _ = train_multitask(data, setup.method, None, [setup.train], seed)
         with torch.no_grad():
             model.eval()
@@ -334,9 +341,9 @@ def rsn2_ensemble(cfg: RSN2EnsembleConfig, out: Path) -> ExperimentResult:
         accuracy.setdefault("ensemble (average)", []).append(score(metrics_on_test(model, data)[task.name], task))
         control = train_control(data, setup.method, setup.train, seed)
         accuracy.setdefault("control", []).append(score(metrics_on_test(control, data)[task.name], task))
-        sizes.append(write_models(seed_dir, model, [control]))
-        packed_diffs.append(packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"))
-        write_ownership(seed_dir, model)
+        seed_sizes, packed_diff, _ = write_seed(out, seed, model, [control], data)
+        sizes.append(seed_sizes)
+        packed_diffs.append(packed_diff)
     control_mean = mean_std(accuracy["control"])[0]
     ok = {k: k == "control" or within(task.kind, mean_std(v)[0], control_mean) for k, v in accuracy.items()}
     header = ["network", "test accuracy %", "minus control", "within 2 points"]
@@ -358,8 +365,6 @@ def rsn2_split(cfg: RSN2SplitConfig, out: Path) -> ExperimentResult:
     control: dict[str, list[float]] = {}
     ten_classes, class_splits, sizes, packed_diffs = [], [], [], []
     for seed in cfg.seeds:
-        seed_dir = out / f"seed{seed}"
-        seed_dir.mkdir(parents=True, exist_ok=True)
         full = train_control(base, setup.method, setup.train, seed)  # the 10-class control ranks the classes
         ten_classes.append(score(metrics_on_test(full, base)[task.name], task))
         predicted = predict_split(full, base.val, base.tasks)[task.name].argmax(1).numpy()
@@ -377,8 +382,9 @@ def rsn2_split(cfg: RSN2SplitConfig, out: Path) -> ExperimentResult:
             one = tasks_only(data, [t])
             controls.append(train_control(one, setup.method, setup.train, seed))
             control.setdefault(t.name, []).append(score(metrics_on_test(controls[-1], one)[t.name], t))
-        sizes.append(write_models(seed_dir, model, controls))
-        packed_diffs.append(packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"))
+        seed_sizes, packed_diff, _ = write_seed(out, seed, model, controls, data)
+        sizes.append(seed_sizes)
+        packed_diffs.append(packed_diff)
     return against_controls("rsn2-split", out, cfg.seeds, {t.name: t.kind for t in data.tasks}, rsn2, control, sizes, {
         "data": base.name, "class_splits": class_splits, "control_10_classes": ten_classes,
         "packed_max_abs_diff": max(packed_diffs), "method": dataclasses.asdict(setup.method),
@@ -409,8 +415,6 @@ def staged(name: str, cfg: RSN2ExperimentConfig, setup: Settings, out: Path, dat
                  if t.input in stage or t.name in stage}
     group_of = {t.name: t.input for t in data.tasks}
     for seed in cfg.seeds:
-        seed_dir = out / f"seed{seed}"
-        seed_dir.mkdir(parents=True, exist_ok=True)
         model, forgetting, same = train_multitask(data, setup.method, stages, cfgs, seed)
         rows += [{**r, "seed": seed} for r in forgetting]
         identical.append(same)
@@ -424,9 +428,10 @@ def staged(name: str, cfg: RSN2ExperimentConfig, setup: Settings, out: Path, dat
             for t in tasks:
                 rsn2.setdefault(t.name, []).append(score(metrics[t.name], t))
                 control.setdefault(t.name, []).append(score(control_metrics[t.name], t))
-        sizes.append(write_models(seed_dir, model, controls))
-        packed_diffs.append(packed_equal(model, data, seed_dir / "rsn2_packed.safetensors"))
-        eq3.append(write_ownership(seed_dir, model))
+        seed_sizes, packed_diff, eq3_holds = write_seed(out, seed, model, controls, data)
+        sizes.append(seed_sizes)
+        packed_diffs.append(packed_diff)
+        eq3.append(eq3_holds)
     write_forgetting(out, rows, group_of)
     kinds = {t.name: t.kind for t in data.tasks}
     # groups with several tasks (Tox21's 12 assays): also their mean, the paper's one-subnetwork view
