@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .allocator import tune_allocator
 from .config import ConfigError, describe, split_overrides
+from .files import replacing
 from .registry import DATASETS, EXPERIMENTS, METHODS, find, get_experiment, load_all
 
 KEYS_HELP = ("keys: `manytask list METHOD` and `manytask list DATA` print every key with its type, default "
@@ -71,12 +72,15 @@ def cmd_run(args) -> None:
     from .runs import RunStopped, new_run_dir
     entry = get_experiment(args.experiment)
     cfg = parse_experiment(entry.config, args.overrides, entry.name)  # the experiment's own keys: before anything is written
+    made_root = not Path(args.out).exists()
     out = new_run_dir(args.out, f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         entry.fn(cfg, out)
     except ConfigError:
-        if not any(out.iterdir()):
-            out.rmdir()  # the contenders' keys failed before anything was written: leave no empty directory
+        if not any(out.iterdir()):  # the contenders' keys failed before anything was written: leave no empty directory
+            out.rmdir()
+            if made_root and not any(out.parent.iterdir()):
+                out.parent.rmdir()
         raise
     except RunStopped as e:  # one contender's run stopped; that run can be resumed, the experiment runs again
         raise RunStopped(f"{e} (that completes this contender's run only; for the experiment's results run "
@@ -134,16 +138,16 @@ def cmd_predict(args) -> None:
         raise ConfigError("nothing to predict: give SMILES as arguments, or --file with a CSV or one SMILES per line")
     if args.chunk < 1:
         raise ConfigError(f"--chunk {args.chunk}: must be >= 1")
+    if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
+        raise ConfigError(f"--out {args.out}: " + ("is a folder; give the name of the CSV to write" if Path(args.out).is_dir()
+                                                   else f"the folder {Path(args.out).parent} does not exist"))
     predictor = Predictor(args.run)
     column = args.column or predictor.input_column
     inputs = chain(args.smiles, file_inputs(args.file, column) if args.file else ())
     t0 = time.perf_counter()
     if args.out:
-        out = Path(args.out)
-        part = out.with_name(out.name + ".part")  # a file at --out is always complete
-        with open(part, "w", newline="") as f:
+        with replacing(Path(args.out), ".part") as part, open(part, "w", newline="") as f:  # --out is always complete
             n, invalid = predict_csv(predictor, inputs, f, column, args.chunk)
-        os.replace(part, out)
     else:
         n, invalid = predict_csv(predictor, inputs, sys.stdout, column, args.chunk)
     print(f"manytask: predicted {n - invalid} of {n} inputs ({invalid} unreadable) in {time.perf_counter() - t0:.1f} s"

@@ -66,7 +66,9 @@ class Spec:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 if math.isnan(v) or (self.low is not None and (v < self.low or (self.low_open and v == self.low))) \
                         or (self.high is not None and (v > self.high or (self.high_open and v == self.high))):
-                    return f"must be {self.describe()}"
+                    return f"must be {self.describe() or 'a number'}"
+                if math.isinf(v):
+                    return "must be a finite number" + (f", {self.describe()}" if self.describe() else "")
         return None
 
 

@@ -45,11 +45,12 @@ from typing import IO, Any, Iterable, Iterator
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from .files import replacing, write_text
 from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
 from .metrics import mean_over_tasks, primary
@@ -105,7 +106,7 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
         else:
             valid = sorted(train_keys) + sorted(method_keys) + [f"data.{x}" for x in sorted(field_types(data_cls))]
             raise ConfigError(f"unknown key {key!r} for {data}/{method}; valid keys: {', '.join(valid)}")
-    data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data")
+    data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data", prefix="data.")
     paths = {k: os.path.abspath(os.path.expanduser(getattr(data_cfg, k))) for k in PATH_KEYS
              if k in field_types(data_cls) and getattr(data_cfg, k)}
     return RunSpec(data, method, dataclasses.replace(data_cfg, **paths),
@@ -171,7 +172,10 @@ def n_params(model: nn.Module) -> int:
 def new_run_dir(root: Path | str, stem: str) -> Path:
     """A fresh directory root/stem (or stem-2, stem-3, ...); never an existing one."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file, or a folder that cannot be made
+        raise ConfigError(f"--out {root}: cannot make a folder there ({e.strerror}); give a folder for the runs") from None
     for i in range(1, 10_000):
         path = root / (stem if i == 1 else f"{stem}-{i}")
         try:
@@ -205,21 +209,13 @@ def task_table(data: MultiTaskData, tables: dict[str, dict[str, dict]]) -> str:
 
 # ---- files written safely: run.json, checkpoints ------------------------------------------------------------
 
-def write_text(path: Path, text: str) -> None:
-    """path <- text atomically: a temporary file beside it, then os.replace (no reader sees half a file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, value: Any) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_model(model, str(tmp))
 
 
 def now() -> str:
@@ -247,8 +243,15 @@ def end_record(run_dir: Path, info: dict, status: str, **details: Any) -> None:
 
 def read_record(run_dir: Path) -> dict:
     """run.json ({} for a run directory written before run.json existed)."""
-    path = Path(run_dir) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json(Path(run_dir) / RUN_FILE) if (Path(run_dir) / RUN_FILE).exists() else {}
+
+
+def read_json(path: Path) -> Any:
+    """A run directory's JSON file; one that is not JSON (edited, damaged) is a ConfigError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not readable JSON ({e}); was it edited or damaged?") from None
 
 
 def process_alive(pid: int, argv: list[str]) -> bool:
@@ -284,9 +287,8 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
     checkpoint runs no code."""
     tensors: dict[str, torch.Tensor] = {}
     layout = _pack(trainer.state_dict(), tensors, "")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"manytask.state": json.dumps(layout)})
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"manytask.state": json.dumps(layout)})
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -357,6 +359,7 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
     checked first: a bad one leaves no directory), saving a checkpoint every epoch. There SIGINT and SIGTERM
     stop training after the current minibatch: RunStopped, run interrupted, resumable with resume_run."""
     data = data or load_data(spec)
+    check_splits(data)
     model, hooks = build(spec, data)
     resolve_device(spec.train.device)
     if not out:
@@ -365,6 +368,16 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
     write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data)})
     (run_dir / "metrics.jsonl").touch()
     return _train(spec, data, model, hooks, run_dir, echo, start_record(run_dir))
+
+
+def check_splits(data: MultiTaskData) -> None:
+    """Every split holds examples of every input: training, early stopping and the results need all three."""
+    for split in SPLITS:
+        empty = [k for k, v in data.split(split).inputs.items() if v.shape[0] == 0]
+        if empty:
+            raise ConfigError(f"{data.name}: the {split} split is empty"
+                              + ("" if data.shared_input else f" (input {empty[0]})")
+                              + "; every split needs examples: give data.fractions three values > 0, or add rows")
 
 
 def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str, str] | None = None,
@@ -388,6 +401,7 @@ def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str,
         raise ConfigError(f"{changed[0]}={new[changed[0]]} differs from the run's {changed[0]}={old[changed[0]]}: a "
                           f"resumed run keeps its settings (only {', '.join(RESUME_KEYS)} may change); train a new run instead")
     data_set = load_data(spec)
+    check_splits(data_set)
     model, hooks = build(spec, data_set)
     resolve_device(spec.train.device)
     state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
@@ -504,7 +518,11 @@ def read_spec(run_dir: Path) -> RunSpec:
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    return RunSpec.from_json(json.loads(path.read_text()))
+    saved = read_json(path)
+    try:
+        return RunSpec.from_json(saved)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{path} lacks the run's settings ({type(e).__name__}: {e}); was it edited?") from None
 
 
 def load_run(run_dir: Path | str, with_data: bool = True,
@@ -547,9 +565,12 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
     model, _ = build_model(spec, tasks, shapes)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
-    except RuntimeError as e:
+    except RuntimeError as e:  # the first line names only the model; the next the first mismatch
+        why = next((ln.strip() for ln in str(e).splitlines()[1:] if ln.strip()), str(e).strip())
         raise ConfigError(f"{weights} does not match the {spec.method} model of config.json "
-                          f"({str(e).splitlines()[0][:200]}); was the file replaced or the config edited?") from None
+                          f"({why[:200]}); was the file replaced or the config edited?") from None
+    except SafetensorError as e:
+        raise ConfigError(f"{weights} is damaged or not a safetensors file ({e}); was the file replaced?") from None
     if missing or unexpected:
         raise ConfigError(f"{weights} does not match the {spec.method} model of config.json: "
                           f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}; "

@@ -15,16 +15,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..config import ConfigError
+from ..files import atomic_write
 
 try:
     import fcntl
@@ -71,28 +71,6 @@ def file_lock(path: Path) -> Iterator[None]:
     finally:
         if handle is not None:
             handle.close()  # releases the lock
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None], suffix: str = ".tmp") -> None:
-    """write(file) into a unique temporary file beside `path`, flushed to disk, then renamed to `path`;
-    on any error the temporary file is removed and the error raised."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import ConfigError
-from .cache import atomic_write, cache_dir, file_lock
+from ..files import atomic_write
+from .cache import cache_dir, file_lock
 
 __all__ = ["cache_dir", "fetch", "file_hash"]
 log = logging.getLogger("manytask")
