@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass
@@ -119,6 +120,26 @@ def _parse(text: str, tp: Any, key: str) -> Any:
     return text
 
 
+def _typed(value: Any, tp: Any, key: str) -> Any:
+    """A Python value given for a field of type `tp` (create_model(widths=(64,)), a contender's typed key):
+    itself if of that type (ints pass for floats, lists become tuples, NumPy integers ints); else a ConfigError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return None if value is None else _typed(value, next(a for a in args if a is not type(None)), key)
+    if origin in (tuple, list) and isinstance(value, (tuple, list)):
+        items = [_typed(v, args[0] if args else str, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if (origin is typing.Literal and value in args) or (tp is float and number) \
+            or (tp in (bool, str) and isinstance(value, tp)):
+        return value
+    if tp is int and number and isinstance(value, numbers.Integral):
+        return int(value)
+    if origin not in (tuple, list, typing.Literal) and tp not in (int, float, bool, str):
+        return value  # a type the command line does not write (dict, ...)
+    raise ConfigError(f"{key}={value!r}: expected {type_name(tp)}")
+
+
 def type_name(tp: Any) -> str:
     """int, float, bool, str, int,... (comma-separated), one of a|b, or X|none."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -160,7 +181,8 @@ def apply(cfg: Any, overrides: dict[str, Any], what: str, prefix: str = "") -> A
         if key not in types_:
             raise ConfigError(f"unknown {what} key {prefix + key!r}; valid keys: "
                               f"{', '.join(prefix + k for k in sorted(types_))}")
-        changes[key] = _parse(text, types_[key], prefix + key) if isinstance(text, str) else text
+        read = _parse if isinstance(text, str) else _typed  # text from the command line, or a Python value
+        changes[key] = read(text, types_[key], prefix + key)
     return check(dataclasses.replace(cfg, **changes), prefix=prefix)
 
 

@@ -70,7 +70,7 @@ def test_load_dataset_applies_and_checks_its_keys():
         load_dataset("digits", seed=1)
     with pytest.raises(ConfigError, match=r"val_fraction=1.5: must be in \(0, 1\)"):
         load_dataset("digits", val_fraction=1.5)
-    with pytest.raises(ConfigError, match="split fractions -0.2,0.5,0.7: need three fractions"):
+    with pytest.raises(ConfigError, match="data.fractions=-0.2,0.5,0.7: need three fractions"):
         load_dataset("digits", val_fraction=0.5, test_fraction=0.7)  # each in range, together too much
 
 

@@ -117,7 +117,7 @@ def batches(split: Split, tasks: list[Task], batch_size: int, shuffle: bool,
 def check_fractions(fractions) -> None:
     """Three fractions (train, val, test), each >= 0, summing to 1; else a ConfigError."""
     if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ConfigError(f"split fractions {','.join(f'{f:g}' for f in fractions)}: need three fractions "
+        raise ConfigError(f"data.fractions={','.join(f'{f:g}' for f in fractions)}: need three fractions "
                           "(train, val, test), each >= 0, summing to 1")
 
 

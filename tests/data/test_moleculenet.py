@@ -152,5 +152,5 @@ def test_settings_out_of_range_name_the_valid_values(csv_file, key, value, msg):
 
 @pytest.mark.parametrize("split", ["random", "scaffold"])
 def test_fractions_must_sum_to_one_for_either_split(csv_file, split):
-    with pytest.raises(ConfigError, match="split fractions 0.5,0.5,0.5: need three fractions"):
+    with pytest.raises(ConfigError, match="data.fractions=0.5,0.5,0.5: need three fractions"):
         mn.load_any(mn.MoleculeNetConfig(path=str(csv_file), split=split, fractions=(0.5, 0.5, 0.5), bits=64))
