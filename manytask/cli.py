@@ -61,8 +61,9 @@ def cmd_list(args) -> None:
 def cmd_train(args) -> None:
     from .runs import resolve, resume_run, train_run
     overrides = split_overrides(args.overrides)
-    if args.resume:
-        resume_run(args.resume, args.data, args.method, overrides)
+    resume = args.resume or overrides.pop("resume", None)  # --resume RUN_DIR, or resume=RUN_DIR like the keys
+    if resume:
+        resume_run(resume, args.data, args.method, overrides)
     else:
         train_run(resolve(args.data, args.method, overrides), out=args.out)
 

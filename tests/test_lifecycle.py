@@ -292,3 +292,12 @@ def test_predict_needs_only_the_run_directory(tmp_path, mols, monkeypatch, capsy
     out, _ = command("evaluate", run, f"data.path={moved.name}", capsys=capsys)
     assert "matches the saved results.json exactly" in out
     assert runs.predict_run(run, ["CCO", "C1CC("])[1] == ("C1CC(", None)
+
+
+def test_cli_resume_key_is_the_same_as_the_flag(tmp_path, mols, hooks_spy):
+    spec = spec_for(mols, epochs="4")
+    interrupt(spec, tmp_path, "cut", 3, hooks_spy)
+    r = cli("train", "moleculenet", "hard_sharing", "progress=false", f"resume={tmp_path / 'cut'}", cwd=tmp_path)
+    assert "after epoch 2 of 4" in r.stderr
+    assert json.loads((tmp_path / "cut" / "run.json").read_text())["status"] == "completed"
+    assert len(epochs_without_time(tmp_path / "cut")) == 4
