@@ -61,7 +61,7 @@ def cmd_list(args) -> None:
 def cmd_train(args) -> None:
     from .runs import resolve, resume_run, train_run
     overrides = split_overrides(args.overrides)
-    resume = args.resume or overrides.pop("resume", None)  # --resume RUN_DIR, or resume=RUN_DIR like the keys
+    resume = overrides.pop("resume", None) or args.resume  # --resume RUN_DIR, or resume=RUN_DIR like the keys
     if resume:
         resume_run(resume, args.data, args.method, overrides)
     else:

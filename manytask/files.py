@@ -18,7 +18,7 @@ def replacing(path: Path | str, suffix: str = ".tmp") -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # as open() would create it (mkstemp makes it private)
+        os.chmod(tmp, 0o666 & ~UMASK)  # as open() would create it (mkstemp makes it private)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -38,7 +38,10 @@ def write_text(path: Path | str, text: str) -> None:
         tmp.write_text(text)
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+UMASK = _read_umask()  # read once: setting it again on every write would race with other threads

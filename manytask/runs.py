@@ -293,9 +293,13 @@ def save_checkpoint(trainer: Trainer, path: Path) -> None:
 
 def load_checkpoint(path: Path) -> dict:
     """The state_dict() that save_checkpoint wrote (tensors on the CPU)."""
-    with safe_open(str(path), "pt") as f:
-        layout = json.loads(f.metadata()["manytask.state"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        with safe_open(str(path), "pt") as f:
+            layout = json.loads(f.metadata()["manytask.state"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors' own error, missing metadata, bad JSON
+        raise ConfigError(f"{path} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
+                          "the run cannot be resumed: train a new run") from None
     return _unpack(layout, tensors)
 
 
@@ -552,7 +556,7 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
         if "path" not in field_types(type(spec.data_cfg)):
             raise ConfigError(f"data set {spec.data!r} has no data.path key")
         spec = dataclasses.replace(spec, data_cfg=dataclasses.replace(spec.data_cfg, path=os.path.abspath(data_path)))
-    card = json.loads((run_dir / CONFIG_FILE).read_text()).get("model")
+    card = read_json(run_dir / CONFIG_FILE).get("model")
     data = None
     if with_data or card is None:  # a run written before config.json held the model's tasks: from its data
         moved = getattr(spec.data_cfg, "path", "")
@@ -584,7 +588,7 @@ def evaluate_run(run_dir: Path | str, echo: bool = True, data_path: str | None =
     spec, data, model = load_run(run_dir, data_path=data_path)
     tables = evaluate_all(model, data, spec.train)
     saved_file = Path(run_dir) / "results.json"
-    same = json.loads(saved_file.read_text())["splits"] == json.loads(json.dumps(tables)) if saved_file.exists() else None
+    same = read_json(saved_file).get("splits") == json.loads(json.dumps(tables)) if saved_file.exists() else None
     if echo:
         print(task_table(data, tables))
         print({True: "matches the saved results.json exactly", False: "DIFFERS from the saved results.json",
@@ -706,7 +710,7 @@ def list_runs(folder: Path | str) -> list[dict]:
             test = ", ".join(f"{m} {results['mean']['test'].get(m, float('nan')):.3f}" for m in metrics)
         else:
             path = run_dir / "metrics.jsonl"
-            done = sum(1 for _ in open(path)) if path.exists() else 0
+            done = len(path.read_text().splitlines()) if path.exists() else 0
         rows.append({"started": started, "status": status, "epochs": f"{done}/{config['train']['epochs']}",
                      "data": config["data"], "method": config["method"], "test": test, "path": str(run_dir)})
     return sorted(rows, key=lambda r: datetime.fromisoformat(r["started"]), reverse=True)

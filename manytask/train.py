@@ -155,10 +155,12 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def predict_split(model: nn.Module, split: Split, tasks: list[Task], batch_size: int = 2048,
-                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Raw model outputs for every example of the split: {task: (n_input, outputs)} on the CPU.
+                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Raw model outputs for every example of the split: {task: (n_input, outputs)} on the CPU. The inputs
+    go to `device` (default: where the model's parameters are).
 
     Inputs are cut into aligned chunks; an input that has run out contributes a 0-row tensor."""
+    device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
     names = list(split.inputs)
@@ -174,7 +176,7 @@ def predict_split(model: nn.Module, split: Split, tasks: list[Task], batch_size:
 
 
 def evaluate_split(model: nn.Module, split: Split, tasks: list[Task], batch_size: int = 2048,
-                   device: torch.device | str = "cpu") -> tuple[dict[str, dict[str, float]], float]:
+                   device: torch.device | str | None = None) -> tuple[dict[str, dict[str, float]], float]:
     """({task: {metric: value, "loss": value}}, mean loss over tasks) on one split."""
     out = predict_split(model, split, tasks, batch_size, device)
     table, losses = {}, []
@@ -355,7 +357,7 @@ class EpochProgress:
     def epoch_done(self, row: dict) -> None:
         metric = row.get(f"val_{self.metric}", math.nan)
         if self.bar is not None:
-            self.bar.update(1)
+            self.bar.update(row["epoch"] - self.bar.n)  # validated every val_every epochs
             self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_loss=f"{row['val_loss']:.4f}",
                                  **{f"val_{self.metric}": f"{metric:.4f}"})
         elif self.lines:
@@ -430,6 +432,6 @@ def train_stages(model: nn.Module, hooks: Hooks, data: MultiTaskData, stages: li
         if on_stage:
             on_stage(i)
         done += [t for t in tasks if t not in done]
-        table, _ = evaluate_split(model, data.test, done, cfg.eval_batch_size, "cpu")
+        table, _ = evaluate_split(model, data.test, done, cfg.eval_batch_size)
         rows += [{"stage": i, "task": t.name, **{k: v for k, v in table[t.name].items() if k != "n"}} for t in done]
     return rows

@@ -320,7 +320,7 @@ def trained(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("trained")
     (folder / "mols.csv").write_bytes(FILES["mols.csv"])
     keys = dict(k.split("=", 1) for k in (*SMALL_TRAINING, *SMALL_DATA["moleculenet"], *SMALL_METHOD["hard_sharing"]))
-    with pytest.MonkeyPatch.context() as mp:  # the session's cache, as conftest's fixture sets it for each test
+    with pytest.MonkeyPatch.context() as mp:  # the test run's cache, as conftest's fixture sets it for each test
         mp.setenv("MANYTASK_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
         spec = runs.resolve("moleculenet", "hard_sharing", {"data.path": str(folder / "mols.csv"), **keys})
         return runs.train_run(spec, out=folder, name="run", echo=False).dir

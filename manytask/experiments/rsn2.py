@@ -335,7 +335,8 @@ def rsn2_ensemble(cfg: RSN2EnsembleConfig, out: Path) -> ExperimentResult:
         model, _, _ = train_multitask(data, setup.method, None, [setup.train], seed)
         with torch.no_grad():
             model.eval()
-            outputs = model.forward_subnets(data.test.inputs["x"])  # {subnetwork: (n_test, 10)}
+            x = data.test.inputs["x"].to(next(model.parameters()).device)
+            outputs = {s: out.cpu() for s, out in model.forward_subnets(x).items()}  # {subnetwork: (n_test, 10)}
         for s in range(len(model.subnet_names)):
             accuracy.setdefault(f"subnetwork {s + 1}", []).append(100 * float((outputs[s].argmax(1) == labels).float().mean()))
         accuracy.setdefault("ensemble (average)", []).append(score(metrics_on_test(model, data)[task.name], task))

@@ -21,7 +21,6 @@ Every experiment returns an ExperimentResult and writes, through finish(): resul
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass, field

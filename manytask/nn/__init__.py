@@ -1,7 +1,7 @@
 """Layers that methods compose; no training logic here.
 
     InterLayer, interlayers, connector_l1, count_connectors, prune_connectors, apply_masks, connector_matrices
-                                  ICNN inter-layer and its connector helpers (interconnected.py)
+                                  ICNN inter-layer and its connector functions (interconnected.py)
     MaskedLinear, MaskedConv2d    RSN2's task-masked layers (masked.py)
     MuirModels                    MUiR's hypermodule bank shared by any set of models (hyper.py)
     DenseBank, ConvBank           soft layer ordering's banks of shared layers (soft_order.py)
