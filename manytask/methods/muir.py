@@ -175,10 +175,14 @@ class MuirHooks(Hooks):
                 "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """After the model's state (Trainer.load_state_dict loads it first): the EA's progress, and the
+        mixing scores s train exactly when the loaded generation has challengers, as propose/select left it."""
         self.generation, self.steps, self.history = state["generation"], state["steps"], list(state["history"])
         self.rng.set_state(state["rng"])
+        self.bank.soft.requires_grad_(bool(self.bank.active.any()))
 
     def before_training(self, trainer: Trainer) -> None:
+        self.bank = self._muir(trainer.model)
         self.rng = torch.Generator().manual_seed(trainer.cfg.seed + 12345)
         self.record(trainer, changed=0)
         self._begin(trainer)
