@@ -1,4 +1,4 @@
-"""`manytask` console script: list, train (and --resume), run, runs, cache, evaluate, predict.
+"""`manytask` console script: list, train (and --resume), run, compare, runs, cache, evaluate, predict.
 
 main() tunes the CPU allocator (manytask.allocator) before anything imports torch; this module and the two
 it imports at the top (config, registry) do not import torch, the commands import what they need."""
@@ -8,9 +8,12 @@ import argparse
 import logging
 import os
 import sys
+import textwrap
 import time
+from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
+from typing import Iterator
 
 from . import __version__
 from .allocator import tune_allocator
@@ -68,24 +71,43 @@ def cmd_train(args) -> None:
         train_run(resolve(args.data, args.method, overrides), out=args.out)
 
 
-def cmd_run(args) -> None:
-    from .experiments.runner import parse_experiment
-    from .runs import RunStopped, new_run_dir
-    entry = get_experiment(args.experiment)
-    cfg = parse_experiment(entry.config, args.overrides, entry.name)  # the experiment's own keys: before anything is written
-    made_root = not Path(args.out).exists()
-    out = new_run_dir(args.out, f"{args.experiment}-{time.strftime('%Y%m%d-%H%M%S')}")
+@contextmanager
+def experiment_dir(root: str, stem: str) -> Iterator[Path]:
+    """A new directory root/STEM-TIME for an experiment; removed again (with root, if made here) when a
+    ConfigError leaves it empty: the contenders' keys failed before anything was written."""
+    from .runs import new_run_dir
+    made_root = not Path(root).exists()
+    out = new_run_dir(root, f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
-        entry.fn(cfg, out)
+        yield out
     except ConfigError:
-        if not any(out.iterdir()):  # the contenders' keys failed before anything was written: leave no empty directory
+        if not any(out.iterdir()):
             out.rmdir()
             if made_root and not any(out.parent.iterdir()):
                 out.parent.rmdir()
         raise
+
+
+def cmd_run(args) -> None:
+    from .experiments.runner import parse_experiment
+    from .runs import RunStopped
+    entry = get_experiment(args.experiment)
+    cfg = parse_experiment(entry.config, args.overrides, entry.name)  # the experiment's own keys: before anything is written
+    try:
+        with experiment_dir(args.out, args.experiment) as out:
+            entry.fn(cfg, out)
     except RunStopped as e:  # one contender's run stopped; that run can be resumed, the experiment runs again
         raise RunStopped(f"{e} (that completes this contender's run only; for the experiment's results run "
                          f"manytask run {args.experiment} again)", e.exit_status) from None
+
+
+def cmd_compare(args) -> None:
+    from .experiments.compare import CompareConfig, compare_methods
+    from .experiments.runner import parse_experiment
+    methods = [m for m in args.methods.split(",") if m]
+    cfg = parse_experiment(CompareConfig, args.overrides, "compare")  # seeds, baseline: before anything is written
+    with experiment_dir(args.out, f"compare-{args.data}") as out:
+        compare_methods(args.data, methods, cfg, out)
 
 
 def cmd_runs(args) -> None:
@@ -177,6 +199,26 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=0,1,2 epochs=50")
     r.add_argument("--out", default="runs")
     r.set_defaults(fn=cmd_run)
+    cmp = sub.add_parser(
+        "compare", help="several methods side by side on one data set, tested against a baseline: "
+        "manytask compare tox21 hard_sharing,stl", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Train each METHOD once per seed on DATA (the same split), print the per-task test metric "
+        "(mean ± std over seeds) side by side, and test every method against the baseline: mean difference of "
+        "the mean test metric, the seeds it is higher in, paired t-test and Wilcoxon p, and delta-m (mean "
+        "relative improvement over the tasks, %). Writes results.csv, table.txt, summary.json, compare.png and "
+        "each run into a new folder under --out.", 100),
+        epilog="keys:\n"
+        "  seeds=0,1,2        the seeds every method trains with (default 0,1,2)\n"
+        "  baseline=METHOD    the method the others are tested against (default: the first)\n"
+        "  KEY=VALUE          a training key or data.KEY: every method; a method key: every method that has it\n"
+        "  METHOD.KEY=VALUE   one method only, e.g. stl.widths=16\n"
+        "`manytask list train`, `manytask list METHOD` and `manytask list DATA` print the keys;\n"
+        "every key is checked before anything trains.")
+    cmp.add_argument("data")
+    cmp.add_argument("methods", metavar="METHOD[,METHOD...]", help="registered methods, comma-separated")
+    cmp.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=0,1 epochs=50 stl.widths=64")
+    cmp.add_argument("--out", default="runs", help="parent of the new experiment folder (default: runs)")
+    cmp.set_defaults(fn=cmd_compare)
     ls_runs = sub.add_parser("runs", help="the runs under a folder, newest first: status, data, method, test metric")
     ls_runs.add_argument("folder", nargs="?", default="runs", help="default: runs")
     ls_runs.set_defaults(fn=cmd_runs)

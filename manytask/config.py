@@ -161,8 +161,11 @@ def field_types(cfg_cls: type) -> dict[str, Any]:
 def check(cfg: Any, what: str = "", prefix: str = "") -> Any:
     """Every field of dataclass `cfg` within its declared range or choices; else a one-line ConfigError
     with the valid values, naming the key as the user writes it (prefix + field, e.g. data.bits). Returns cfg."""
+    types_ = field_types(type(cfg))
     for f in dataclasses.fields(cfg):
         spec = spec_of(f)
+        if spec.choices is None and typing.get_origin(types_[f.name]) is typing.Literal:  # the type lists them
+            spec = dataclasses.replace(spec, choices=typing.get_args(types_[f.name]))
         why = spec.violation(getattr(cfg, f.name))
         if why:
             value = getattr(cfg, f.name)

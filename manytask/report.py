@@ -184,3 +184,24 @@ def plot_history(history: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def dot_plot(series: dict[str, Sequence[tuple[float, float]]], categories: Sequence[str], path: Path,
+             title: str = "", ylabel: str = "") -> None:
+    """{label: [(mean, std) per category]} as dots with std bars, one column per category and the labels
+    side by side within it, in one PNG."""
+    fig = _figure((1.5 + 0.6 * len(categories) * max(1, len(series)) ** 0.5, 4))
+    ax = fig.subplots()
+    width = 0.7 / max(1, len(series))
+    for i, (label, points) in enumerate(series.items()):
+        x = np.arange(len(categories)) - 0.35 + width * (i + 0.5)
+        means, stds = np.array(points, dtype=float).reshape(-1, 2).T
+        ax.errorbar(x, means, yerr=stds, fmt="o", capsize=3, label=label)
+    slanted = len(categories) > 6
+    ax.set_xticks(range(len(categories)), categories, rotation=60 if slanted else 0,
+                  ha="right" if slanted else "center", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -56,7 +56,7 @@ class TrainConfig:
     epochs: int = option(100, "maximum training epochs", low=1)
     batch_size: int = option(128, "examples per minibatch", low=1)
     lr: float = option(1e-3, "learning rate", low=0, low_open=True)
-    optimizer: Literal["adam", "sgd"] = option("adam", "optimizer", choices=("adam", "sgd"))
+    optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
     weight_decay: float = option(0.0, "L2 penalty (the optimizer's weight_decay)", low=0)
     momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
     patience: int = option(10, "epochs without improvement of the mean validation loss before stopping; 0 = never stop early", low=0)

@@ -52,7 +52,7 @@ class MoleculeNetConfig:
     bits: int = option(2048, "fingerprint length", low=1)
     counts: bool = option(False, "count fingerprints instead of bits")
     split: Literal["random", "scaffold"] = option("random", "seeded random split, or MoleculeNet's Bemis-Murcko "
-                                                  "scaffold split", choices=("random", "scaffold"))
+                                                  "scaffold split")
     split_seed: int = option(0, "seed of the random split and of the fake tasks", low=0)
     fractions: tuple[float, ...] = option((0.8, 0.1, 0.1), "train, val and test fractions, summing to 1",
                                           low=0, high=1, min_len=3)

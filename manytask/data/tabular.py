@@ -112,8 +112,7 @@ class TabularConfig:
     path: str = option("", "a CSV (.csv or .csv.gz) with a header row")
     target: tuple[str, ...] = option((), "target columns, one task each")
     kind: Literal["auto", "binary", "multiclass", "regression"] = option(
-        "auto", "task kind of every target; auto: binary for 0/1, multiclass for few integers, else regression",
-        choices=("auto", "binary", "multiclass", "regression"))
+        "auto", "task kind of every target; auto: binary for 0/1, multiclass for few integers, else regression")
     fractions: tuple[float, ...] = option((0.7, 0.15, 0.15), FRACTIONS_HELP, low=0, high=1, min_len=3)
     split_seed: int = option(0, "seed of the random split", low=0)
     standardize: bool = option(True, "standardise the features with the training split's mean and std")

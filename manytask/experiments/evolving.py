@@ -85,7 +85,7 @@ def redefault(cls: type, name: str, default):
 @dataclass
 class EvolvingDigitsConfig(EvolvingGridConfig):
     recipe: Literal["paper", "fast"] = option("paper", "run settings: paper = sigmoid, plain SGD, 1000 epochs; "
-                                              "fast = ReLU, momentum, 40 epochs", choices=("paper", "fast"))
+                                              "fast = ReLU, momentum, 40 epochs")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..config import option
-from ..nn.mlp import ACTIVATIONS, Activation, mlp
+from ..nn.mlp import Activation, mlp
 from ..registry import register_method
 from ..tasks import Task, module_key
 
@@ -22,7 +22,7 @@ from ..tasks import Task, module_key
 class HardSharingConfig:
     widths: tuple[int, ...] = option((1024, 512), "trunk widths; the first is each input's own first layer",
                                      low=1, min_len=1)
-    activation: Activation = option("relu", "activation after every hidden layer", choices=tuple(ACTIVATIONS))
+    activation: Activation = option("relu", "activation after every hidden layer")
     dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
 
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..config import ConfigError, option
 from ..nn.interconnected import InterLayer, connector_l1, connector_matrices
-from ..nn.mlp import ACTIVATIONS, Activation, activation, mlp_params
+from ..nn.mlp import Activation, activation, mlp_params
 from ..registry import register_method
 from ..report import Matrix
 from ..tasks import Task
@@ -40,7 +40,7 @@ from ..train import Hooks
 class ICNNConfig:
     widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers",
                                      low=1, min_len=2)
-    activation: Activation = option("relu", "activation after every layer", choices=tuple(ACTIVATIONS))
+    activation: Activation = option("relu", "activation after every layer")
     dropout: float = option(0.25, "dropout probability after every layer", low=0, high=1, high_open=True)
     isolate: bool = option(True, "gradient isolation (the thesis's backward rule); false trains the same network "
                                  "jointly (ablation)")

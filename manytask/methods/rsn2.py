@@ -58,7 +58,7 @@ class RSN2Config:
     keep: float = option(0.0, "fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks",
                          low=0, high=1)
     criterion: Literal["gradient", "magnitude"] = option(
-        "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|", choices=("gradient", "magnitude"))
+        "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|")
     mask_batch: int = option(512, "examples per subnetwork for the gradient criterion", low=1)
 
 

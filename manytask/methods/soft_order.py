@@ -37,7 +37,6 @@ from ..report import Matrix
 from ..tasks import Task, module_key
 from ..train import Hooks
 
-ORDERINGS = ("soft", "parallel", "permuted")
 
 
 @dataclass
@@ -45,8 +44,7 @@ class SoftOrderConfig:
     width: int = option(64, "units of every shared layer (channels when conv=true)", low=1)
     depth: int = option(4, "D, the number of shared layers and of depths", low=1)
     ordering: Literal["soft", "parallel", "permuted"] = option(
-        "soft", "soft: learned mixing; parallel: layer k at depth k; permuted: a random order per task",
-        choices=ORDERINGS)
+        "soft", "soft: learned mixing; parallel: layer k at depth k; permuted: a random order per task")
     identity: bool = option(False, "soft only: an identity candidate at every depth")
     conv: bool = option(False, "3x3 convolutional layers for image inputs (C, H, W)")
     dropout: float = option(0.2, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..config import option
-from ..nn.mlp import ACTIVATIONS, Activation, mlp, width_for_params
+from ..nn.mlp import Activation, mlp, width_for_params
 from ..registry import register_method
 from ..tasks import Task, module_key
 
@@ -19,7 +19,7 @@ from ..tasks import Task, module_key
 @dataclass
 class STLConfig:
     widths: tuple[int, ...] = option((512,), "hidden widths of every task's network", low=1, min_len=1)
-    activation: Activation = option("relu", "activation after every hidden layer", choices=tuple(ACTIVATIONS))
+    activation: Activation = option("relu", "activation after every hidden layer")
     dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
     params_per_task: int = option(0, "> 0: every task gets len(widths) hidden layers of the one width that gives "
                                      "this many parameters; 0: the widths as given", low=0)

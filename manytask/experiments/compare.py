@@ -1,0 +1,81 @@
+"""`manytask compare DATA METHOD,METHOD,...`: registered methods side by side on one data set, each tested
+against a baseline over the same seeds.
+
+Every method is one contender labelled by its name, so `stl.widths=16` sets a key of the stl contender only;
+the other keys are routed as compare() routes an experiment's keys. Besides compare()'s records, results.csv
+holds, per contender against the baseline, delta-m per seed (seed = the seed) and the paired test over seeds
+(seed -1): metric delta_m, mean_diff, t_p, wilcoxon_p, all with task "mean" and split "test". compare.png
+shows each contender's mean test metric per task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..config import ConfigError, option
+from ..metrics import delta_m, primary
+from ..registry import get_method
+from ..report import dot_plot, mean_pm, mean_std, paired, text_table
+from .runner import Contender, ExperimentConfig, ExperimentResult, Record, compare, finish
+
+
+@dataclass
+class CompareConfig(ExperimentConfig):
+    baseline: str = option("", "the method every contender is tested against (default: the first method)")
+
+
+def contenders_of(methods: Sequence[str]) -> list[Contender]:
+    """One contender per registered method, labelled by the method's name."""
+    if not methods:
+        raise ConfigError("no method to compare: name them comma-separated, e.g. hard_sharing,stl")
+    for m in methods:
+        get_method(m)  # an unknown method: ConfigError naming the registered ones
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"method {repeated[0]!r} named twice; name each method once")
+    return [Contender(m, m) for m in methods]
+
+
+def against_baseline(result: ExperimentResult, baseline: str) -> tuple[list[Record], str, dict]:
+    """Each contender against the baseline over the seeds -> (records, table, summary): the mean difference
+    of the mean test metric, the seeds it is higher in, paired t-test and Wilcoxon p, delta-m per seed."""
+    tasks = result.data.tasks
+    base_mean = result.mean_metric(baseline)
+    records: list[Record] = []
+    rows, summary = [], {}
+    for label, runs in result.runs.items():
+        seeds = [run.spec.train.seed for run in runs]
+        deltas = [delta_m(run.tables["test"], base.tables["test"], tasks)
+                  for run, base in zip(runs, result.runs[baseline])]
+        means = result.mean_metric(label)
+        test = paired(means, base_mean)
+        higher = sum(a > b for a, b in zip(means, base_mean))
+        records += [(label, seed, "mean", "test", "delta_m", d) for seed, d in zip(seeds, deltas)]
+        records += [(label, -1, "mean", "test", key, test[key]) for key in ("mean_diff", "t_p", "wilcoxon_p")]
+        rows.append([label + (" (baseline)" if label == baseline else ""), test["mean_diff"],
+                     f"{higher}/{len(seeds)}", test["t_p"], test["wilcoxon_p"], mean_pm(deltas, 2)])
+        summary[label] = {**test, "higher_in": higher, "delta_m": deltas, "delta_m_mean": mean_std(deltas)[0]}
+    header = ["contender", "mean diff", "higher in", "t-test p", "Wilcoxon p", "delta-m %"]
+    return records, text_table(header, rows), summary
+
+
+def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, out: Path,
+                    echo: bool = True) -> ExperimentResult:
+    """Train every method with every seed of cfg on data_name (keys in cfg.overrides), test each against
+    cfg.baseline (default: the first method), write the results and compare.png into out."""
+    contenders = contenders_of(list(methods))
+    baseline = cfg.baseline or contenders[0].label
+    if baseline not in methods:
+        raise ConfigError(f"baseline={baseline}: not among the methods compared ({', '.join(methods)})")
+    result = compare("compare", data_name, contenders, cfg, out, echo=echo, write=False)
+    records, table, summary = against_baseline(result, baseline)
+    metric = primary(result.data.tasks[0])
+    result.records += records
+    result.table += f"\n\nagainst {baseline} (mean test {metric} over tasks, paired over seeds):\n" + table
+    result.summary.update(baseline=baseline, against_baseline=summary)
+    task_names = [t.name for t in result.data.tasks]
+    dot_plot({label: [mean_std(result.metric(label, task)) for task in task_names] for label in result.runs},
+             task_names, out / "compare.png", title=f"{data_name}: test {metric}, mean ± std over seeds",
+             ylabel=f"test {metric}")
+    return finish(result, echo)

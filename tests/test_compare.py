@@ -1,0 +1,95 @@
+"""`manytask compare DATA METHOD,METHOD`: end to end through manytask.cli.main on a small SMILES CSV."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from manytask.cli import main
+from manytask.report import read_results
+
+from .data.test_moleculenet import SMILES
+
+TINY = ["data.bits=64", "data.fractions=0.5,0.25,0.25", "epochs=2", "progress=false", "hard_sharing.widths=16", "stl.widths=16"]
+
+
+@pytest.fixture
+def mols(tmp_path):
+    rows = [f"{s},{i % 2},{(i // 2) % 2}" for i, s in enumerate(SMILES * 3)]
+    path = tmp_path / "mols.csv"
+    path.write_text("smiles,A,B\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def compare(tmp_path, *args):
+    main(["compare", "moleculenet", *map(str, args), "--out", str(tmp_path / "runs")])
+    (run,) = (tmp_path / "runs").iterdir()
+    return run
+
+
+def values(records, contender, metric, task="mean", split="test"):
+    """{seed: value} of one contender's records."""
+    return {r[1]: r[5] for r in records if r[0] == contender and r[4] == metric and r[2] == task and r[3] == split}
+
+
+def test_compare_writes_tables_tests_and_figure(tmp_path, mols, capsys):
+    run = compare(tmp_path, "hard_sharing,stl", f"data.path={mols}", "seeds=0,1", *TINY)
+    assert {"results.csv", "table.txt", "summary.json", "compare.png", "hard_sharing", "stl"} == \
+        {p.name for p in run.iterdir()}
+    assert (run / "stl" / "seed1" / "model.safetensors").exists()
+    assert (run / "results.csv").read_text().splitlines()[0] == "contender,seed,task,split,metric,value"
+    assert (run / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = read_results(run)
+
+    # the baseline (the first method) against itself: delta-m 0 on every seed, no difference
+    assert values(records, "hard_sharing", "delta_m") == {0: 0.0, 1: 0.0}
+    assert values(records, "hard_sharing", "mean_diff") == {-1: 0.0}
+    assert values(records, "hard_sharing", "t_p") == {-1: 1.0}
+
+    # stl against the baseline, recomputed from the per-task test AUCs in results.csv
+    auc = {c: {t: values(records, c, "auc", t) for t in "AB"} for c in ("hard_sharing", "stl")}
+    for seed in (0, 1):
+        pairs = [(auc["stl"][t][seed], auc["hard_sharing"][t][seed]) for t in "AB"]
+        terms = [(a - b) / b for a, b in pairs if not math.isnan(a) and not math.isnan(b) and b != 0]
+        assert terms  # a task to compare on
+        assert values(records, "stl", "delta_m")[seed] == pytest.approx(100 * np.mean(terms))
+    mean_auc = {c: [np.nanmean([auc[c][t][seed] for t in "AB"]) for seed in (0, 1)] for c in auc}
+    assert values(records, "stl", "mean_diff")[-1] == pytest.approx(np.mean(mean_auc["stl"]) - np.mean(mean_auc["hard_sharing"]))
+    assert set(values(records, "stl", "wilcoxon_p")) == {-1}
+
+    table = (run / "table.txt").read_text()
+    assert "mean auc" in table and "against hard_sharing" in table and "hard_sharing (baseline)" in table
+    assert table.strip() in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["experiment"] == "compare" and summary["baseline"] == "hard_sharing"
+    assert summary["seeds"] == [0, 1] and summary["contenders"]["stl"]["overrides"]["widths"] == "16"
+    assert summary["against_baseline"]["stl"]["delta_m"] == pytest.approx(
+        [values(records, "stl", "delta_m")[s] for s in (0, 1)])
+
+
+def test_baseline_key_picks_the_baseline(tmp_path, mols):
+    run = compare(tmp_path, "hard_sharing,stl", f"data.path={mols}", "seeds=0", "baseline=stl", *TINY)
+    records = read_results(run)
+    assert values(records, "stl", "delta_m") == {0: 0.0}
+    assert set(values(records, "hard_sharing", "delta_m")) == {0}
+    assert json.loads((run / "summary.json").read_text())["baseline"] == "stl"
+
+
+@pytest.mark.parametrize("methods, key, message", [
+    ("hard_sharing,stl", "nosuchkey=1", "unknown key 'nosuchkey'"),
+    ("hard_sharing,stl", "stl.widths=0", "widths"),
+    ("hard_sharing,stl", "seeds=-1", "seeds"),
+    ("hard_sharing,stl", "baseline=icnn", "baseline=icnn"),
+    ("hard_sharing,nosuchmethod", "epochs=2", "nosuchmethod"),
+    ("stl,stl", "epochs=2", "named twice"),
+    (",", "epochs=2", "no method to compare"),
+])
+def test_bad_key_is_one_line_exit_2_and_no_directory(tmp_path, mols, capsys, methods, key, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "moleculenet", methods, f"data.path={mols}", key, "--out", str(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("manytask: error:") and message in err[0]
+    assert not (tmp_path / "runs").exists()
