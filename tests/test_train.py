@@ -126,6 +126,20 @@ def test_progress_is_one_line_per_epoch_without_a_terminal_and_none_when_off(cap
     assert capsys.readouterr().err == ""
 
 
+def straight_and_resumed(spec: RunSpec, data, at_epoch: int) -> tuple[Trainer, Trainer]:
+    """A straight fit, and a fresh trainer fitted from the straight one's state after `at_epoch`."""
+    saved = {}
+
+    def keep(trainer):
+        if trainer.epoch == at_epoch:
+            saved.update(copy.deepcopy(trainer.state_dict()))
+    model, hooks = build(spec, data)
+    straight = Trainer(model, data, spec.train, hooks, checkpoint=keep).fit()
+    torch.manual_seed(123)  # whatever the global generators hold, the state brings them back
+    model, hooks = build(spec, data)
+    return straight, Trainer(model, data, spec.train, hooks).fit(resume=saved)
+
+
 @pytest.mark.parametrize("data_fn,method", [(tiny_shared, "hard_sharing"), (tiny_multi, "hard_sharing"),
                                             (tiny_shared, "stl")])
 def test_fit_resumed_from_a_state_dict_ends_where_the_straight_fit_does(data_fn, method):
@@ -134,16 +148,7 @@ def test_fit_resumed_from_a_state_dict_ends_where_the_straight_fit_does(data_fn,
     data = data_fn()
     spec = RunSpec("tiny", method, None, get_method(method).config(widths=(16,), dropout=0.3),
                    TrainConfig(progress=False, batch_size=16, epochs=5, patience=2, lr=0.05, seed=3))
-    saved = {}
-
-    def keep(trainer):
-        if trainer.epoch == 2:
-            saved.update(copy.deepcopy(trainer.state_dict()))
-    model, hooks = build(spec, data)
-    straight = Trainer(model, data, spec.train, hooks, checkpoint=keep).fit()
-    torch.manual_seed(123)  # whatever the global generators hold, the state brings them back
-    model, hooks = build(spec, data)
-    resumed = Trainer(model, data, spec.train, hooks).fit(resume=saved)
+    straight, resumed = straight_and_resumed(spec, data, at_epoch=2)
     assert resumed.epoch == straight.epoch and resumed.best_epoch == straight.best_epoch
     untimed = [{k: v for k, v in row.items() if k != "seconds"} for row in straight.history]
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == untimed
@@ -207,15 +212,7 @@ def test_every_method_resumes_where_the_straight_fit_is(method, one_thread):
     data = tiny_shared()
     spec = RunSpec("tiny", method, None, get_method(method).config(**RESUME_CASES[method]),
                    TrainConfig(progress=False, batch_size=16, epochs=8, patience=0, lr=0.01, seed=1))
-    saved = {}
-
-    def keep(trainer):
-        if trainer.epoch == 2:
-            saved.update(copy.deepcopy(trainer.state_dict()))
-    model, hooks = build(spec, data)
-    straight = Trainer(model, data, spec.train, hooks, checkpoint=keep).fit()
-    model, hooks = build(spec, data)
-    resumed = Trainer(model, data, spec.train, hooks).fit(resume=saved)
+    straight, resumed = straight_and_resumed(spec, data, at_epoch=2)
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
     for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(p, q), n
