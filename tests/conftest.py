@@ -54,6 +54,16 @@ def tiny_multi(seed=0) -> MultiTaskData:
 
 
 @pytest.fixture
+def mols(tmp_path):
+    """A molecule CSV of 60 rows (the SMILES of tests/data/test_moleculenet.py) with two 0/1 tasks A, B."""
+    from .data.test_moleculenet import SMILES
+    rows = [f"{s},{i % 2},{(i // 2) % 2}" for i, s in enumerate(SMILES * 3)]
+    path = tmp_path / "mols.csv"
+    path.write_text("smiles,A,B\n" + "\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture
 def shared_data():
     return tiny_shared()
 

@@ -10,17 +10,8 @@ import pytest
 from manytask.cli import main
 from manytask.report import read_results
 
-from .data.test_moleculenet import SMILES
 
 TINY = ["data.bits=64", "data.fractions=0.5,0.25,0.25", "epochs=2", "progress=false", "hard_sharing.widths=16", "stl.widths=16"]
-
-
-@pytest.fixture
-def mols(tmp_path):
-    rows = [f"{s},{i % 2},{(i // 2) % 2}" for i, s in enumerate(SMILES * 3)]
-    path = tmp_path / "mols.csv"
-    path.write_text("smiles,A,B\n" + "\n".join(rows) + "\n")
-    return path
 
 
 def compare(tmp_path, *args):

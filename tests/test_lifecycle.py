@@ -20,7 +20,7 @@ import manytask.runs as runs
 from manytask.config import ConfigError
 from manytask.train import Hooks
 
-from .test_runs_cli import TINY, cli, mols, only_run  # noqa: F401 (mols is a fixture)
+from .test_runs_cli import TINY, cli, only_run
 
 KEYS = {"widths": "16", "epochs": "6", "patience": "3", "batch_size": "8", "progress": "false", "data.bits": "128",
         "data.fractions": "0.5,0.25,0.25"}  # hard_sharing's dropout 0.25 draws from the global generator

@@ -14,7 +14,6 @@ from manytask.config import ConfigError
 from manytask.report import read_results
 from manytask.runs import evaluate_run, load_run, new_run_dir
 
-from .data.test_moleculenet import SMILES
 
 TINY = ["epochs=3", "progress=false", "data.bits=128", "data.fractions=0.5,0.25,0.25"]
 
@@ -26,14 +25,6 @@ def cli(*args, cwd, check=True):
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
-
-
-@pytest.fixture
-def mols(tmp_path):
-    rows = [f"{s},{i % 2},{(i // 2) % 2}" for i, s in enumerate(SMILES * 3)]
-    p = tmp_path / "mols.csv"
-    p.write_text("smiles,A,B\n" + "\n".join(rows) + "\n")
-    return p
 
 
 def only_run(root: Path) -> Path:
