@@ -14,6 +14,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .files import replacing, write_text
+
 
 def fmt(v, digits: int = 3) -> str:
     if isinstance(v, float):
@@ -65,7 +67,8 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
-    with open(path, "w", newline="") as f:
+    """A CSV file written whole or not at all (files.replacing)."""
+    with replacing(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
@@ -80,9 +83,9 @@ def write_results(out: Path, records: Iterable[Sequence], table: str | None = No
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", RESULTS_HEADER, records)
     if table is not None:
-        (out / "table.txt").write_text(table + "\n")
+        write_text(out / "table.txt", table + "\n")
     if summary is not None:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
 
 
 def read_results(path: Path) -> list[tuple]:
