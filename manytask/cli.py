@@ -124,14 +124,18 @@ def cmd_runs(args) -> None:
     print(text_table(("started", "status", "epochs", "data", "method", "test", "run"), shown, left=7))
 
 
-def data_path_override(args) -> str | None:
-    """evaluate's only key, data.path=NEW (the run's data file has moved)."""
+def evaluate_keys(args) -> tuple[str | None, str | None]:
+    """evaluate's keys -> (data.path=NEW: the run's data file has moved, metric=NAME: the primary metric to show)."""
     overrides = split_overrides(args.overrides)
-    unknown = set(overrides) - {"data.path"}
+    unknown = set(overrides) - {"data.path", "metric"}
     if unknown:
         raise ConfigError(f"unknown key {sorted(unknown)[0]!r}: evaluate takes only data.path=FILE (where the run's "
-                          "data file is now)")
-    return overrides.get("data.path")
+                          "data file is now) and metric=NAME (the metric to show)")
+    if "metric" in overrides:
+        from .config import apply
+        from .train import TrainConfig
+        apply(TrainConfig(), {"metric": overrides["metric"]}, "training")  # a ConfigError naming the choices
+    return overrides.get("data.path"), overrides.get("metric")
 
 
 def cmd_cache(args) -> None:
@@ -150,7 +154,8 @@ def cmd_cache(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .runs import evaluate_run
-    _, same = evaluate_run(args.run, data_path=data_path_override(args))
+    data_path, metric = evaluate_keys(args)
+    _, same = evaluate_run(args.run, data_path=data_path, metric=metric)
     if same is False:
         sys.exit(1)
 
@@ -228,7 +233,8 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_cache)
     e = sub.add_parser("evaluate", help="recompute a run's tables from its saved weights")
     e.add_argument("run")
-    e.add_argument("overrides", nargs="*", metavar="data.path=FILE", help="where the run's data file is now, if it moved")
+    e.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data.path=FILE: where the run's data file is "
+                   "now, if it moved; metric=NAME: the metric to show (default: the run's)")
     e.set_defaults(fn=cmd_evaluate)
     q = sub.add_parser("predict", help="per-task predictions for new SMILES from a run, as CSV")
     q.add_argument("run")

@@ -1,19 +1,26 @@
 """Per-task metrics that skip missing labels, their mean over tasks, and delta-m against a baseline.
 
-Binary tasks: ROC-AUC (NaN with a warning when a split has one class only) and accuracy at 0.5.
-Multiclass: accuracy. Regression: MSE and RMSE. Each kind has one primary metric used for tables.
+Binary tasks: ROC-AUC, PRC-AUC (average precision) and accuracy at 0.5; both AUCs are NaN where a split's
+labels have one class only. Multiclass: accuracy and error. Regression: MSE and RMSE. A task's primary
+metric (Task.metric, default the first of tasks.METRICS[kind]) is the one tables show.
+
+Computing a metric never warns: an undefined value is NaN, and undefined_note() says once per split which
+tasks have none (runs log it once per split at the end of a run, not every epoch).
 """
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 
-from .tasks import Task
+from .data.base import column_list
+from .tasks import METRICS, Task
 
-PRIMARY = {"binary": "auc", "multiclass": "accuracy", "regression": "rmse"}
-HIGHER_IS_BETTER = {"auc": True, "accuracy": True, "error": False, "mse": False, "rmse": False, "loss": False}
+PRIMARY = {kind: metrics[0] for kind, metrics in METRICS.items()}  # each kind's default primary metric
+HIGHER_IS_BETTER = {"auc": True, "prc_auc": True, "accuracy": True, "error": False, "mse": False, "rmse": False,
+                    "loss": False}
+NAMES = {"auc": "ROC-AUC", "prc_auc": "PRC-AUC", "accuracy": "accuracy", "error": "error", "mse": "MSE",
+         "rmse": "RMSE"}
 
 
 def task_metrics(task: Task, scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -23,13 +30,13 @@ def task_metrics(task: Task, scores: np.ndarray, y: np.ndarray) -> dict[str, flo
     score, label = scores[known], y[known]  # the labelled examples only
     out: dict[str, float] = {"n": float(known.sum())}
     if task.kind == "binary":
-        from sklearn.metrics import roc_auc_score  # imported on first use: scikit-learn takes a second to import
-        if len(np.unique(label)) < 2:
-            warnings.warn(f"task {task.name}: only one class among {len(label)} labels, ROC-AUC is undefined (NaN)",
-                          stacklevel=2)
-            out["auc"] = math.nan
+        # imported on first use: scikit-learn takes a second to import
+        from sklearn.metrics import average_precision_score, roc_auc_score
+        if len(np.unique(label)) < 2:  # no ranking to score: undefined, and silent (see undefined_note)
+            out["auc"] = out["prc_auc"] = math.nan
         else:
             out["auc"] = float(roc_auc_score(label, score))
+            out["prc_auc"] = float(average_precision_score(label, score))
         out["accuracy"] = float(np.mean((score >= 0.5) == (label == 1))) if len(label) else math.nan
     elif task.kind == "multiclass":
         out["accuracy"] = float(np.mean(score.argmax(axis=1) == label.astype(int))) if len(label) else math.nan
@@ -41,8 +48,8 @@ def task_metrics(task: Task, scores: np.ndarray, y: np.ndarray) -> dict[str, flo
 
 
 def primary(task: Task) -> str:
-    """The metric a table shows for this task."""
-    return PRIMARY[task.kind]
+    """The metric a table shows for this task: its own choice (Task.metric), else its kind's default."""
+    return task.metric or PRIMARY[task.kind]
 
 
 def mean_over_tasks(table: dict[str, dict[str, float]], tasks: list[Task]) -> dict[str, float]:
@@ -53,6 +60,28 @@ def mean_over_tasks(table: dict[str, dict[str, float]], tasks: list[Task]) -> di
         vals = [table[t.name][m] for t in tasks if m in table[t.name] and not math.isnan(table[t.name][m])]
         out[m] = float(np.mean(vals)) if vals else math.nan
     return out
+
+
+def covered(table: dict[str, dict[str, float]], tasks: list[Task], metric: str) -> int:
+    """How many of `tasks` have a defined (not NaN) value of `metric` in table: the tasks its mean covers."""
+    return sum(1 for t in tasks if not math.isnan(table[t.name].get(metric, math.nan)))
+
+
+def undefined_note(split: str, table: dict[str, dict[str, float]], tasks: list[Task]) -> str | None:
+    """One line naming the tasks whose primary metric is undefined (NaN) on this split and why, e.g.
+    "test: ROC-AUC undefined for 15 of 617 tasks (one class only): A, B, ... (15 in all)"; None when every
+    task has a value."""
+    missing = [t for t in tasks if math.isnan(table[t.name].get(primary(t), math.nan))]
+    if not missing:
+        return None
+    names = {NAMES[primary(t)] for t in missing}
+    what = names.pop() if len(names) == 1 else "the primary metric"
+    unlabelled = sum(1 for t in missing if not table[t.name].get("n"))
+    reasons = [(len(missing) - unlabelled, "one class only"), (unlabelled, "no labels")]
+    given = [(n, why) for n, why in reasons if n]
+    why = given[0][1] if len(given) == 1 else ", ".join(f"{n} with {why}" for n, why in given)
+    return (f"{split}: {what} undefined for {len(missing)} of {len(tasks)} tasks ({why}): "
+            + column_list([t.name for t in missing], most=6))
 
 
 def delta_m(run: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]], tasks: list[Task]) -> float:

@@ -34,6 +34,14 @@ def text_table(header: Sequence[str], rows: Iterable[Sequence], digits: int = 3,
     return "\n".join(lines)
 
 
+def mean_label(counts: Sequence[int], total: int, metric: str = "") -> str:
+    """The label of a mean over tasks that says how many it covers (the tasks with a defined value):
+    "mean over 602 of 617 tasks", "mean auc over 12 of 12 tasks"; with a count per column (e.g. split)
+    that differ: "mean over 617/610/602 of 617 tasks"."""
+    shown = str(counts[0]) if len(set(counts)) == 1 else "/".join(map(str, counts))
+    return f"mean{' ' + metric if metric else ''} over {shown} of {total} task{'' if total == 1 else 's'}"
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1; 0 for a single value), NaNs skipped."""
     v = np.array([x for x in values if not math.isnan(x)], dtype=float)
@@ -134,14 +142,20 @@ def write_matrix(out: Path, m: Matrix) -> list[Path]:
     return [csv_path, png_path]
 
 
+MAX_INCHES, MAX_LABELS = 40.0, 80  # a heatmap of 617 tasks stays a figure, not a 12 GB canvas
+
+
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: Path, title: str = "",
             xlabel: str = "", ylabel: str = "", fmt_cells: str | None = None) -> None:
-    """matrix (len(rows), len(cols)) as an annotated PNG heatmap."""
-    fig = _figure((1.0 + 0.55 * len(cols), 0.8 + 0.45 * len(rows)))
+    """matrix (len(rows), len(cols)) as an annotated PNG heatmap. At most MAX_INCHES a side: past
+    MAX_LABELS rows or columns the labels are left out (the CSV beside the figure names them)."""
+    fig = _figure((min(1.0 + 0.55 * len(cols), MAX_INCHES), min(0.8 + 0.45 * len(rows), MAX_INCHES)))
     ax = fig.subplots()
     im = ax.imshow(matrix, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    if len(cols) <= MAX_LABELS:
+        ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=8)
+    if len(rows) <= MAX_LABELS:
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
     if fmt_cells and matrix.size <= 400:
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):

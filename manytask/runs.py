@@ -9,7 +9,8 @@ A run directory holds
     metrics.jsonl   one JSON line per finished epoch
     checkpoint.safetensors  the training state after the last finished epoch, for --resume; removed when the
                     run completes
-    results.json    per-task metrics for every split, their means, epochs, timing, parameter count
+    results.json    per-task metrics for every split, their means and how many tasks each mean covers
+                    (mean_tasks: the tasks with a defined value), epochs, timing, parameter count
     results.csv     the same in the long format of every result: contender (the method), seed, task, split,
                     metric, value
     model.safetensors  the weights (and buffers such as masks); of an interrupted run, the best so far
@@ -22,6 +23,10 @@ A run that ends early says so in run.json and raises RunStopped: SIGINT or SIGTE
 minibatch (status interrupted; model.safetensors holds the best weights so far, and resume_run, i.e.
 `manytask train DATA METHOD --resume DIR`, continues from the last finished epoch and ends where an
 uninterrupted run would); a non-finite training loss or non-finite weights fail it (status failed, no model.safetensors).
+
+The training key metric= picks the primary metric (choose_metric): what the tables, the progress line, `manytask
+runs` and comparisons show. Where a split leaves a task's primary metric undefined (e.g. ROC-AUC of a task
+with one class only), a run logs one line per split when it ends, naming those tasks (metrics.undefined_note).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import dataclasses
 import gzip
 import json
 import logging
+import math
 import os
 import platform
 import shlex
@@ -53,10 +59,10 @@ from tqdm.auto import tqdm
 from .files import replacing, write_text
 from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
-from .metrics import mean_over_tasks, primary
+from .metrics import covered, mean_over_tasks, primary, undefined_note
 from .registry import get_dataset, get_method
-from .report import plot_history, text_table, write_matrix, write_results
-from .tasks import Task
+from .report import mean_label, plot_history, text_table, write_matrix, write_results
+from .tasks import METRICS, Task
 from .train import (Hooks, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, evaluate_split, resolve_device,
                     seed_everything, stop_on_signals)
 
@@ -64,7 +70,8 @@ log = logging.getLogger("manytask")
 SPLITS = ("train", "val", "test")
 RUN_FILE, CONFIG_FILE, CHECKPOINT, WEIGHTS = "run.json", "config.json", "checkpoint.safetensors", "model.safetensors"
 PATH_KEYS = ("path", "dir")  # data config keys naming a file or folder: stored absolute
-RESUME_KEYS = ("data.path", "data.dir", "device", "progress")  # where the data is and how to run: may change on resume
+# where the data is, how to run and what to report: may change on resume
+RESUME_KEYS = ("data.path", "data.dir", "device", "progress", "metric")
 
 
 @dataclass
@@ -143,6 +150,19 @@ def load_data(spec: RunSpec) -> MultiTaskData:
     return load_dataset(spec.data, **fields_of(spec.data_cfg))
 
 
+def choose_metric(data: MultiTaskData, metric: str) -> MultiTaskData:
+    """`data` with the primary metric `metric` (a TrainConfig.metric value) for every task whose kind has it;
+    the others, and all with auto, get their kind's default. A metric no task has is a ConfigError."""
+    fits = [t for t in data.tasks if metric in METRICS[t.kind]]
+    if metric != "auto" and not fits:
+        kinds = sorted({t.kind for t in data.tasks})
+        valid = ["auto", *dict.fromkeys(m for k in kinds for m in METRICS[k])]
+        raise ConfigError(f"metric={metric}: the {' and '.join(kinds)} tasks of {data.name} have no {metric}; "
+                          f"use one of {', '.join(valid)}")
+    tasks = [dataclasses.replace(t, metric=metric if t in fits else "") for t in data.tasks]
+    return data if tasks == data.tasks else dataclasses.replace(data, tasks=tasks)
+
+
 def build(spec: RunSpec, data: MultiTaskData) -> tuple[nn.Module, Hooks]:
     """The method's model (seeded by train.seed) and its training hooks."""
     return build_model(spec, data.tasks, data.input_shapes)
@@ -198,13 +218,27 @@ def records(label: str, seed: int, tables: dict[str, dict[str, dict]]) -> list[t
 
 
 def task_table(data: MultiTaskData, tables: dict[str, dict[str, dict]]) -> str:
-    """Per-task primary metric on every split, plus the mean row."""
+    """Per-task primary metric on every split, plus one mean row per primary metric, labelled with the tasks
+    it covers on each split ("mean over 602 of 617 tasks"; "617/610/602 of 617" when the splits differ)."""
     rows = [(t.name, primary(t), *(tables[s][t.name][primary(t)] for s in SPLITS)) for t in data.tasks]
-    kinds = sorted({primary(t) for t in data.tasks})
-    for m in kinds:
+    for m in sorted({primary(t) for t in data.tasks}):
         ts = [t for t in data.tasks if primary(t) == m]
-        rows.append((f"mean ({len(ts)} tasks)", m, *(mean_over_tasks(tables[s], ts)[m] for s in SPLITS)))
+        rows.append((mean_label([covered(tables[s], ts, m) for s in SPLITS], len(ts)), m,
+                     *(mean_over_tasks(tables[s], ts)[m] for s in SPLITS)))
     return text_table(("task", "metric", *SPLITS), rows)
+
+
+def log_undefined(tables: dict[str, dict[str, dict]], tasks: list[Task]) -> None:
+    """One warning per split that leaves some task's primary metric undefined (metrics.undefined_note)."""
+    for s in SPLITS:
+        note = undefined_note(s, tables[s], tasks)
+        if note:
+            log.warning(note)
+
+
+def mean_coverage(tables: dict[str, dict[str, dict]], tasks: list[Task]) -> dict[str, dict[str, int]]:
+    """{split: {metric: how many tasks have a defined value}}: what each of results.json's means covers."""
+    return {s: {m: covered(tables[s], tasks, m) for m in mean_over_tasks(tables[s], tasks)} for s in tables}
 
 
 # ---- files written safely: run.json, checkpoints ------------------------------------------------------------
@@ -362,7 +396,7 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
     """Train one method on one data set; with `out`, write a new run directory under it (every setting is
     checked first: a bad one leaves no directory), saving a checkpoint every epoch. There SIGINT and SIGTERM
     stop training after the current minibatch: RunStopped, run interrupted, resumable with resume_run."""
-    data = data or load_data(spec)
+    data = choose_metric(data or load_data(spec), spec.train.metric)
     check_splits(data)
     model, hooks = build(spec, data)
     resolve_device(spec.train.device)
@@ -404,7 +438,7 @@ def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str,
     if changed:
         raise ConfigError(f"{changed[0]}={new[changed[0]]} differs from the run's {changed[0]}={old[changed[0]]}: a "
                           f"resumed run keeps its settings (only {', '.join(RESUME_KEYS)} may change); train a new run instead")
-    data_set = load_data(spec)
+    data_set = choose_metric(load_data(spec), spec.train.metric)
     check_splits(data_set)
     model, hooks = build(spec, data_set)
     resolve_device(spec.train.device)
@@ -498,7 +532,8 @@ def _results(spec: RunSpec, data: MultiTaskData, trainer: Trainer, run_dir: Path
                "params": n_params(model), "epochs": trainer.epoch, "best_epoch": trainer.best_epoch,
                "train_seconds": round(trainer.train_seconds, 3), "wall_seconds": round(wall, 3),
                "samples_per_second": round(trainer.samples_per_second, 1), "device": str(trainer.device),
-               "mean": {s: mean_over_tasks(tables[s], data.tasks) for s in SPLITS}}
+               "mean": {s: mean_over_tasks(tables[s], data.tasks) for s in SPLITS},
+               "mean_tasks": mean_coverage(tables, data.tasks)}
     if run_dir:
         save_weights(model, run_dir / WEIGHTS)
         if hasattr(model, "artifacts"):  # optional: a model's own figures and matrices, e.g. mixing weights
@@ -510,6 +545,7 @@ def _results(spec: RunSpec, data: MultiTaskData, trainer: Trainer, run_dir: Path
         plot_history(trainer.history, run_dir / "curves.png")
     if echo:
         print(task_table(data, tables))
+        log_undefined(tables, data.tasks)
         print(f"{spec.method} on {spec.data}: {summary['params']:,} parameters, {trainer.epoch} epochs "
               f"(best {trainer.best_epoch}), {wall:.1f} s, {summary['samples_per_second']:,.0f} samples/s "
               f"on {trainer.device}" + (f"\nrun directory: {run_dir}" if run_dir else ""))
@@ -563,7 +599,7 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
         if moved and not Path(moved).exists():
             raise ConfigError(f"{run_dir} was trained on {moved}, which is not there any more; give its new place: "
                               f"manytask evaluate {shlex.quote(str(run_dir))} data.path=NEW.csv")
-        data = load_data(spec)
+        data = choose_metric(load_data(spec), spec.train.metric)
     tasks = data.tasks if card is None else [Task(**t) for t in card["tasks"]]
     shapes = data.input_shapes if card is None else {k: tuple(v) for k, v in card["input_shapes"].items()}
     model, _ = build_model(spec, tasks, shapes)
@@ -582,18 +618,36 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
     return spec, data, tasks, model
 
 
-def evaluate_run(run_dir: Path | str, echo: bool = True, data_path: str | None = None) -> tuple[dict, bool | None]:
+def evaluate_run(run_dir: Path | str, echo: bool = True, data_path: str | None = None,
+                 metric: str | None = None) -> tuple[dict, bool | None]:
     """Recompute every split's table from the saved weights -> (tables, equal to results.json; None when the
-    run has no results.json, e.g. an interrupted run). data_path: the data file's new place."""
+    run has no results.json, e.g. an interrupted run). data_path: the data file's new place; metric: the
+    primary metric to show (a TrainConfig.metric value; default: the run's)."""
     spec, data, model = load_run(run_dir, data_path=data_path)
+    if metric is not None:
+        data = choose_metric(data, metric)
     tables = evaluate_all(model, data, spec.train)
     saved_file = Path(run_dir) / "results.json"
-    same = read_json(saved_file).get("splits") == json.loads(json.dumps(tables)) if saved_file.exists() else None
+    same = same_tables(read_json(saved_file).get("splits"), tables) if saved_file.exists() else None
     if echo:
         print(task_table(data, tables))
+        log_undefined(tables, data.tasks)
         print({True: "matches the saved results.json exactly", False: "DIFFERS from the saved results.json",
                None: "no results.json to compare with (the run has not completed)"}[same])
     return tables, same
+
+
+def same_tables(saved: Any, tables: dict[str, dict[str, dict]]) -> bool:
+    """Whether results.json's splits hold every recomputed split and task, and every value they hold is the
+    recomputed one (NaN equal to NaN). A metric the file lacks (written before that metric existed, as
+    prc_auc) is no difference."""
+    def same(a: Any, b: float) -> bool:
+        return isinstance(a, (int, float)) and (a == b or (math.isnan(a) and math.isnan(b)))
+    try:
+        return all(set(saved[s][t]) <= set(ms) and all(same(v, ms[m]) for m, v in saved[s][t].items())
+                   for s, table in tables.items() for t, ms in table.items())
+    except (KeyError, TypeError):
+        return False
 
 
 class Predictor:
@@ -685,6 +739,19 @@ def predict_csv(predictor: Predictor, inputs: Iterable[str], out: IO[str], colum
     return n, invalid
 
 
+def mean_summary(results: dict) -> str:
+    """The mean test primary metric of a results.json, e.g. "auc 0.811", and, when some tasks have no
+    value there, how many it covers: "auc 0.802 (602 of 617 tasks)"."""
+    tasks = [Task(**t) for t in results["tasks"]]
+    shown = []
+    for m in sorted({primary(t) for t in tasks}):
+        n = results.get("mean_tasks", {}).get("test", {}).get(m)  # absent from runs of older versions
+        total = sum(primary(t) == m for t in tasks)
+        shown.append(f"{m} {results['mean']['test'].get(m, math.nan):.3f}"
+                     + (f" ({n} of {total} tasks)" if n is not None and n < total else ""))
+    return ", ".join(shown)
+
+
 def list_runs(folder: Path | str) -> list[dict]:
     """Every run directory under `folder` (an experiment's runs too), newest first: {started, status, epochs,
     data, method, test (the mean test primary metric of a completed run), path}; status as shown_status."""
@@ -706,8 +773,7 @@ def list_runs(folder: Path | str) -> list[dict]:
         test = ""
         if results:
             done = results["epochs"]
-            metrics = sorted({primary(Task(**t)) for t in results["tasks"]})
-            test = ", ".join(f"{m} {results['mean']['test'].get(m, float('nan')):.3f}" for m in metrics)
+            test = mean_summary(results)
         else:
             path = run_dir / "metrics.jsonl"
             done = len(path.read_text().splitlines()) if path.exists() else 0

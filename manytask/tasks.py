@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("binary", "multiclass", "regression")
+# the metrics of each kind that can be a task's primary metric (the one tables show); the first is the default
+METRICS = {"binary": ("auc", "prc_auc", "accuracy"), "multiclass": ("accuracy", "error"), "regression": ("rmse", "mse")}
 # names a ModuleDict or ParameterDict cannot take as keys: their own attributes ("forward", "train", "keys", ...)
 RESERVED_KEYS = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 _ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -47,12 +49,15 @@ class Task:
     kind:    "binary" | "multiclass" | "regression".
     outputs: width of the model's output for this task (1 for binary and regression, C for multiclass).
     input:   key of the input this task reads when a data set has several inputs (default: the only one).
+    metric:  the primary metric, the one tables, progress lines and comparisons show: one of METRICS[kind]
+             ("" = the kind's default, METRICS[kind][0]). It changes what is reported, never training.
     """
 
     name: str
     kind: str
     outputs: int = 1
     input: str = "x"
+    metric: str = ""
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -63,6 +68,9 @@ class Task:
             raise ValueError(f"task {self.name!r}: a multiclass task needs outputs >= 2, got {self.outputs}")
         if self.kind != "multiclass" and self.outputs != 1:
             raise ValueError(f"task {self.name!r}: a {self.kind} task has outputs=1, got {self.outputs}")
+        if self.metric and self.metric not in METRICS[self.kind]:
+            raise ValueError(f"task {self.name!r}: {self.metric!r} is no metric of a {self.kind} task; use one of "
+                             f"{', '.join(METRICS[self.kind])}")
 
     def select(self, x):
         """This task's input from a model's input: the tensor itself, or x[self.input] from a dict."""

@@ -67,6 +67,9 @@ class TrainConfig:
     eval_batch_size: int = option(2048, "examples per evaluation chunk", low=1)
     val_every: int = option(1, "validate, log and checkpoint every N epochs and after the last one; patience "
                                "counts validations", low=1)
+    metric: Literal["auto", "auc", "prc_auc", "accuracy", "error", "mse", "rmse"] = option(
+        "auto", "primary metric of tables, progress and comparisons, for the tasks whose kind has it (auto: "
+                "auc for binary, accuracy for multiclass, rmse for regression); prc_auc = average precision")
 
 
 class Hooks:

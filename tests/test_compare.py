@@ -68,10 +68,29 @@ def test_baseline_key_picks_the_baseline(tmp_path, mols):
     assert json.loads((run / "summary.json").read_text())["baseline"] == "stl"
 
 
+def test_metric_key_makes_prc_auc_what_compare_shows_and_tests(tmp_path, mols, capsys):
+    run = compare(tmp_path, "hard_sharing,stl", f"data.path={mols}", "seeds=0", "metric=prc_auc", *TINY)
+    records = read_results(run)
+    prc = {c: [values(records, c, "prc_auc", t)[0] for t in "AB"] for c in ("hard_sharing", "stl")}
+    pairs = [(a, b) for a, b in zip(prc["stl"], prc["hard_sharing"]) if not math.isnan(a) and not math.isnan(b)]
+    assert pairs  # a task to compare on
+    assert values(records, "stl", "delta_m")[0] == pytest.approx(100 * np.mean([(a - b) / b for a, b in pairs]))
+    assert values(records, "stl", "mean_diff")[-1] == pytest.approx(np.nanmean(prc["stl"]) - np.nanmean(prc["hard_sharing"]))
+    table = (run / "table.txt").read_text()
+    covered = sum(not math.isnan(v) for v in prc["stl"])
+    label = f"mean prc_auc over {covered} of 2 tasks"
+    assert table.count(label) == 2 and f"against hard_sharing (test {label}, paired over seeds)" in table
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["mean_test_label"] == label
+    assert summary["contenders"]["stl"]["mean_test"] == pytest.approx([np.nanmean(prc["stl"])])
+
+
 @pytest.mark.parametrize("methods, key, message", [
     ("hard_sharing,stl", "nosuchkey=1", "unknown key 'nosuchkey'"),
     ("hard_sharing,stl", "stl.widths=0", "widths"),
     ("hard_sharing,stl", "seeds=-1", "seeds"),
+    ("hard_sharing,stl", "stl.metric=prc_auc", "metric differs between contenders (auto, prc_auc)"),
+    ("hard_sharing,stl", "metric=mse", "metric=mse: the binary tasks of mols have no mse"),
     ("hard_sharing,stl", "baseline=icnn", "baseline=icnn"),
     ("hard_sharing,nosuchmethod", "epochs=2", "nosuchmethod"),
     ("stl,stl", "epochs=2", "named twice"),

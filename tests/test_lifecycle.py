@@ -169,7 +169,7 @@ def test_cli_resume_completes_the_run(tmp_path, mols, hooks_spy):
     spec = spec_for(mols, epochs="4")
     interrupt(spec, tmp_path, "cut", 3, hooks_spy)
     r = cli("train", "moleculenet", "hard_sharing", "progress=false", "--resume", tmp_path / "cut", cwd=tmp_path)
-    assert "mean (2 tasks)" in r.stdout and "resuming" in r.stderr and "after epoch 2 of 4" in r.stderr
+    assert "mean over 2 of 2 tasks" in r.stdout and "resuming" in r.stderr and "after epoch 2 of 4" in r.stderr
     info = json.loads((tmp_path / "cut" / "run.json").read_text())
     assert info["status"] == "completed" and info["argv"][-2:] == ["--resume", str(tmp_path / "cut")]
     assert len(epochs_without_time(tmp_path / "cut")) == 4
@@ -199,8 +199,8 @@ def test_run_json_records_the_process(tmp_path, mols):
     assert not list(run.glob(".*tmp"))  # atomic writes leave no temporary file
     config = json.loads((run / "config.json").read_text())
     assert config["data_cfg"]["path"] == str(mols) and Path(config["data_cfg"]["path"]).is_absolute()
-    assert config["model"] == {"tasks": [{"name": "A", "kind": "binary", "outputs": 1, "input": "x"},
-                                         {"name": "B", "kind": "binary", "outputs": 1, "input": "x"}],
+    assert config["model"] == {"tasks": [{"name": "A", "kind": "binary", "outputs": 1, "input": "x", "metric": ""},
+                                         {"name": "B", "kind": "binary", "outputs": 1, "input": "x", "metric": ""}],
                                "input_shapes": {"x": [128]}}
 
 

@@ -34,7 +34,7 @@ def only_run(root: Path) -> Path:
 
 def test_train_evaluate_predict(tmp_path, mols):
     r = cli("train", "moleculenet", "hard_sharing", f"data.path={mols}", "widths=16", *TINY, "--out", "runs", cwd=tmp_path)
-    assert "mean (2 tasks)" in r.stdout and "samples/s" in r.stdout
+    assert "mean over 2 of 2 tasks" in r.stdout and "samples/s" in r.stdout
     run = only_run(tmp_path / "runs")
     assert {p.name for p in run.iterdir()} >= {"run.json", "config.json", "metrics.jsonl", "results.json", "results.csv",
                                                "model.safetensors"}

@@ -117,7 +117,7 @@ def finite(tables: dict, data) -> None:
             labels = data.split(split).labels[task]
             classes = len(torch.unique(labels[~torch.isnan(labels)]))
             for metric, value in metrics.items():
-                assert math.isfinite(value) or (metric == "auc" and classes < 2), (split, task, metric, value)
+                assert math.isfinite(value) or (metric in ("auc", "prc_auc") and classes < 2), (split, task, metric, value)
 
 
 def train_or_stop(data_name: str, method: str, drawn: dict, fixed: dict | None = None, data=None) -> str:

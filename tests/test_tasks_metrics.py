@@ -1,13 +1,16 @@
-"""Losses and metrics skip missing labels; AUC on a one-class split is NaN with a warning; delta-m."""
+"""Losses and metrics skip missing labels; ROC-AUC and PRC-AUC as scikit-learn's, NaN without a warning on a
+one-class split (reported once per split by undefined_note); a task's chosen primary metric; delta-m."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from manytask.metrics import delta_m, mean_over_tasks, task_metrics
+from manytask.metrics import covered, delta_m, mean_over_tasks, primary, task_metrics, undefined_note
+from manytask.report import mean_label
 from manytask.tasks import Task
 
 
@@ -51,10 +54,50 @@ def test_auc_skips_missing_and_matches_sklearn():
     assert m["n"] == 4
 
 
-def test_auc_with_one_class_is_nan_with_a_warning():
-    with pytest.warns(UserWarning, match="only one class"):
-        m = task_metrics(Task("a", "binary"), np.array([0.2, 0.7]), np.array([1.0, 1.0]))
-    assert math.isnan(m["auc"])
+def test_prc_auc_is_sklearns_average_precision_over_the_labelled_examples():
+    from sklearn.metrics import average_precision_score
+    s = np.array([0.1, 0.9, 0.8, 0.3, 0.5, 0.7, 0.2])
+    y = np.array([0, 1, np.nan, 0, 1, 0, 1])
+    m = task_metrics(Task("a", "binary"), s, y)
+    known = ~np.isnan(y)
+    assert m["prc_auc"] == pytest.approx(average_precision_score(y[known], s[known]))
+    assert m["prc_auc"] != pytest.approx(m["auc"])  # a metric of its own, not ROC-AUC under another name
+
+
+def test_aucs_with_one_class_are_nan_and_silent():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails: the one note per split is the caller's
+        for labels in ([1.0, 1.0], [0.0, 0.0], [np.nan, np.nan]):
+            m = task_metrics(Task("a", "binary"), np.array([0.2, 0.7]), np.array(labels))
+            assert math.isnan(m["auc"]) and math.isnan(m["prc_auc"])
+
+
+def test_a_tasks_metric_is_its_primary_metric():
+    assert [primary(Task("a", "binary")), primary(Task("a", "binary", metric="prc_auc"))] == ["auc", "prc_auc"]
+    assert primary(Task("r", "regression", metric="mse")) == "mse" and primary(Task("r", "regression")) == "rmse"
+    with pytest.raises(ValueError, match="no metric of a regression task; use one of rmse, mse"):
+        Task("r", "regression", metric="prc_auc")
+
+
+def test_undefined_note_names_the_tasks_once_per_split():
+    tasks = [Task(f"t{i}", "binary") for i in range(15)]
+    s = np.array([0.2, 0.7, 0.4, 0.9])
+    two, one = np.array([0.0, 1.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0, np.nan])  # two classes; one class
+    table = {t.name: task_metrics(t, s, two if i < 3 else one) for i, t in enumerate(tasks)}
+    table["t14"] = task_metrics(tasks[14], s, np.full(4, np.nan))  # no labels at all
+    assert covered(table, tasks, "auc") == 3 and covered(table, tasks, "accuracy") == 14
+    assert undefined_note("test", table, tasks) == (
+        "test: ROC-AUC undefined for 12 of 15 tasks (11 with one class only, 1 with no labels): "
+        "t3, t4, t5, t6, t7, t8, ... (12 in all)")
+    chosen = [Task(t.name, "binary", metric="prc_auc") for t in tasks[:5]]
+    assert undefined_note("val", table, chosen) == "val: PRC-AUC undefined for 2 of 5 tasks (one class only): t3, t4"
+    assert undefined_note("val", table, tasks[:3]) is None
+
+
+def test_mean_label_says_how_many_tasks_the_mean_covers():
+    assert mean_label([602, 602, 602], 617) == "mean over 602 of 617 tasks"
+    assert mean_label([617, 610, 602], 617) == "mean over 617/610/602 of 617 tasks"
+    assert mean_label([1], 1, "auc") == "mean auc over 1 of 1 task"
 
 
 def test_accuracy_rmse_and_mean_over_tasks():

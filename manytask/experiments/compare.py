@@ -72,7 +72,7 @@ def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, 
     records, table, summary = against_baseline(result, baseline)
     metric = primary(result.data.tasks[0])
     result.records += records
-    result.table += f"\n\nagainst {baseline} (mean test {metric} over tasks, paired over seeds):\n" + table
+    result.table += f"\n\nagainst {baseline} (test {result.mean_label()}, paired over seeds):\n" + table
     result.summary.update(baseline=baseline, against_baseline=summary)
     task_names = [t.name for t in result.data.tasks]
     dot_plot({label: [mean_std(result.metric(label, task)) for task in task_names] for label in result.runs},

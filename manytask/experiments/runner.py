@@ -29,10 +29,10 @@ from typing import Any, ClassVar, Sequence
 
 from ..config import ConfigError, apply, field_types, option, split_overrides
 from ..data.base import MultiTaskData
-from ..metrics import mean_over_tasks, primary
+from ..metrics import covered, mean_over_tasks, primary
 from ..registry import get_dataset, get_method
-from ..report import fmt, mean_pm, text_table, write_results
-from ..runs import RunResult, load_data, records, resolve, train_run
+from ..report import fmt, mean_label, mean_pm, text_table, write_results
+from ..runs import RunResult, choose_metric, load_data, log_undefined, records, resolve, train_run
 from ..train import TrainConfig
 
 
@@ -106,6 +106,15 @@ class ExperimentResult:
         m = metric or primary(self.data.tasks[0])
         return [mean_over_tasks(r.tables[split], self.data.tasks)[m] for r in self.runs[label]]
 
+    def mean_label(self, split: str = "test", metric: str | None = None) -> str:
+        """compare() results: "mean auc over 602 of 617 tasks", the tasks that mean_metric's means cover
+        (those with a defined value; "600/602" when runs differ)."""
+        m = metric or primary(self.data.tasks[0])
+        first = next(iter(self.runs.values()))[0].tables[split]
+        tasks = [t for t in self.data.tasks if m in first[t.name]]  # those mean_over_tasks averages over
+        counts = sorted({covered(r.tables[split], tasks, m) for runs in self.runs.values() for r in runs})
+        return mean_label(counts, len(tasks), m)
+
 
 def run_records(label: str, run: RunResult) -> list[Record]:
     """Every (split, task, metric) value of one trained run as records."""
@@ -158,7 +167,11 @@ def compare(name: str, data_name: str, contenders: Sequence[Contender], cfg: Exp
     per = contender_overrides({**(defaults or {}), **cfg.overrides}, contenders, data_name)
     specs = {c.label: [resolve(data_name, c.method, {**per[c.label], "seed": str(s)}) for s in cfg.seeds]
              for c in contenders}  # resolve everything first: a bad key fails before any training
-    data = data or load_data(specs[contenders[0].label][0])
+    metrics = {spec.train.metric for ss in specs.values() for spec in ss}
+    if len(metrics) > 1:
+        raise ConfigError(f"metric differs between contenders ({', '.join(sorted(metrics))}); a comparison "
+                          "shows one metric: set metric=... for every contender")
+    data = choose_metric(data or load_data(specs[contenders[0].label][0]), metrics.pop())
     if echo:
         print(data.summary())
     runs: dict[str, list[RunResult]] = {}
@@ -171,7 +184,9 @@ def compare(name: str, data_name: str, contenders: Sequence[Contender], cfg: Exp
     records = [rec for c in contenders for run in runs[c.label] for rec in run_records(c.label, run)]
     result = ExperimentResult(name, out, records, "", {}, time.perf_counter() - t0, data, runs)
     result.table = side_by_side(result, paper)
-    result.summary = {"data": data_name, "seeds": list(cfg.seeds),
+    if echo:  # once for the experiment: every run has the same data, so the same undefined metrics
+        log_undefined(runs[contenders[0].label][0].tables, data.tasks)
+    result.summary = {"data": data_name, "seeds": list(cfg.seeds), "mean_test_label": result.mean_label(),
                       "contenders": {c.label: {"method": c.method, "overrides": per[c.label],
                                                "params": runs[c.label][0].summary["params"],
                                                "mean_test": result.mean_metric(c.label)} for c in contenders}}
@@ -188,12 +203,11 @@ def side_by_side(result: ExperimentResult, paper: dict[str, dict[str, float]] | 
     for t in result.data.tasks:
         rows.append([t.name, *(mean_pm(result.metric(label, t.name)) for label in labels),
                      *(fmt(paper[p].get(t.name, math.nan), 2) for p in paper)])
-    metric = primary(result.data.tasks[0])
     paper_means = []
     for p in paper:
         vals = [v for v in paper[p].values() if not math.isnan(v)]
         paper_means.append(fmt(sum(vals) / len(vals), 3) if vals else "")
-    rows.append([f"mean {metric}", *(mean_pm(result.mean_metric(label)) for label in labels), *paper_means])
+    rows.append([result.mean_label(), *(mean_pm(result.mean_metric(label)) for label in labels), *paper_means])
     params = ["parameters", *(f"{result.runs[label][0].summary['params']:,}" for label in labels), *([""] * len(paper))]
     rows.append(params)
     return text_table(header, rows)
