@@ -6,13 +6,16 @@
 
 Labels are {task: (n_input,)} float tensors with NaN where missing, aligned with the task's input.
 A model receives the single input tensor when there is one input, else the dict of inputs.
+
+An input is a float32 tensor, or a PackedRows (molecule fingerprints kept as bits or uint8 counts) that
+gives out float32 tensors when sliced or indexed by rows, one batch at a time.
 """
 from __future__ import annotations
 
 import csv
 import gzip
-import io
 import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +28,142 @@ from ..config import ConfigError
 from ..tasks import Task
 
 
+class PackedRows:
+    """Rows of small non-negative integers (molecule fingerprints) held compactly, read as float32.
+
+    Bits (width given): data (n, ceil(width / 8)) uint8, each row packed most significant bit first as
+    np.packbits does: 256 bytes for a 2048-bit row instead of 8 KiB as float32. Counts (width None):
+    data (n, d) uint8, 2 KiB for 2048 counts.
+
+    x[index] with index on rows (int, slice, index or bool tensor, array or list; a tuple adds column
+    indices) -> float32 tensor (k, d), (d,) for an int, on data's device; x.rows(index) -> a PackedRows
+    of those rows; shape, len, dtype (float32), device, to(device) and nbytes as a tensor has them. Any
+    other tensor operation (a torch function, a tensor method, np.asarray) acts on the whole unpacked
+    float32 tensor, n * d * 4 bytes: correct, but the training loop and predictions only slice. Not
+    torch.as_tensor(x), which reads x as a sequence of rows: x.dense() or x[:] is the tensor.
+    """
+
+    def __init__(self, data: torch.Tensor, width: int | None = None):
+        data = torch.as_tensor(data)
+        if data.dtype != torch.uint8 or data.dim() != 2:
+            raise ValueError(f"PackedRows needs a 2-d uint8 array, got {data.dtype} of shape {tuple(data.shape)}")
+        if width is not None and data.shape[1] != (width + 7) // 8:
+            raise ValueError(f"{width} bits take {(width + 7) // 8} bytes a row, got {data.shape[1]}")
+        self.data, self.width = data, width
+
+    @classmethod
+    def pack(cls, bits: np.ndarray) -> "PackedRows":
+        """(n, d) array of 0/1 -> PackedRows of d-bit rows."""
+        return cls(torch.from_numpy(np.packbits(np.asarray(bits, dtype=bool), axis=1)), bits.shape[1])
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.data.shape[0], self.data.shape[1] if self.width is None else self.width))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (the packed rows)."""
+        return self.data.numel() * self.data.element_size()
+
+    def dim(self) -> int:
+        return 2
+
+    def size(self, dim: int | None = None):
+        return self.shape if dim is None else self.shape[dim]
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __repr__(self) -> str:
+        kind = f"{self.width} bits" if self.width is not None else f"{self.data.shape[1]} uint8 counts"
+        return f"PackedRows({len(self)} rows of {kind}, {self.nbytes} bytes)"
+
+    def unpack(self, data: torch.Tensor) -> torch.Tensor:
+        """Packed rows (..., bytes) -> float32 (..., d)."""
+        if self.width is None:
+            return data.float()
+        shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=data.device)  # (8,)
+        bits = (data.unsqueeze(-1) >> shifts) & 1  # (..., bytes, 8)
+        return bits.flatten(-2)[..., :self.width].float()
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, tuple):
+            rows = self[index[0]]
+            rest = index[1:] if isinstance(index[0], int) else (slice(None),) + tuple(index[1:])
+            return rows[rest]
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        return self.unpack(self.data[index])
+
+    def rows(self, index) -> "PackedRows":
+        """The rows at `index` (slice, index or bool tensor, array or list), still packed."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        data = self.data[index]
+        return PackedRows(data.reshape(-1, self.data.shape[1]), self.width)
+
+    def dense(self) -> torch.Tensor:
+        """Every row as one float32 tensor (n, d)."""
+        return self.unpack(self.data)
+
+    def to(self, *args, **kwargs):
+        """Moved to a device as PackedRows; a dtype other than float32 gives the dense tensor in it."""
+        device, dtype, non_blocking, _ = torch._C._nn._parse_to(*args, **kwargs)
+        if dtype is not None and dtype != torch.float32:
+            return self.dense().to(*args, **kwargs)
+        return self if device is None else PackedRows(self.data.to(device, non_blocking=non_blocking), self.width)
+
+    def cpu(self) -> "PackedRows":
+        return self.to("cpu")
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.dense().numpy()
+        return x if dtype is None else x.astype(dtype)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        return func(*_dense(args), **_dense(kwargs or {}))
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name in ("data", "width"):  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self.dense(), name)
+
+
+def _dense(obj):
+    """obj with every PackedRows inside (lists, tuples, dicts) replaced by its dense tensor."""
+    if isinstance(obj, PackedRows):
+        return obj.dense()
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_dense(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _dense(v) for k, v in obj.items()}
+    return obj
+
+
+def take_rows(x, index):
+    """x's rows at `index`: a PackedRows stays packed, a tensor is indexed."""
+    return x.rows(index) if isinstance(x, PackedRows) else x[index]
+
+
 @dataclass
 class Split:
-    inputs: dict[str, torch.Tensor]  # input name -> (n_input, *shape)
+    inputs: dict[str, torch.Tensor | PackedRows]  # input name -> (n_input, *shape)
     labels: dict[str, torch.Tensor]  # task name -> (n_input,), NaN = missing
 
     def size(self, name: str) -> int:
@@ -130,10 +266,12 @@ def random_split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tu
     return perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
 
 
-def split_arrays(x: np.ndarray, y: np.ndarray, task_names: list[str], parts) -> tuple[Split, Split, Split]:
-    """Arrays x (n, ...) and y (n, T) plus index arrays -> three Splits with one input named "x"."""
+def split_arrays(x: np.ndarray | PackedRows, y: np.ndarray, task_names: list[str],
+                 parts) -> tuple[Split, Split, Split]:
+    """Arrays x (n, ...) (or PackedRows, kept packed) and y (n, T) plus index arrays -> three Splits with
+    one input named "x"."""
     def one(idx):
-        xs = torch.as_tensor(x[idx], dtype=torch.float32)
+        xs = x.rows(idx) if isinstance(x, PackedRows) else torch.as_tensor(x[idx], dtype=torch.float32)
         ys = torch.as_tensor(y[idx], dtype=torch.float32)
         return Split({"x": xs}, {name: ys[:, j].contiguous() for j, name in enumerate(task_names)})
     return tuple(one(p) for p in parts)
@@ -181,7 +319,7 @@ def hide_labels(data: MultiTaskData, labelled: int, unlabelled: int | None = Non
         y[labelled:] = float("nan")
         labels[task] = y
     meta = {**data.meta, "labelled": labelled, "unlabelled": u, "label_seed": seed}
-    return MultiTaskData(data.name, data.tasks, Split({name: x[order]}, labels), data.val, data.test, meta)
+    return MultiTaskData(data.name, data.tasks, Split({name: take_rows(x, order)}, labels), data.val, data.test, meta)
 
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -224,37 +362,62 @@ def read_text(path: Path) -> str:
                           f"0x{raw[e.start]:02x}); save the file as CSV UTF-8") from None
 
 
-def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
-    """(header, data rows, the file line where each row starts) of a CSV (.csv or .csv.gz, UTF-8 with or
-    without a byte-order mark). Blank lines are skipped; header names are stripped of surrounding spaces.
-    A missing, unreadable or empty file, a damaged gzip file, a header with a blank or repeated name and a
-    row whose length differs from the header's are one-line ConfigErrors naming the file (and line)."""
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
-    rows, lines, start = [], [], 1
-    try:
-        for row in reader:
-            if row:  # a blank line is an empty row
-                rows.append(row)
-                lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
-    if not rows:
+LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # a line with its ending, as io.StringIO(newline="")
+
+
+def stream_csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """(header, an iterator of (file line where the row starts, data row)) of a CSV (.csv or .csv.gz,
+    UTF-8 with or without a byte-order mark). Rows are parsed as they are taken: the file's text is held
+    once, never a list of every row. Blank lines are skipped; header names are stripped of surrounding
+    spaces. A missing, unreadable or empty file, a damaged gzip file and a header with a blank or repeated
+    name are one-line ConfigErrors naming the file (and line) at once; an unreadable row and a row whose
+    length differs from the header's are the same kind of error when the iterator reaches them."""
+    reader = csv.reader(m.group() for m in LINES.finditer(read_text(path)))
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        start = 1
+        try:
+            for row in reader:
+                if row:  # a blank line is an empty row
+                    yield start, row
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
+
+    numbered = rows()
+    first = next(numbered, None)
+    if first is None:
         raise ConfigError(f"{path} is empty; expected a header row and data rows")
-    header, seen = [h.strip() for h in rows[0]], set()
+    header_line, header = first[0], [h.strip() for h in first[1]]
+    seen = set()
     for c, h in enumerate(header):
         if not h:
-            raise ConfigError(f"{path}, line {lines[0]}: column {c + 1} of the header has no name; name it or "
+            raise ConfigError(f"{path}, line {header_line}: column {c + 1} of the header has no name; name it or "
                               "delete the column (pandas: write the CSV with index=False)")
         if h in seen:
-            raise ConfigError(f"{path}, line {lines[0]}: column name {h!r} appears twice in the header; "
+            raise ConfigError(f"{path}, line {header_line}: column name {h!r} appears twice in the header; "
                               "rename one of them")
         seen.add(h)
-    for row, line in zip(rows[1:], lines[1:]):
-        if len(row) != len(header):
-            raise ConfigError(f"{path}, line {line}: {len(row)} fields where the header has {len(header)}; "
-                              "fix the row or quote fields that contain commas")
-    return header, rows[1:], lines[1:]
+
+    def checked() -> Iterator[tuple[int, list[str]]]:
+        for line, row in numbered:
+            if len(row) != len(header):
+                raise ConfigError(f"{path}, line {line}: {len(row)} fields where the header has {len(header)}; "
+                                  "fix the row or quote fields that contain commas")
+            yield line, row
+
+    return header, checked()
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int]]:
+    """(header, data rows, the file line where each row starts): stream_csv_rows(path) as lists, with its
+    checks and errors."""
+    header, numbered = stream_csv_rows(path)
+    lines, rows = [], []
+    for line, row in numbered:
+        lines.append(line)
+        rows.append(row)
+    return header, rows, lines
 
 
 def parse_number(text: str, path: Path, line: int, column: str, hint: str, missing_ok: bool = True) -> float:

@@ -34,6 +34,7 @@ except ImportError:  # Windows: no advisory locks
 log = logging.getLogger("manytask")
 LOCKS = ".locks"
 PARTIAL_SUFFIXES = (".tmp", ".part", ".tmp.npz")  # unfinished writes (".tmp.npz": the older feature cache)
+GENERATED = "generated"  # the folder of generated data files (synthetic data sets), rebuilt when missing
 
 
 def cache_dir() -> Path:
@@ -111,8 +112,9 @@ def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]],
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """One file of the cache directory. kind: "features" (arrays derived from a data file, built again
-    when missing), "download" (a data file fetched from the web, fetched again when missing) or "partial"
+    """One file of the cache directory. kind: "features" (arrays derived from a data file, and the data
+    files of synthetic sets under generated/, built again when missing), "download" (a data file fetched
+    from the web, fetched again when missing) or "partial"
     (the temporary file of an unfinished write, e.g. of a killed process)."""
 
     path: Path
@@ -123,7 +125,7 @@ class CacheEntry:
 def entry_kind(path: Path) -> str:
     if path.name.endswith(PARTIAL_SUFFIXES):
         return "partial"
-    return "features" if path.suffix == ".npz" else "download"
+    return "features" if path.suffix == ".npz" or path.parent.name == GENERATED else "download"
 
 
 def cache_info() -> list[CacheEntry]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from manytask.data import moleculenet as mn
 from manytask.data.cache import atomic_write, cache_dir, cache_info, cached_arrays, clear_cache, file_lock
@@ -20,20 +21,20 @@ SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN", "c1ccncc1", "CCCC"
           "c1ccc2ccccc2c1", "CC(C)O", "c1ccccc1N", "CCOC(=O)C"]
 REPO = Path(__file__).resolve().parents[2]
 
-# One process of the race: it waits for "go", then loads the CSV; its featurize marks that it built the
-# features and takes a second, so that every process asks for the entry while the first one builds it.
+# One process of the race: it waits for "go", then loads the CSV; its fingerprints() marks that it built
+# the features and takes a second, so that every process asks for the entry while the first one builds it.
 CHILD = """
 import sys, time
 from pathlib import Path
 import numpy as np
 from manytask.data import moleculenet as mn
 work, me = Path(sys.argv[1]), sys.argv[2]
-featurize = mn.featurize
+fingerprints = mn.fingerprints
 def slow(smiles, cfg):
     (work / f"built-{me}").touch()
     time.sleep(1.0)
-    return featurize(smiles, cfg)
-mn.featurize = slow
+    return fingerprints(smiles, cfg)
+mn.fingerprints = slow
 (work / f"ready-{me}").touch()
 while not (work / "go").exists():
     time.sleep(0.01)
@@ -104,8 +105,50 @@ def test_a_damaged_feature_entry_is_named_deleted_and_rebuilt(tmp_path, caplog, 
         again = mn.load_any(cfg)
     assert f"cache entry {entry} is damaged" in caplog.text
     assert np.array_equal(good.train.inputs["x"].numpy(), again.train.inputs["x"].numpy())
-    z = np.load(entry)  # rebuilt: whole again
-    assert z["x"].shape == (12, 128) and z["valid"].shape == (12,)
+    z = np.load(entry)  # rebuilt: whole again, 128 bits packed in 16 bytes a row
+    assert z["x"].shape == (12, 16) and z["x"].dtype == np.uint8 and z["valid"].shape == (12,)
+
+
+def test_the_entry_holds_packed_bits_and_is_read_back_without_featurising(tmp_path, monkeypatch):
+    path = write_molecules(tmp_path / "mols.csv")
+    cfg = mn.MoleculeNetConfig(path=str(path), bits=100, fractions=(0.5, 0.25, 0.25))
+    first = mn.load_any(cfg)
+    (entry,) = [e.path for e in cache_info()]
+    z = np.load(entry)
+    assert z["x"].shape == (12, 13) and z["x"].dtype == np.uint8  # 100 bits -> 13 bytes a row
+    dense, valid = mn.featurize(SMILES, cfg)
+    assert valid.all() and np.array_equal(np.unpackbits(z["x"], axis=1, count=100), dense)
+
+    def refuse(smiles, cfg):
+        raise AssertionError("featurised again instead of reading the cache")
+
+    monkeypatch.setattr(mn, "fingerprints", refuse)
+    again = mn.load_any(cfg)
+    assert again.train.inputs["x"].data.dtype == torch.uint8 and again.train.inputs["x"].shape == (6, 100)
+    for s in ("train", "val", "test"):
+        assert torch.equal(first.split(s).inputs["x"][:], again.split(s).inputs["x"][:])
+
+
+def test_an_entry_of_the_older_format_is_not_read_but_built_again(tmp_path, caplog):
+    """The older format kept unpacked uint8 bits as morgan-KEY.npz; its name stays unread, and an entry of
+    the older layout under the new name fails the shape check and is rebuilt."""
+    from manytask.data.download import file_hash
+    path = write_molecules(tmp_path / "mols.csv")
+    cfg = mn.MoleculeNetConfig(path=str(path), bits=64, fractions=(0.5, 0.25, 0.25))
+    old = cache_dir() / f"morgan-{file_hash(path)[:16]}-smiles-r2-b64-bits.npz"
+    np.savez_compressed(old, x=np.ones((12, 64), dtype=np.uint8), valid=np.ones(12, dtype=bool))  # all bits set
+    data = mn.load_any(cfg)
+    dense, _ = mn.featurize(SMILES, cfg)
+    got = np.concatenate([data.split(s).inputs["x"][:].numpy() for s in ("train", "val", "test")])
+    assert np.array_equal(np.sort(got, axis=0), np.sort(dense, axis=0)) and not got.all()
+    new = sorted(p for p in cache_dir().glob("morgan-*.npz") if p != old)
+    assert [p.name for p in new] == [old.name.replace(".npz", f"-v{mn.FORMAT}.npz")]
+    np.savez_compressed(new[0], x=np.ones((12, 64), dtype=np.uint8), valid=np.ones(12, dtype=bool))
+    with caplog.at_level(logging.WARNING, logger="manytask"):
+        again = mn.load_any(cfg)
+    assert f"cache entry {new[0]} is damaged" in caplog.text
+    assert torch.equal(again.train.inputs["x"][:], data.train.inputs["x"][:])
+    assert np.load(new[0])["x"].shape == (12, 8)
 
 
 def test_cached_arrays_builds_once_then_reads(tmp_path):
@@ -174,3 +217,14 @@ def test_cache_command_lists_and_clears(tmp_path, monkeypatch, capsys):
     cli.main(["cache", "--clear"])
     assert "deleted 1 files" in capsys.readouterr().out
     assert not (tmp_path / "c" / "morgan-abc.npz").exists()
+
+
+def test_generated_data_files_count_as_features_and_clear_with_them(monkeypatch):
+    from manytask.data import scale
+    pool = (SMILES, np.packbits(np.eye(12, scale.LATENT_BITS, dtype=np.uint8), axis=1))  # a small stand-in pool
+    monkeypatch.setattr(scale, "smiles_pool", lambda sources=(), workers=1: pool)
+    path = scale.scale_csv(scale.ScaleConfig(n_tasks=2, rows=20, groups=1))
+    assert path.parent == cache_dir() / "generated" and path.read_text().startswith("smiles,t0_g0,t1_g0\n")
+    assert {e.path: e.kind for e in cache_info()}[path] == "features"
+    clear_cache(downloads=False)
+    assert not path.exists()

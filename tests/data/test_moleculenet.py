@@ -154,3 +154,128 @@ def test_settings_out_of_range_name_the_valid_values(csv_file, key, value, msg):
 def test_fractions_must_sum_to_one_for_either_split(csv_file, split):
     with pytest.raises(ConfigError, match="data.fractions=0.5,0.5,0.5: need three fractions"):
         mn.load_any(mn.MoleculeNetConfig(path=str(csv_file), split=split, fractions=(0.5, 0.5, 0.5), bits=64))
+
+
+# ---- packed fingerprints, parallel featurising, streamed CSV reading ----
+
+MANY = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "not_a_smiles", "", "CN1C=NC2=C1C(=O)N(C(=O)N2C)C",
+        "C1CC1", "OC(=O)CCCCCCCCCCCCCCCCC", "c1ccc2ccccc2c1", "Clc1ccc(Cl)cc1", "[Na+].[Cl-]", "C" * 40]
+
+
+@pytest.mark.parametrize("bits", [13, 64, 2048])
+def test_packed_bits_equal_rdkit_bit_for_bit(bits):
+    from rdkit import Chem
+    from rdkit.Chem import rdFingerprintGenerator
+    from manytask.data.base import PackedRows
+    cfg = mn.MoleculeNetConfig(bits=bits, workers=1)
+    x, valid = mn.fingerprints(MANY, cfg)
+    assert x.shape == (len(MANY), (bits + 7) // 8) and x.dtype == np.uint8
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=bits)
+    ref = np.zeros((len(MANY), bits), dtype=np.float32)
+    for i, s in enumerate(MANY):
+        mol = Chem.MolFromSmiles(s) if s else None
+        assert valid[i] == (mol is not None)
+        if mol is not None:
+            ref[i] = gen.GetFingerprintAsNumPy(mol)
+    rows = mn.as_rows(x, cfg)
+    assert rows.shape == (len(MANY), bits) and rows.nbytes == len(MANY) * ((bits + 7) // 8)
+    dense = torch.from_numpy(ref)
+    index = torch.tensor([5, 0, 11, 5])
+    for got, want in [(rows[:], dense), (rows[2:7], dense[2:7]), (rows[index], dense[index]), (rows[3], dense[3]),
+                      (rows[np.arange(12) % 3 == 0], dense[::3]), (rows[:, :5], dense[:, :5]),
+                      (rows[1, 4], dense[1, 4]), (rows.rows(index)[:], dense[index]), (rows.dense(), dense)]:
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert torch.equal(PackedRows.pack(ref).data, torch.from_numpy(x))
+    assert np.array_equal(np.unpackbits(x, axis=1, count=bits), ref)  # np.packbits' layout
+
+
+def test_counts_are_uint8_and_saturate_at_255_with_a_warning(caplog):
+    cfg = mn.MoleculeNetConfig(bits=64, counts=True, workers=1)
+    big = "C" * 300  # 300 carbons: a count above 255
+    with caplog.at_level("WARNING", logger="manytask"):
+        x, valid = mn.fingerprints(["c1ccccc1O", big], cfg)
+    assert x.dtype == np.uint8 and x.shape == (2, 64) and valid.all()
+    assert x[1].max() == 255 and "1 molecule(s) have a Morgan count above 255" in caplog.text
+    dense, _ = mn.featurize(["c1ccccc1O"], cfg)
+    assert torch.equal(mn.as_rows(x, cfg)[:1], torch.from_numpy(dense))
+
+
+@pytest.mark.parametrize("counts", [False, True])
+def test_parallel_featurising_equals_serial(monkeypatch, counts):
+    monkeypatch.setattr(mn, "CHUNK", 5)  # 60 molecules: 12 chunks over 2 processes
+    smiles = MANY * 5
+    serial = mn.fingerprints(smiles, mn.MoleculeNetConfig(bits=256, counts=counts, workers=1))
+    parallel = mn.fingerprints(smiles, mn.MoleculeNetConfig(bits=256, counts=counts, workers=2))
+    assert np.array_equal(serial[0], parallel[0]) and np.array_equal(serial[1], parallel[1])
+    assert serial[1].sum() == 5 * 10
+    readable = [s for s, ok in zip(smiles, serial[1]) if ok]
+    parts = mn.scaffold_split_indices(readable, workers=2), mn.scaffold_split_indices(readable, workers=1)
+    assert all(np.array_equal(a, b) for a, b in zip(*parts))
+
+
+def test_parallel_load_equals_serial_load(csv_file, monkeypatch):
+    monkeypatch.setattr(mn, "CHUNK", 3)
+    loads = [mn.load_any(mn.MoleculeNetConfig(path=str(csv_file), bits=64, cache=False, split=split, workers=w,
+                                              fractions=(0.5, 0.25, 0.25)))
+             for split in ("random", "scaffold") for w in (1, 2)]
+    for a, b in (loads[:2], loads[2:]):
+        assert a.meta["smiles"] == b.meta["smiles"]
+        for s in ("train", "val", "test"):
+            assert torch.equal(a.split(s).inputs["x"][:], b.split(s).inputs["x"][:])
+
+
+def test_fingerprints_stay_packed_through_splits_batches_and_hide_labels(csv_file):
+    from manytask.data.base import PackedRows, Split, batches, hide_labels
+    from manytask.train import predict_split
+    data = mn.load_any(mn.MoleculeNetConfig(path=str(csv_file), bits=2048, fractions=(0.5, 0.25, 0.25)))
+    x = data.train.inputs["x"]
+    assert isinstance(x, PackedRows) and x.nbytes == len(x) * 256 and data.input_shapes == {"x": (2048,)}
+    dense = {"x": x[:]}
+    gen_a, gen_b = (torch.Generator().manual_seed(3) for _ in range(2))
+    plain = Split(dense, data.train.labels)
+    pairs = zip(batches(data.train, data.tasks, 4, True, gen_a), batches(plain, data.tasks, 4, True, gen_b))
+    for (xa, _), (xb, _) in pairs:
+        assert torch.equal(xa["x"], xb["x"]) and xa["x"].dtype == torch.float32
+    import manytask
+    model, _ = manytask.create_model("hard_sharing", data.tasks, data.input_shapes, widths=(8,))
+    packed_out, dense_out = predict_split(model, data.train, data.tasks, 2), predict_split(model, plain, data.tasks, 2)
+    assert all(torch.equal(packed_out[t.name], dense_out[t.name]) for t in data.tasks)
+    semi = hide_labels(data, 2, 1, seed=0)
+    assert isinstance(semi.train.inputs["x"], PackedRows) and semi.train.size("x") == 3
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:3]  # hide_labels' seeded order
+    assert torch.equal(semi.train.inputs["x"][:], dense["x"][order])
+
+
+def test_any_other_tensor_operation_sees_the_unpacked_float32_tensor():
+    from manytask.data.base import PackedRows
+    bits = np.random.default_rng(0).random((9, 21)) < 0.3
+    x, dense = PackedRows.pack(bits), torch.as_tensor(bits, dtype=torch.float32)
+    layer = torch.nn.Linear(21, 3)
+    assert torch.equal(layer(x), layer(dense)) and torch.equal(x, dense) and bool(torch.isfinite(x).all())
+    assert float(x.sum()) == bits.sum() and torch.equal(x.flatten(1), dense) and np.array_equal(np.asarray(x), bits)
+    assert torch.equal(torch.cat([x, dense]), torch.cat([dense, dense]))
+    assert isinstance(x.to("cpu"), PackedRows) and x.to(torch.float64).dtype == torch.float64
+    assert x.shape == (9, 21) and x.dtype == torch.float32 and len(x) == 9 and x.nbytes == 9 * 3
+
+
+def test_streamed_rows_split_lines_as_the_csv_module_does(tmp_path):
+    import csv
+    import io
+    from manytask.data.base import read_csv_rows
+    text = 'smiles,A\r\nCCO,1\r\r\n"C\nC",0\rCCN,\n\n c1ccccc1 ,1'
+    (tmp_path / "t.csv").write_bytes(text.encode())
+    rows = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+    header, got, lines = read_csv_rows(tmp_path / "t.csv")
+    assert [header, *got] == rows and lines == [2, 4, 6, 8]  # the line where each row starts
+    smiles, names, labels = mn.read_csv(tmp_path / "t.csv", "smiles", ())
+    assert smiles == ["CCO", "C\nC", "CCN", "c1ccccc1"] and names == ["A"]
+    assert labels.dtype == np.float32 and np.array_equal(labels[:, 0], [1, 0, np.nan, 1], equal_nan=True)
+
+
+def test_labels_are_parsed_in_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(mn, "LABEL_BLOCK", 4)
+    rows = [f"{SMILES[i % 12]},{i % 2},{'' if i % 3 else '1.0'}" for i in range(10)]
+    smiles, names, labels = mn.read_csv(write_csv(tmp_path / "m.csv", rows), "smiles", ())
+    assert len(smiles) == 10 and labels.shape == (10, 2)
+    assert labels[:, 0].tolist() == [i % 2 for i in range(10)]
+    assert np.array_equal(labels[:, 1], [1.0 if i % 3 == 0 else np.nan for i in range(10)], equal_nan=True)
