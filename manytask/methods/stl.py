@@ -2,18 +2,45 @@
 must beat). With params_per_task > 0 each task's hidden layers get the one width that gives that many
 parameters: the "NN2 STL" of Ramabaja (Interconnected Neural Networks for Multi Task Learning, 2018,
 section 4), matched to the root weights of an ICNN subnetwork.
+
+The N networks run as one batched computation (nn/batched.py): tasks whose networks have the same shape
+signature (input, input size, hidden widths, output width) form one group whose weights are stacked,
+(n, in, out) per layer, so a step is one grouped GEMM per layer and group instead of N modules (a group
+whose largest stacked weight would exceed GROUP_BYTES is split into several). The networks stay
+independent: no weight is shared and the gradient of one task's loss reaches only its own network. The
+floating-point work is that of N separate networks, so batching saves the per-module overhead, which
+dominates only for small networks: see benchmarks/stl.py for the step time against N x one network.
+Initial weights and dropout masks are drawn in the order N separately built mlp() modules draw
+them, so a seed gives the same initial networks (bit for bit) and the same masks as N nn.Module MLPs;
+weights saved in that per-task layout (keys nets.<task>.<i>.weight) load into this one.
+
+Many tasks: max_params caps the parameters of all N networks together (default 32 M, i.e. 128 MB of fp32
+weights; training holds weights, gradients, two Adam moments and the best weights, about 5 copies). When
+N networks at the given widths would exceed it, every hidden width of every task is scaled by one common
+factor, the largest that keeps the total within the cap (widths at least 1). At the defaults (widths=512,
+2048-bit fingerprints) the cap is reached beyond 30 tasks: Tox21 (12), SIDER (27) and MUV (17) keep width
+512, ToxCast's 617 assays get width 25 each. max_params=0 turns the cap off.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
-from ..config import option
-from ..nn.mlp import Activation, mlp, width_for_params
+from ..config import ConfigError, option
+from ..nn.batched import BatchedMLP
+from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
 from ..tasks import Task, module_key
+
+
+# Largest stacked fp32 weight of one group: bigger shape groups are split. Adam's temporaries (as large as a
+# parameter) then stay below glibc's largest mmap threshold (32 MiB) and are recycled instead of being
+# page-faulted in every step: `benchmarks/stl.py --sizes 100 --phases --group-mib 1000` (one 128 MB weight)
+# measured an Adam step of 385 ms, 77 ms with the default 16 MiB groups (one thread).
+GROUP_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -23,31 +50,134 @@ class STLConfig:
     dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
     params_per_task: int = option(0, "> 0: every task gets len(widths) hidden layers of the one width that gives "
                                      "this many parameters; 0: the widths as given", low=0)
+    max_params: int = option(32_000_000, "cap on the parameters of all tasks' networks together: above it every "
+                                         "hidden width is scaled down by one common factor (ToxCast's 617 tasks "
+                                         "at widths=512: width 25); 0: no cap", low=0)
 
 
-class PerTaskMLP(nn.Module):
-    """{task: MLP}; forward(x) -> {task: (batch, task.outputs)} where x is (batch, *shape) or a dict."""
+class SingleTaskNets(nn.Module):
+    """N independent MLPs, one per task, run as one batched MLP per shape signature.
+
+    forward(x) -> {task: (batch, task.outputs)} where x is (batch, *shape) or {input: (batch, *shape)}.
+    widths: {task name: its hidden widths}. groups[g] is a BatchedMLP over the tasks members[g].
+    """
 
     def __init__(self, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], widths: dict[str, tuple[int, ...]],
                  act: str, dropout: float):
         super().__init__()
-        self.tasks = tasks
-        self.nets = nn.ModuleDict({
-            module_key(t.name): mlp(math.prod(input_shapes[t.input]), widths[t.name], act, dropout, out_dim=t.outputs)
-            for t in tasks})
+        self.tasks, self.widths, self.act, self.dropout = tasks, widths, act, dropout
+        self.in_dims = {t.name: math.prod(input_shapes[t.input]) for t in tasks}
+        by_signature: dict[tuple, list[Task]] = {}
+        for t in tasks:
+            by_signature.setdefault((t.input, self.in_dims[t.name], tuple(widths[t.name]), t.outputs), []).append(t)
+        self.members, shapes = [], []
+        for (inp, in_dim, ws, out), ts in by_signature.items():
+            dims = (in_dim, *ws, out)
+            per_group = max(1, GROUP_BYTES // (4 * max(a * b for a, b in zip(dims[:-1], dims[1:]))))
+            for start in range(0, len(ts), per_group):
+                self.members.append(ts[start:start + per_group])
+                shapes.append((in_dim, ws, out))
+        self.place = {t.name: (g, j) for g, ts in enumerate(self.members) for j, t in enumerate(ts)}  # group, slot
+        self.groups = nn.ModuleList(BatchedMLP(len(ts), in_dim, ws, act, dropout, out_dim=out, reset=False)
+                                    for ts, (in_dim, ws, out) in zip(self.members, shapes))
+        for t in tasks:  # task by task, as N mlp() modules built one after the other
+            g, j = self.place[t.name]
+            self.groups[g].reset_task(j)
+        self.register_load_state_dict_pre_hook(_from_per_task_layout)
+
+    def _masks(self, x) -> list[list[torch.Tensor]]:
+        """Dropout multipliers per group and hidden layer, (n, batch, width), drawn task by task and layer by
+        layer as N mlp() modules run one after the other would draw them (bernoulli(1-p) / (1-p))."""
+        keep = 1 - self.dropout
+        draws = {}
+        for t in self.tasks:
+            xt = t.select(x)
+            draws[t.name] = [xt.new_empty(xt.shape[0], w).bernoulli_(keep).div_(keep) for w in self.widths[t.name]]
+        return [[torch.stack([draws[t.name][layer] for t in ts]) for layer in range(len(self.widths[ts[0].name]))]
+                for ts in self.members]
 
     def forward(self, x):
-        return {t.name: self.nets[module_key(t.name)](t.select(x)) for t in self.tasks}
+        masks = self._masks(x) if self.training and self.dropout > 0 else [None] * len(self.groups)
+        out = {}
+        for net, ts, m in zip(self.groups, self.members, masks):
+            y = net(ts[0].select(x).flatten(1), m)  # (n, batch, outputs)
+            out.update(zip((t.name for t in ts), y.unbind(0)))
+        return {t.name: out[t.name] for t in self.tasks}
+
+    def task_network(self, name: str) -> nn.Sequential:
+        """Task `name`'s network as a standalone mlp() holding a copy of its weights (for export or inspection;
+        the copy is not trained with this model). It leaves the random stream as it was."""
+        g, j = self.place[name]
+        with torch.random.fork_rng(devices=[]):  # the draws of mlp()'s own initialisation are undone
+            net = mlp(self.in_dims[name], self.widths[name], self.act, self.dropout, out_dim=self.groups[g].out_dim)
+        net = net.to(self.groups[g].layers[0].weight.device)
+        with torch.no_grad():
+            for lin, layer in zip((m for m in net if isinstance(m, nn.Linear)), self.groups[g].layers):
+                lin.weight.copy_(layer.weight[j].T)
+                lin.bias.copy_(layer.bias[j])
+        return net
+
+    @property
+    def nets(self) -> nn.ModuleDict:
+        """{module_key(task): task_network(task)}, keyed as the per-task layout's state_dict."""
+        return nn.ModuleDict({module_key(t.name): self.task_network(t.name) for t in self.tasks})
+
+
+def _from_per_task_layout(module: SingleTaskNets, state_dict, prefix, *_):
+    """Load hook: weights saved by N separate mlp() modules (nets.<task key>.<index>.weight (out, in) and .bias)
+    become the stacked groups.<g>.layers.<l>.weight (n, in, out) and .bias (n, out). Converts only when every
+    task's every layer is present; anything else is left for load_state_dict to report."""
+    old = prefix + "nets."
+    if not any(k.startswith(old) for k in state_dict):
+        return
+    linears = {}  # task -> [(index, weight key, bias key)] in layer order
+    for t in module.tasks:
+        head = f"{old}{module_key(t.name)}."
+        idx = sorted(int(k[len(head):].split(".")[0]) for k in state_dict if k.startswith(head) and k.endswith(".weight"))
+        linears[t.name] = [(f"{head}{i}.weight", f"{head}{i}.bias") for i in idx]
+    for g, (net, ts) in enumerate(zip(module.groups, module.members)):
+        if any(len(linears[t.name]) != len(net.layers) or any(k not in state_dict for pair in linears[t.name] for k in pair)
+               for t in ts):
+            return
+    for g, (net, ts) in enumerate(zip(module.groups, module.members)):
+        for layer in range(len(net.layers)):
+            keys = [linears[t.name][layer] for t in ts]
+            state_dict[f"{prefix}groups.{g}.layers.{layer}.weight"] = torch.stack([state_dict.pop(w).T for w, _ in keys])
+            state_dict[f"{prefix}groups.{g}.layers.{layer}.bias"] = torch.stack([state_dict.pop(b) for _, b in keys])
+
+
+def capped_widths(widths: dict[str, tuple[int, ...]], in_dims: dict[str, int], outputs: dict[str, int],
+                  max_params: int) -> dict[str, tuple[int, ...]]:
+    """The widths scaled by the largest common factor s in (0, 1] (each width max(1, floor(w * s))) that keeps
+    the networks' total parameter count within max_params; unchanged when they fit or max_params is 0."""
+    def scaled(s):
+        return {k: tuple(max(1, math.floor(w * s)) for w in ws) for k, ws in widths.items()}
+
+    def total(ws):
+        return sum(mlp_params(in_dims[k], w, outputs[k]) for k, w in ws.items())
+
+    if max_params == 0 or total(widths) <= max_params:
+        return widths
+    smallest = scaled(0.0)
+    if total(smallest) > max_params:
+        raise ConfigError(f"max_params={max_params}: {len(widths)} networks need at least {total(smallest)} parameters "
+                          f"even with width 1; raise max_params or set max_params=0 (no cap)")
+    lo, hi = 0.0, 1.0  # total(scaled(lo)) <= max_params < total(scaled(hi))
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(scaled(mid)) <= max_params else (lo, mid)
+    return scaled(lo)
 
 
 @register_method("stl", STLConfig, "single-task baseline: one independent MLP per task")
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: STLConfig) -> nn.Module:
+    in_dims = {t.name: math.prod(input_shapes[t.input]) for t in tasks}
     widths = {}
     for t in tasks:
-        d = math.prod(input_shapes[t.input])
         if cfg.params_per_task > 0:
-            w = width_for_params(d, len(cfg.widths), t.outputs, cfg.params_per_task)
+            w = width_for_params(in_dims[t.name], len(cfg.widths), t.outputs, cfg.params_per_task)
             widths[t.name] = (w,) * len(cfg.widths)
         else:
             widths[t.name] = tuple(cfg.widths)
-    return PerTaskMLP(tasks, input_shapes, widths, cfg.activation, cfg.dropout)
+    widths = capped_widths(widths, in_dims, {t.name: t.outputs for t in tasks}, cfg.max_params)
+    return SingleTaskNets(tasks, input_shapes, widths, cfg.activation, cfg.dropout)

@@ -1,0 +1,124 @@
+"""nn/batched.py: n independent networks as one batched computation equal n separate nn.Linear / mlp()
+modules (same initial weights from a seed, same outputs), and stay independent (gradients, dropout)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from manytask.nn.batched import BatchedLinear, BatchedMLP
+from manytask.nn.mlp import mlp, mlp_params
+
+N, D, WIDTHS, OUT, B = 4, 10, (7, 5), 2, 6
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, atol: float = 1e-6):
+    """Same shape, elementwise within atol (torch.testing.assert_close's first call imports for seconds)."""
+    assert got.shape == want.shape and float((got - want).detach().abs().max()) <= atol, (got, want)
+
+
+def reference(seed=0, dropout=0.0, act="tanh"):
+    torch.manual_seed(seed)
+    return [mlp(D, WIDTHS, act, dropout, out_dim=OUT) for _ in range(N)]
+
+
+def linears(net: nn.Sequential) -> list[nn.Linear]:
+    return [m for m in net if isinstance(m, nn.Linear)]
+
+
+def test_init_is_bit_identical_to_separate_modules():
+    """From one seed, n mlp() modules built one after the other and BatchedMLP draw the same weights."""
+    refs = reference(seed=3)
+    torch.manual_seed(3)
+    net = BatchedMLP(N, D, WIDTHS, "tanh", out_dim=OUT)
+    for i, ref in enumerate(refs):
+        for layer, lin in zip(net.layers, linears(ref)):
+            assert torch.equal(layer.weight[i], lin.weight.T) and torch.equal(layer.bias[i], lin.bias)
+    torch.manual_seed(1)
+    lins = [nn.Linear(D, 3) for _ in range(N)]
+    torch.manual_seed(1)
+    lin = BatchedLinear(N, D, 3)
+    assert all(torch.equal(lin.weight[i], lins[i].weight.T) and torch.equal(lin.bias[i], lins[i].bias) for i in range(N))
+
+
+def test_forward_equals_separate_modules():
+    """Shared input (batch, in) and per-network input (n, batch, in); dropout configured but off in eval."""
+    refs = reference(dropout=0.3)
+    net = BatchedMLP(N, D, WIDTHS, "tanh", dropout=0.3, out_dim=OUT)
+    with torch.no_grad():
+        for i, ref in enumerate(refs):
+            for layer, lin in zip(net.layers, linears(ref)):
+                layer.weight[i].copy_(lin.weight.T)
+                layer.bias[i].copy_(lin.bias)
+    net.eval()
+    for r in refs:
+        r.eval()
+    x, xs = torch.randn(B, D), torch.randn(N, B, D)
+    shared, own = net(x), net(xs)
+    assert shared.shape == own.shape == (N, B, OUT)
+    for i, ref in enumerate(refs):
+        assert_close(shared[i], ref(x))
+        assert_close(own[i], ref(xs[i]))
+
+
+def test_masks_replace_dropout_and_match_modules():
+    """Masks drawn network by network as the modules' dropout draws them give the modules' training outputs."""
+    refs = reference(seed=5, dropout=0.4)
+    torch.manual_seed(5)
+    net = BatchedMLP(N, D, WIDTHS, "tanh", dropout=0.4, out_dim=OUT)
+    x = torch.randn(B, D)
+    torch.manual_seed(9)
+    expected = [ref(x) for ref in refs]
+    torch.manual_seed(9)
+    draws = [[torch.empty(B, w).bernoulli_(0.6).div_(0.6) for w in WIDTHS] for _ in range(N)]
+    masks = [torch.stack([d[layer] for d in draws]) for layer in range(len(WIDTHS))]
+    got = net(x, masks)
+    for i in range(N):
+        assert_close(got[i], expected[i])
+
+
+def test_gradients_stay_in_their_network():
+    """The loss of network i gives every other network's weights an exactly zero gradient, also with dropout."""
+    net = BatchedMLP(N, D, WIDTHS, "relu", dropout=0.25, out_dim=OUT)
+    for x in (torch.randn(B, D), torch.randn(N, B, D)):
+        for i in range(N):
+            net.zero_grad()
+            net(x)[i].square().sum().backward()
+            for p in net.parameters():
+                others = torch.cat([p.grad[:i].flatten(), p.grad[i + 1:].flatten()])
+                assert torch.count_nonzero(others) == 0
+                assert torch.count_nonzero(p.grad[i]) > 0
+
+
+def test_dropout_is_independent_per_network():
+    """n identical networks on one input: training outputs differ (own masks), evaluation outputs agree."""
+    net = BatchedMLP(N, D, (64,), dropout=0.5, out_dim=1)
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.copy_(layer.weight[:1].expand_as(layer.weight))
+            layer.bias.copy_(layer.bias[:1].expand_as(layer.bias))
+    x = torch.randn(B, D)
+    out = net(x)
+    assert all(not torch.allclose(out[0], out[i]) for i in range(1, N))
+    net.eval()
+    out = net(x)
+    assert all(torch.equal(out[0], out[i]) for i in range(1, N))
+
+
+def test_parameter_count_is_n_networks():
+    net = BatchedMLP(N, D, WIDTHS, out_dim=OUT)
+    assert sum(p.numel() for p in net.parameters()) == N * mlp_params(D, WIDTHS, OUT) == N * net.params_per_network()
+    assert net.layers[0].weight.shape == (N, D, WIDTHS[0]) and net.layers[-1].bias.shape == (N, OUT)
+
+
+def test_bad_inputs_are_value_errors():
+    lin = BatchedLinear(N, D, 3)
+    for bad in (torch.randn(B, D + 1), torch.randn(N + 1, B, D), torch.randn(B)):
+        with pytest.raises(ValueError, match="BatchedLinear"):
+            lin(bad)
+    with pytest.raises(ValueError, match="n, in_features, out_features >= 1"):
+        BatchedLinear(0, D, 3)
+    with pytest.raises(ValueError, match="dropout"):
+        BatchedMLP(N, D, WIDTHS, dropout=1.0)
+    with pytest.raises(ValueError, match="one dropout mask per hidden layer"):
+        BatchedMLP(N, D, WIDTHS)(torch.randn(B, D), [torch.ones(N, B, WIDTHS[0])])
