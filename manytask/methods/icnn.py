@@ -12,6 +12,23 @@ i (the sources a(j-1, k), k != i, are detached on the connector paths). `isolate
 network jointly (ablation). `targets=` gives connectors only into the listed tasks (section 6.1);
 `connector_l1=` adds lambda * sum |connector| to the loss (sections 6.2 and 8).
 
+Many tasks. The dense inter-layer has N^2 blocks (12.5 GB for one 128 -> 64 inter-layer at N=617, ToxCast),
+so above DENSE_UP_TO tasks every subnetwork reads only `connectors=k` source subnetworks (default
+AUTO_CONNECTORS; `connectors=0` is this automatic rule, an explicit k < N-1 forces it at any N and k = N-1
+is the dense layer at any N). The builder does
+not see labels, so the `SourceRule` hooks choose the sources in before_training from the training split
+(`sources=`): `correlation` the k tasks with the largest |Pearson correlation| of the labels over the
+examples labelled for both (the phi coefficient for two binary tasks; pairs with fewer than MIN_JOINT such
+examples score 0), `random` k uniform others (seeded by the training seed), `learned` the k largest
+sum |W(k->i)| per destination of a dense ICNN trained `learn_epochs` epochs with the connector L1 (Ramabaja
+2018, section 6.2: learn, then prune; only where the dense network fits in memory). The sources are a
+persistent buffer of each inter-layer, so saved weights and resumed runs keep them.
+Rule for large N: the per-subnetwork first layer is N * d * w0 weights, held five times in training
+(weights, gradient, Adam's two moments, the best weights so far) and again in the checkpoint: at N=617,
+d=2048 the default widths 128,64 make that 0.65 GB per copy and the run exceeds 5 GB, so from a few hundred
+tasks on keep N * w0 at about 20,000 units, e.g. widths=32,16 for ToxCast's 617 tasks (docs/icnn.md has the
+measured peak memory).
+
 (*) every subnetwork's input layer is the same x, so connectors from the input would only add a second
 copy of the root weight (W(1,i) x + sum_k W(1,k->i) x = (sum of them) x); the first layer has roots only.
 
@@ -22,42 +39,58 @@ experiments/icnn.py call them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable, Literal
 
 import torch
 from torch import nn
 
 from ..config import ConfigError, option
-from ..nn.interconnected import InterLayer, connector_l1, connector_matrices
+from ..nn.interconnected import InterLayer, connector_l1, connector_matrices, interlayers, random_sources, top_sources
 from ..nn.mlp import Activation, activation, mlp_params
 from ..registry import register_method
 from ..report import Matrix
 from ..tasks import Task
-from ..train import Hooks
+from ..train import Hooks, Trainer
+
+DENSE_UP_TO = 64  # connectors=0: dense inter-layers up to this many tasks
+AUTO_CONNECTORS = 16  # connectors=0 above DENSE_UP_TO tasks: sources per subnetwork
+MIN_JOINT = 10  # sources=correlation: fewer examples labelled for both tasks than this score 0
+HEATMAP_UP_TO = 64  # more tasks: no connectors.png (report.heatmap's figure grows with N: 12 GB at N=617)
 
 
 @dataclass
 class ICNNConfig:
-    widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers",
-                                     low=1, min_len=2)
+    widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers. "
+                                     "The first layer is N*d*w0 weights: at hundreds of tasks keep N*w0 near "
+                                     "20,000 (widths=32,16 at N=617)", low=1, min_len=2)
     activation: Activation = option("relu", "activation after every layer")
     dropout: float = option(0.25, "dropout probability after every layer", low=0, high=1, high_open=True)
     isolate: bool = option(True, "gradient isolation (the thesis's backward rule); false trains the same network "
                                  "jointly (ablation)")
     targets: tuple[str, ...] = option((), "task names that receive connectors (section 6.1); empty: every task")
     connector_l1: float = option(0.0, "lambda of the L1 penalty on connector weights", low=0)
+    connectors: int = option(0, f"source subnetworks feeding each subnetwork (sparse connectors, memory and time "
+                                f"O(N*k)); N-1 is the dense layer; 0 = auto: N-1 up to {DENSE_UP_TO} tasks, else "
+                                f"{AUTO_CONNECTORS}", low=0)
+    sources: Literal["correlation", "random", "learned"] = option(
+        "correlation", "how sparse connectors choose their sources, on the training split: largest |label "
+                       "correlation|, random, or the largest blocks of a dense ICNN trained learn_epochs epochs")
+    learn_epochs: int = option(3, "sources=learned: epochs of the dense ICNN (with connector_l1) that picks them", low=1)
 
 
 class ICNN(nn.Module):
     """forward(x: (batch, *shape)) -> {task: (batch, task.outputs)}; every task reads the same input."""
 
     def __init__(self, tasks: list[Task], in_dim: int, widths: tuple[int, ...], act: str = "relu",
-                 dropout: float = 0.0, isolate: bool = True, targets: list[int] | None = None):
+                 dropout: float = 0.0, isolate: bool = True, targets: list[int] | None = None,
+                 connectors: int | None = None):
         super().__init__()
         self.tasks, self.widths = tasks, tuple(widths)
         N = len(tasks)
         self.first = nn.Linear(in_dim, N * widths[0])  # N root weights from the shared input, side by side
-        self.inter = nn.ModuleList(InterLayer(N, a, b, isolate, targets) for a, b in zip(widths[:-1], widths[1:]))
+        self.inter = nn.ModuleList(InterLayer(N, a, b, isolate, targets, connectors)
+                                   for a, b in zip(widths[:-1], widths[1:]))
         self.act = activation(act)
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.heads = nn.ModuleList(nn.Linear(widths[-1], t.outputs) for t in tasks)
@@ -70,8 +103,12 @@ class ICNN(nn.Module):
         return {t.name: head(a[:, i]) for i, (t, head) in enumerate(zip(self.tasks, self.heads))}  # (batch, outputs)
 
     def artifacts(self) -> tuple[dict, list[Matrix]]:
-        """The last inter-layer's connector heatmap: every run directory gets connectors.csv/.png."""
-        return {}, [connector_heatmap(self, [t.name for t in self.tasks])]
+        """The last inter-layer's connector heatmap: every run directory gets connectors.csv/.png. Above
+        HEATMAP_UP_TO tasks, results.json gets each task's strongest sources instead (strongest_sources)."""
+        names = [t.name for t in self.tasks]
+        if len(names) <= HEATMAP_UP_TO:
+            return {}, [connector_heatmap(self, names)]
+        return {"connector_sources": strongest_sources(self, names)}, []
 
     def root_params_per_subnetwork(self, task: int = 0) -> int:
         """Root weights and biases of one subnetwork (first layer, inter-layer roots, head): the size of
@@ -88,7 +125,58 @@ class ConnectorL1(Hooks):
         self.lam = lam
 
     def loss(self, trainer, out, y) -> torch.Tensor:
+        if self.lam == 0:
+            return super().loss(trainer, out, y)
         return super().loss(trainer, out, y) + self.lam * connector_l1(trainer.model)
+
+
+def label_correlation(labels: torch.Tensor, min_joint: int = MIN_JOINT) -> torch.Tensor:
+    """labels: (n, N) with NaN = missing -> (N, N) |Pearson correlation| of every pair of columns over the rows
+    labelled in both (for 0/1 labels the phi coefficient); 0 where fewer than min_joint rows are labelled in
+    both or a column is constant on them."""
+    known = ~torch.isnan(labels)
+    y, m = torch.where(known, labels, 0.0).double(), known.double()  # (n, N)
+    count = m.T @ m  # (N, N): rows labelled in both
+    sx, sxx, sxy = y.T @ m, (y * y).T @ m, y.T @ y  # sx[i, j] = sum of y_i over rows labelled in i and j
+    c = count.clamp(min=1)
+    cov = sxy - sx * sx.T / c
+    var_i, var_j = sxx - sx * sx / c, (sxx - sx * sx / c).T
+    r = cov / (var_i * var_j).sqrt()
+    ok = (count >= min_joint) & (var_i > 1e-12) & (var_j > 1e-12)
+    return torch.where(ok, r.abs(), torch.zeros_like(r)).float()
+
+
+class SourceRule(ConnectorL1):
+    """Chooses the sources of every sparse inter-layer in before_training (see the module docstring); the
+    loss is ConnectorL1's. A resumed run chooses again (for `learned`: trains the dense twin again), then the
+    saved buffers replace the choice (Trainer.fit loads the state after before_training)."""
+
+    def __init__(self, lam: float, rule: str, dense_twin: Callable[[], nn.Module], learn_epochs: int):
+        super().__init__(lam)
+        self.rule, self.dense_twin, self.learn_epochs = rule, dense_twin, learn_epochs
+
+    def before_training(self, trainer) -> None:
+        layers = interlayers(trainer.model)
+        N, k = layers[0].n_tasks, layers[0].sources.shape[1]
+        names = [t.name for t in trainer.model.tasks]
+        if self.rule == "correlation":
+            scores = label_correlation(torch.stack([trainer.data.train.labels[n] for n in names], dim=1))
+            chosen = [top_sources(scores, k)] * len(layers)
+        elif self.rule == "random":
+            chosen = [random_sources(N, k, torch.Generator().manual_seed(trainer.cfg.seed))] * len(layers)
+        else:
+            chosen = [top_sources(lay.blocks_abs_sum(), k) for lay in interlayers(self.learned(trainer))]
+        for lay, src in zip(layers, chosen):
+            lay.set_sources(src[lay.targets.cpu()])
+
+    def learned(self, trainer) -> nn.Module:
+        """A dense twin trained learn_epochs epochs with this loss, the global random state left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer.cfg.seed)
+            dense = self.dense_twin()
+            cfg = replace(trainer.cfg, epochs=self.learn_epochs, patience=0, progress=False, val_every=self.learn_epochs)
+            Trainer(dense, trainer.data, cfg, ConnectorL1(self.lam), tasks=trainer.tasks).fit()
+        return dense
 
 
 @register_method("icnn", ICNNConfig, "interconnected subnetworks, one per task, with gradient isolation "
@@ -103,12 +191,33 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNN
     if unknown:
         raise ConfigError(f"targets={','.join(cfg.targets)}: unknown task(s) {unknown}; tasks are {', '.join(names)}")
     targets = [names.index(t) for t in cfg.targets] or None
+    N = len(tasks)
+    if cfg.connectors > N - 1:
+        raise ConfigError(f"connectors={cfg.connectors}: a subnetwork has only {N - 1} others to read from; "
+                          f"use connectors=1..{N - 1}, or 0 for the automatic rule")
+    k = cfg.connectors or (AUTO_CONNECTORS if N > DENSE_UP_TO else N - 1)
+    k = k if k < N - 1 else None  # all N-1 others: the dense layer
+
+    def make(connectors: int | None) -> ICNN:
+        return ICNN(tasks, math.prod(input_shapes[inputs[0]]), tuple(cfg.widths), cfg.activation, cfg.dropout,
+                    cfg.isolate, targets, connectors)
     try:
-        model = ICNN(tasks, math.prod(input_shapes[inputs[0]]), tuple(cfg.widths), cfg.activation, cfg.dropout,
-                     cfg.isolate, targets)
+        model = make(k)
     except ValueError as e:  # e.g. targets= with a single task: no other subnetwork to connect from
         raise ConfigError(str(e)) from None
+    if k is not None:
+        return model, SourceRule(cfg.connector_l1, cfg.sources, lambda: make(None), cfg.learn_epochs)
     return (model, ConnectorL1(cfg.connector_l1)) if cfg.connector_l1 > 0 else model
+
+
+def strongest_sources(model: nn.Module, task_names: list[str], k: int = AUTO_CONNECTORS) -> dict[str, dict[str, float]]:
+    """{target task: {source task: sum |W(source->target)|}} of the last inter-layer, the k strongest sources
+    of each task, strongest first (at most the sources a sparse layer has)."""
+    last = interlayers(model)[-1]
+    mat = last.blocks_abs_sum().cpu()  # (N_src, N_dst)
+    k = min(k, len(task_names) - 1 if last.full else last.sources.shape[1])
+    top = top_sources(mat, k).tolist()  # (N_dst, k)
+    return {task_names[i]: {task_names[j]: float(mat[j, i]) for j in row} for i, row in enumerate(top)}
 
 
 def connector_heatmap(model: nn.Module, task_names: list[str], layer: int = -1, name: str = "connectors") -> Matrix:

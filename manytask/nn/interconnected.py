@@ -16,6 +16,17 @@ Parameters per inter-layer: n*m*N^2 (n inputs, m outputs per subnetwork). With `
 only the listed subnetworks receive connectors: n*m*(N + T*(N-1)) for T targets, i.e. n*m*(2N-1) for one
 target (the thesis rounds this to n*m*2N).
 
+Sparse connectors (`connectors=k`): each receiving subnetwork i reads only k source subnetworks
+sources[i] (k distinct indices, never i itself) besides its own root: n*m*N*(k+1) weights, memory and
+time O(N*k) instead of O(N^2) (at N=617 tasks, n=128, m=64 the full layer is 12.5 GB of weights alone).
+The connectors are one fixed-shape (T, k, n, m) block tensor and `sources` an integer (T, k) buffer,
+gathered in the forward; the buffer is persistent (it is in state_dict, so saved weights and resumed runs
+get the same sources back). Which sources is decided outside the layer (`set_sources`, e.g. from label
+correlations before training; until then the k following subnetworks, cyclically), since the parameter
+shapes do not depend on it. Gradient isolation is the same rule: the sources are detached on the
+connector paths (autograd of z_i = W_ii a_i + sum_{k in sources[i]} W_ki detach(a_k); tests check it
+against that naive form).
+
 Layout. Activations travel as (batch, N, width) so that (batch, N*n) is a view. The full layer stores
 its N^2 blocks as ONE destination-major weight of shape (N_dst, N_src, n, m): weight[i, k] = W(k->i), and
 weight[i] viewed as (N*n, m) is everything that feeds subnetwork i. The forward is one batched matmul
@@ -73,40 +84,101 @@ class _IsolatedMatmul(torch.autograd.Function):
         return grad_a, grad_w
 
 
+class _GatheredMatmul(torch.autograd.Function):
+    """z_t = sum_j a[:, sources[t, j]] @ W[t, j] for the T receivers: one batched matmul per source slot j.
+
+    a: (batch, N, n), W: (T, k, n, m), sources: (T, k) long -> z: (T, batch, m). Only a (batch, T, n) slice of
+    the gathered sources exists at a time and the backward gathers again, so memory stays O(batch*N*n) (the
+    whole gather (batch, T, k, n) is 2.6 GB at N=617, k=16, n=32 and an evaluation batch of 2048). The
+    backward is the autograd of that sum: dW[t, j] = a_s^T g_t and, unless a is detached, dA_s += g_t W[t, j]^T
+    for s = sources[t, j]."""
+
+    @staticmethod
+    def forward(ctx, a, W, sources):
+        at = a.transpose(0, 1).contiguous()  # (N, batch, n): whole rows to gather (4x faster than from the view)
+        ctx.save_for_backward(at, W, sources)
+        z = torch.bmm(at[sources[:, 0]], W[:, 0])  # (T, batch, n) @ (T, n, m) -> (T, batch, m)
+        for j in range(1, W.shape[1]):
+            z = z.baddbmm_(at[sources[:, j]], W[:, j])
+        return z
+
+    @staticmethod
+    def backward(ctx, g):  # g: (T, batch, m)
+        at, W, sources = ctx.saved_tensors  # at: (N, batch, n)
+        grad_a = grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.empty_like(W)  # (T, k, n, m)
+            for j in range(W.shape[1]):
+                grad_w[:, j] = torch.bmm(at[sources[:, j]].transpose(1, 2), g)
+        if ctx.needs_input_grad[0]:
+            grad_at = torch.zeros_like(at)  # (N, batch, n)
+            for j in range(W.shape[1]):
+                grad_at.index_add_(0, sources[:, j], torch.bmm(g, W[:, j].transpose(1, 2)))
+            grad_a = grad_at.transpose(0, 1)
+        return grad_a, grad_w, None
+
+
 class InterLayer(nn.Module):
     """N parallel subnetworks' layer with connector weights between them (no activation).
 
     forward(a): (batch, N, n) -> (batch, N, m) pre-activations z.
     n_tasks: N; n_in: n; n_out: m; isolate: detach connector sources (the thesis's backward rule);
-    targets: indices of the subnetworks that receive connectors (None: all, the full ICNN).
+    targets: indices of the subnetworks that receive connectors (None: all, the full ICNN);
+    connectors: sources per receiving subnetwork, k in 1..N-1 (None: every other subnetwork; with neither
+    targets nor connectors the layer is the dense (N_dst, N_src, n, m) weight).
     """
 
     def __init__(self, n_tasks: int, n_in: int, n_out: int, isolate: bool = True,
-                 targets: Sequence[int] | None = None):
+                 targets: Sequence[int] | None = None, connectors: int | None = None):
         super().__init__()
         if n_tasks < 1 or n_in < 1 or n_out < 1:
             raise ValueError(f"an inter-layer needs n_tasks, n_in, n_out >= 1, got {n_tasks}, {n_in}, {n_out}")
         self.n_tasks, self.n_in, self.n_out, self.isolate = n_tasks, n_in, n_out, isolate
-        self.full = targets is None
-        bound = 1.0 / np.sqrt(n_in * n_tasks)  # the fan-in of one unit is n * N (all subnetworks feed it)
+        self.full = targets is None and connectors is None
         if self.full:
+            bound = 1.0 / np.sqrt(n_in * n_tasks)  # the fan-in of one unit is n * N (all subnetworks feed it)
             self.weight = nn.Parameter(torch.empty(n_tasks, n_tasks, n_in, n_out).uniform_(-bound, bound))  # (N_dst, N_src, n, m)
         else:
-            targets = sorted(set(int(t) for t in targets))
+            targets = sorted(set(int(t) for t in (range(n_tasks) if targets is None else targets)))
             if not targets or targets[0] < 0 or targets[-1] >= n_tasks:
                 raise ValueError(f"targets={list(targets)}: need subnetwork indices in 0..{n_tasks - 1}, at least one")
             if n_tasks < 2:
-                raise ValueError("targets= needs at least 2 subnetworks (connectors come from the others)")
+                raise ValueError("targets= or connectors= needs at least 2 subnetworks (connectors come from the others)")
+            if connectors is not None and not 1 <= connectors <= n_tasks - 1:
+                raise ValueError(f"connectors={connectors}: need 1..{n_tasks - 1} sources per subnetwork (N={n_tasks})")
+            k = n_tasks - 1 if connectors is None else connectors
             self.register_buffer("targets", torch.tensor(targets), persistent=False)  # (T,)
-            others = torch.tensor([[k for k in range(n_tasks) if k != t] for t in targets])  # (T, N-1)
-            self.register_buffer("sources", others, persistent=False)
+            # (T, k): the others in order; with connectors=k the k following subnetworks until set_sources
+            others = torch.tensor([[(t + 1 + j) % n_tasks for j in range(n_tasks - 1)] for t in targets])
+            others = others[:, :k].clone() if connectors is not None else others.sort(dim=1).values  # own storage: saved
+            self.register_buffer("sources", others, persistent=connectors is not None)
+            bound = 1.0 / np.sqrt(n_in * (k + 1))  # fan-in: the root and k sources (n * N for the targets form)
             self.root = nn.Parameter(torch.empty(n_tasks, n_in, n_out).uniform_(-bound, bound))  # (N, n, m)
-            self.connector = nn.Parameter(torch.empty(len(targets), n_tasks - 1, n_in, n_out).uniform_(-bound, bound))  # (T, N-1, n, m)
+            self.connector = nn.Parameter(torch.empty(len(targets), k, n_in, n_out).uniform_(-bound, bound))  # (T, k, n, m)
         self.bias = nn.Parameter(torch.zeros(n_tasks, n_out))  # (N, m)
 
+    @torch.no_grad()
+    def set_sources(self, sources: torch.Tensor) -> None:
+        """sources: (T, k) integer source subnetworks of each receiving subnetwork (row j feeds targets[j]):
+        distinct per row, never the receiver itself. Copied into the `sources` buffer (same device)."""
+        if self.full:
+            raise ValueError("set_sources: a dense inter-layer reads every subnetwork; build it with connectors=k")
+        sources = torch.as_tensor(sources)
+        if tuple(sources.shape) != tuple(self.sources.shape):
+            raise ValueError(f"set_sources: expected shape {tuple(self.sources.shape)}, got {tuple(sources.shape)}")
+        sources = sources.to(device=self.sources.device, dtype=self.sources.dtype)
+        if sources.numel() and (int(sources.min()) < 0 or int(sources.max()) >= self.n_tasks):
+            raise ValueError(f"set_sources: indices must be in 0..{self.n_tasks - 1}")
+        if bool((sources == self.targets[:, None]).any()):
+            raise ValueError("set_sources: a subnetwork cannot be its own source (its root is always there)")
+        if bool((sources.sort(dim=1).values.diff(dim=1) == 0).any()):
+            raise ValueError("set_sources: the sources of a subnetwork must be distinct")
+        self.sources.copy_(sources)
+
     def extra_repr(self) -> str:
-        t = "all" if self.full else self.targets.tolist()
-        return f"N={self.n_tasks}, n={self.n_in}, m={self.n_out}, isolate={self.isolate}, targets={t}"
+        t = "all" if self.full or len(self.targets) == self.n_tasks else self.targets.tolist()
+        k = self.n_tasks - 1 if self.full else self.sources.shape[1]
+        return f"N={self.n_tasks}, n={self.n_in}, m={self.n_out}, isolate={self.isolate}, targets={t}, connectors={k}"
 
     def root_weights(self) -> torch.Tensor:
         """(N, n, m): W(i->i) for every subnetwork (a view for the full layer)."""
@@ -145,12 +217,34 @@ class InterLayer(nn.Module):
             return z.transpose(0, 1) + self.bias
         z = torch.bmm(a.transpose(0, 1), self.root).transpose(0, 1)  # (batch, N, m): root paths, never detached
         src = a.detach() if self.isolate else a
-        T = len(self.targets)
-        others = src[:, self.sources]  # (batch, T, N-1, n)
-        others = others.reshape(b, T, (N - 1) * n).transpose(0, 1)  # (T, batch, (N-1)*n)
-        conn = torch.bmm(others, self.connector.reshape(T, (N - 1) * n, self.n_out))  # (T, batch, m)
+        conn = _GatheredMatmul.apply(src, self.connector, self.sources)  # (T, batch, m)
         z = z.index_add(1, self.targets, conn.transpose(0, 1))  # add into the target subnetworks
         return z + self.bias
+
+
+def top_sources(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """scores: (N_src, N_dst), larger = more useful source (e.g. |label correlation|, or sum |W(k->i)| of a
+    trained dense layer) -> (N_dst, k) long: for every destination the k other subnetworks with the largest
+    score, best first; ties go to the lower index, the diagonal (the destination itself) is never chosen."""
+    N = scores.shape[0]
+    if scores.shape != (N, N) or not 1 <= k <= N - 1:
+        raise ValueError(f"top_sources: need a square (N, N) score matrix and k in 1..N-1, got {tuple(scores.shape)}, k={k}")
+    s = scores.T.detach().double().cpu()  # (N_dst, N_src)
+    s = torch.where(torch.isnan(s), float("-inf"), s)  # a NaN score ranks last
+    order = torch.sort(-s, dim=1, stable=True).indices  # (N_dst, N); stable: equal scores keep index order
+    others = order[order != torch.arange(N)[:, None]].reshape(N, N - 1)  # drop each destination itself
+    return others[:, :k].contiguous()
+
+
+def random_sources(n_tasks: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    """(N, k) long: for every subnetwork k distinct other subnetworks drawn uniformly with `generator`."""
+    if not 1 <= k <= n_tasks - 1:
+        raise ValueError(f"random_sources: k={k}; need 1..{n_tasks - 1}")
+    rows = []
+    for i in range(n_tasks):
+        perm = torch.randperm(n_tasks - 1, generator=generator)[:k]  # among the N-1 others
+        rows.append(perm + (perm >= i).long())  # skip i itself
+    return torch.stack(rows)
 
 
 def interlayers(model: nn.Module) -> list[InterLayer]:

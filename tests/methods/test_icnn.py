@@ -1,15 +1,20 @@
 """The icnn method: model shapes, isolation end to end through the model and a real training step,
-NN2 STL parameter matching, config errors, the L1 hook, and the connector heatmaps."""
+NN2 STL parameter matching, config errors, the L1 hook, the connector heatmaps, and sparse connectors (the
+automatic rule, the three source rules, saving and resuming the chosen sources)."""
 from __future__ import annotations
 
 import csv
+import math
 
+import numpy as np
 import pytest
 import torch
 
 from manytask.config import ConfigError, apply, check
-from manytask.methods.icnn import ICNN, ConnectorL1, ICNNConfig, build, connector_heatmap
-from manytask.nn.interconnected import InterLayer, connector_l1
+from manytask.data.base import MultiTaskData, Split
+from manytask.methods.icnn import (AUTO_CONNECTORS, DENSE_UP_TO, HEATMAP_UP_TO, ICNN, ConnectorL1, ICNNConfig,
+                                   SourceRule, build, connector_heatmap, label_correlation)
+from manytask.nn.interconnected import InterLayer, connector_l1, interlayers, random_sources, top_sources
 from manytask.nn.mlp import mlp_params
 from manytask.report import write_matrix
 from manytask.runs import RunSpec, build as build_run, n_params
@@ -159,3 +164,148 @@ def test_connector_heatmap_files(tmp_path):
     assert written == ["all_layer1.csv", "all_layer1.png", "all_layer2.csv", "all_layer2.png"]
     with pytest.raises(ValueError, match="task names"):
         connector_heatmap(model, names[:2])
+
+
+def test_label_correlation_is_pairwise_complete_pearson():
+    """Against numpy: |corrcoef| of every pair over the rows labelled in both; 0 below min_joint rows or for a
+    constant column."""
+    gen = torch.Generator().manual_seed(0)
+    y = (torch.rand(60, 5, generator=gen) > 0.5).float()
+    y[:, 1] = y[:, 0]  # a copy: |phi| = 1
+    y[:, 2] = 1 - y[:, 0]  # the complement: |phi| = 1
+    y[torch.rand(60, 5, generator=gen) < 0.3] = float("nan")
+    y[:, 4] = float("nan")
+    y[:3, 4] = torch.tensor([0.0, 1.0, 0.0])  # 3 labelled rows
+    got = label_correlation(y, min_joint=5)
+    for i in range(5):
+        for j in range(5):
+            both = ~(torch.isnan(y[:, i]) | torch.isnan(y[:, j]))
+            if int(both.sum()) < 5:
+                assert got[i, j] == 0
+                continue
+            want = abs(np.corrcoef(y[both, i].numpy(), y[both, j].numpy())[0, 1])
+            assert math.isclose(float(got[i, j]), want, abs_tol=1e-5), (i, j)
+    assert float(got[0, 1]) == pytest.approx(1.0) and float(got[0, 2]) == pytest.approx(1.0)
+    const = y.clone()
+    const[:, 3] = 1.0
+    assert torch.all(label_correlation(const, min_joint=5)[3] == 0)
+
+
+def test_connectors_config_auto_rule_and_errors():
+    """connectors=0: dense up to DENSE_UP_TO tasks (no hooks), AUTO_CONNECTORS sources above; an explicit k < N-1
+    is sparse at any N, k = N-1 dense; k > N-1 is a ConfigError."""
+    shapes = {"x": (6,)}
+    dense = build(tasks(4), shapes, ICNNConfig(widths=(3, 2)))
+    assert isinstance(dense, ICNN) and dense.inter[0].full
+    model, hooks = build(tasks(4), shapes, ICNNConfig(widths=(3, 2, 2), connectors=2, sources="random"))
+    assert isinstance(hooks, SourceRule) and all(lay.sources.shape == (4, 2) for lay in model.inter)
+    assert build(tasks(4), shapes, ICNNConfig(widths=(3, 2), connectors=3)).inter[0].full  # k = N-1: dense
+    at_limit = build(tasks(DENSE_UP_TO), shapes, ICNNConfig(widths=(2, 2)))
+    assert isinstance(at_limit, ICNN) and at_limit.inter[0].full
+    many, _ = build(tasks(DENSE_UP_TO + 1), shapes, ICNNConfig(widths=(2, 2)))
+    assert many.inter[0].connector.shape == (DENSE_UP_TO + 1, AUTO_CONNECTORS, 2, 2)
+    with pytest.raises(ConfigError, match="connectors=4: a subnetwork has only 3 others"):
+        build(tasks(4), shapes, ICNNConfig(connectors=4))
+    with pytest.raises(ConfigError, match="sources"):
+        apply(ICNNConfig(), {"sources": "best"}, "icnn method")
+
+
+def planted_data(n=200, seed=0) -> MultiTaskData:
+    """6 binary tasks: t1 = t0 with 10% flipped, t3 = 1 - t2, t4 and t5 independent; 30% labels missing."""
+    gen = torch.Generator().manual_seed(seed)
+    tasks6 = [Task(f"t{i}", "binary") for i in range(6)]
+    splits = []
+    for m in (n, n // 4, n // 4):
+        x = torch.randn(m, 8, generator=gen)
+        base = (x[:, :3] > 0).float()  # (m, 3)
+        flip = (torch.rand(m, generator=gen) < 0.1).float()
+        y = torch.stack([base[:, 0], (base[:, 0] + flip) % 2, base[:, 1], 1 - base[:, 1], base[:, 2],
+                         (torch.rand(m, generator=gen) > 0.5).float()], dim=1)
+        y[torch.rand(m, 6, generator=gen) < 0.3] = float("nan")
+        splits.append(Split({"x": x}, {f"t{i}": y[:, i] for i in range(6)}))
+    return MultiTaskData("planted", tasks6, *splits)
+
+
+def sparse_trainer(rule, k=1, seed=0, train=None, **cfg):
+    data = planted_data()
+    spec = RunSpec("planted", "icnn", None, ICNNConfig(widths=(6, 4, 3), dropout=0.0, connectors=k, sources=rule, **cfg),
+                   TrainConfig(epochs=1, batch_size=32, patience=0, progress=False, seed=seed, **(train or {})))
+    model, hooks = build_run(spec, data)
+    return Trainer(model, data, spec.train, hooks)
+
+
+def test_correlation_rule_finds_the_planted_pairs():
+    """sources=correlation: the most correlated task of the training split feeds each subnetwork (t0 <-> t1,
+    t2 <-> t3), the same in every inter-layer."""
+    tr = sparse_trainer("correlation")
+    tr.hooks.before_training(tr)
+    for lay in interlayers(tr.model):
+        assert lay.sources[:4, 0].tolist() == [1, 0, 3, 2]
+    names = [t.name for t in tr.model.tasks]
+    want = top_sources(label_correlation(torch.stack([tr.data.train.labels[t] for t in names], 1)), 1)
+    assert torch.equal(tr.model.inter[0].sources, want)
+
+
+def test_random_rule_follows_the_seed():
+    a, b, c = sparse_trainer("random", k=2, seed=0), sparse_trainer("random", k=2, seed=0), sparse_trainer("random", k=2, seed=1)
+    for tr in (a, b, c):
+        tr.hooks.before_training(tr)
+    assert torch.equal(a.model.inter[0].sources, random_sources(6, 2, torch.Generator().manual_seed(0)))
+    assert torch.equal(a.model.inter[0].sources, b.model.inter[1].sources)
+    assert not torch.equal(a.model.inter[0].sources, c.model.inter[0].sources)
+
+
+def test_learned_rule_keeps_the_largest_blocks_of_a_dense_twin():
+    """sources=learned: per inter-layer the k largest sum |W(k->i)| of a dense ICNN trained learn_epochs epochs
+    with the connector L1; the global random state is left as it was (the sparse run's dropout and batches do
+    not depend on the rule)."""
+    tr = sparse_trainer("learned", k=2, connector_l1=1e-3, learn_epochs=2)
+    state = torch.get_rng_state()
+    dense = tr.hooks.learned(tr)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(lay.full for lay in dense.inter) and dense.inter[0].weight.shape == (6, 6, 6, 4)
+    tr.hooks.before_training(tr)
+    assert torch.equal(torch.get_rng_state(), state)
+    for lay, d in zip(tr.model.inter, dense.inter):  # the same dense twin: training it is deterministic
+        assert torch.equal(lay.sources, top_sources(d.blocks_abs_sum(), 2))
+
+
+def test_sparse_isolation_through_a_training_step_and_resume():
+    """With only task t0 labelled, an SGD step changes only subnetwork 0 (roots, connectors into it); the
+    chosen sources are in the checkpoint state and a resumed trainer gets them back although its own
+    before_training would choose others."""
+    sgd = {"optimizer": "sgd", "momentum": 0.0, "lr": 0.1}
+    tr = sparse_trainer("correlation", k=2, seed=0, train=sgd)
+    tr.tasks = tr.data.tasks[:1]  # train t0 only: the other subnetworks get no gradient
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    tr.fit()
+    after = tr.model.state_dict()
+    for name in ("inter.0.root", "inter.0.connector", "inter.1.root", "inter.1.connector"):
+        d = after[name] - before[name]
+        assert torch.count_nonzero(d[0]) > 0 and torch.count_nonzero(d[1:]) == 0, name
+    saved = tr.state_dict()
+    other = sparse_trainer("random", k=2, seed=5, train=sgd)
+    other.hooks.before_training(other)
+    assert not torch.equal(other.model.inter[0].sources, after["inter.0.sources"])
+    other.fit(resume=saved)
+    for lay, src in zip(other.model.inter, (after["inter.0.sources"], after["inter.1.sources"])):
+        assert torch.equal(lay.sources, src)
+
+
+def test_many_tasks_get_their_sources_in_results_not_a_heatmap():
+    """Above HEATMAP_UP_TO tasks artifacts() draws no heatmap; it lists each task's sources in the last
+    inter-layer with their sum |W|, strongest first."""
+    N = HEATMAP_UP_TO + 1
+    model = ICNN(tasks(N), 4, (3, 2, 2), connectors=3)
+    figures, matrices = model.artifacts()
+    assert matrices == []
+    src = figures["connector_sources"]
+    last = model.inter[-1]
+    strength = last.connector.detach().abs().sum(dim=(2, 3))  # (N, 3)
+    for i in range(N):
+        got = src[f"t{i}"]
+        assert set(got) == {f"t{j}" for j in last.sources[i].tolist()}
+        assert sorted(got.values(), reverse=True) == list(got.values())
+        assert max(got.values()) == pytest.approx(float(strength[i].max()))
+    small_figs, (heat,) = ICNN(tasks(4), 4, (3, 2)).artifacts()
+    assert small_figs == {} and heat.name == "connectors"

@@ -1,12 +1,15 @@
 """The ICNN inter-layer against a naive reference (one weight matrix per ordered pair, Python loops,
-explicit detach), gradient isolation, parameter counts, the targets variant, pruning and the L1 term."""
+explicit detach), gradient isolation, parameter counts, the targets and sparse-connector variants, pruning
+and the L1 term."""
 from __future__ import annotations
 
 import pytest
 import torch
 
+from safetensors.torch import load_model, save_model
+
 from manytask.nn.interconnected import (InterLayer, apply_masks, connector_l1, count_connectors,
-                                        prune_connectors)
+                                        prune_connectors, random_sources, top_sources)
 
 N, n, m, B = 4, 5, 3, 7
 
@@ -20,7 +23,7 @@ def blocks_of(layer: InterLayer) -> dict[tuple[int, int], tuple[torch.Tensor, bo
                 w = layer.weight.detach()[i, k]  # (N_dst, N_src, n, m)
             elif k == i:
                 w = layer.root.detach()[i]
-            elif i in layer.targets.tolist():
+            elif i in layer.targets.tolist() and k in layer.sources[layer.targets.tolist().index(i)].tolist():
                 j = layer.targets.tolist().index(i)
                 w = layer.connector.detach()[j, layer.sources[j].tolist().index(k)]
             else:
@@ -43,11 +46,22 @@ def naive(a: torch.Tensor, W: dict, bias: torch.Tensor, isolate: bool) -> torch.
     return torch.stack(z, dim=1)  # (batch, N, m)
 
 
+def sparse_layer(isolate=True, targets=None, k=2, n_in=n, n_out=m, seed=0):
+    """An inter-layer with k sources per receiver, set to a random choice (not the initial cyclic one)."""
+    torch.manual_seed(seed)
+    layer = InterLayer(N, n_in, n_out, isolate=isolate, targets=targets, connectors=k)
+    src = random_sources(N, k, torch.Generator().manual_seed(seed + 7))  # (N, k)
+    layer.set_sources(src[layer.targets])
+    return layer
+
+
 @pytest.mark.parametrize("isolate", [True, False])
-@pytest.mark.parametrize("targets", [None, [2], [0, 3]])
-def test_parity_with_naive_reference(isolate, targets):
+@pytest.mark.parametrize("targets,k", [(None, None), ([2], None), ([0, 3], None), (None, 1), (None, 2),
+                                       ([1, 2], 2), (None, 3)])
+def test_parity_with_naive_reference(isolate, targets, k):
     torch.manual_seed(0)
-    layer = InterLayer(N, n, m, isolate=isolate, targets=targets).double()
+    layer = (InterLayer(N, n, m, isolate=isolate, targets=targets) if k is None
+             else sparse_layer(isolate, targets, k)).double()
     with torch.no_grad():
         layer.bias.normal_()
     W = blocks_of(layer)
@@ -79,12 +93,15 @@ def blocks_of_grad(layer: InterLayer) -> dict[tuple[int, int], torch.Tensor]:
     return out
 
 
-def two_layer_net(isolate: bool, targets=None):
+def two_layer_net(isolate: bool, targets=None, k=None):
     """Input x -> per-subnetwork first layer -> inter-layer -> per-subnetwork scalar output."""
     torch.manual_seed(1)
     first = torch.nn.Linear(6, N * n)
-    layer = InterLayer(N, n, m, isolate=isolate, targets=targets)
-    layer2 = InterLayer(N, m, 2, isolate=isolate, targets=targets)
+    if k is None:
+        layer = InterLayer(N, n, m, isolate=isolate, targets=targets)
+        layer2 = InterLayer(N, m, 2, isolate=isolate, targets=targets)
+    else:
+        layer, layer2 = sparse_layer(isolate, targets, k, n, m, 1), sparse_layer(isolate, targets, k, m, 2, 2)
 
     def f(x):
         a = torch.relu(first(x)).reshape(x.shape[0], N, n)  # (batch, N, n)
@@ -111,6 +128,31 @@ def test_task_loss_reaches_only_its_subnetwork(task):
     for k in range(N):
         nz = torch.count_nonzero(gfirst[k])
         assert (nz > 0) if k == task else (nz == 0), f"first layer of subnetwork {k}: {nz} non-zero grads"
+
+
+@pytest.mark.parametrize("task", range(N))
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_task_loss_reaches_only_its_subnetwork_sparse(task, k):
+    """The same rule with sparse connectors: task i's loss reaches subnetwork i's roots, biases, connectors
+    into i and first layer only, and every connector into i that a source feeds gets a gradient."""
+    f, first, layer, layer2 = two_layer_net(isolate=True, k=k)
+    f(torch.randn(B, 6))[:, task].pow(2).sum().backward()
+    for lay in (layer, layer2):
+        for j in range(N):  # targets = all: connector row j feeds subnetwork j
+            nz = [int(torch.count_nonzero(g)) for g in (lay.root.grad[j], lay.connector.grad[j], lay.bias.grad[j])]
+            assert all(v > 0 for v in nz) if j == task else all(v == 0 for v in nz), (j, nz)
+    gfirst = first.weight.grad.reshape(N, n, 6)
+    for j in range(N):
+        nz = torch.count_nonzero(gfirst[j])
+        assert (nz > 0) if j == task else (nz == 0), f"first layer of subnetwork {j}: {nz} non-zero grads"
+
+
+def test_sparse_without_isolation_reaches_the_sources():
+    f, first, layer, layer2 = two_layer_net(isolate=False, k=1)
+    f(torch.randn(B, 6))[:, 0].pow(2).sum().backward()
+    gfirst = first.weight.grad.reshape(N, n, 6)
+    src = int(layer2.sources[0, 0])  # layer 2 of subnetwork 0 reads subnetwork src
+    assert torch.count_nonzero(gfirst[src]) > 0 and torch.count_nonzero(layer.root.grad[src]) > 0
 
 
 def test_without_isolation_the_loss_reaches_other_subnetworks():
@@ -156,15 +198,74 @@ def test_parameter_count_with_targets(targets):
     assert torch.all(mat.clone().fill_diagonal_(0)[:, others] == 0)  # no connector into a non-target
 
 
+@pytest.mark.parametrize("N_,k", [(12, 1), (12, 4), (617, 16)])
+def test_sparse_parameter_count_is_n_m_N_k_plus_1(N_, k):
+    """Sparse connectors: N roots and N*k connectors, n*m*N*(k+1) weights: O(N*k), not O(N^2)."""
+    n_, m_ = 8, 5
+    layer = InterLayer(N_, n_, m_, connectors=k)
+    assert layer.connector.shape == (N_, k, n_, m_) and layer.sources.shape == (N_, k)
+    assert sum(p.numel() for p in layer.parameters()) == n_ * m_ * N_ * (k + 1) + N_ * m_
+    mat = layer.blocks_abs_sum()  # (N_src, N_dst)
+    assert int((mat > 0).sum()) == N_ * (k + 1)
+    assert torch.equal((mat > 0).sum(dim=0), torch.full((N_,), k + 1))  # every destination: root + k sources
+    _, total = count_connectors(layer)
+    assert total == n_ * m_ * N_ * k
+
+
+def test_sources_are_saved_loaded_and_checked(tmp_path):
+    """The sources buffer is in state_dict: a fresh layer (other initial sources) gets them back, also through a
+    safetensors file; set_sources refuses bad choices with a ValueError."""
+    a = sparse_layer(k=2, seed=3)
+    b = InterLayer(N, n, m, connectors=2)
+    assert "sources" in a.state_dict() and not torch.equal(a.sources, b.sources)
+    save_model(a, str(tmp_path / "w.safetensors"))
+    missing, unexpected = load_model(b, str(tmp_path / "w.safetensors"))
+    assert not missing and not unexpected and torch.equal(a.sources, b.sources)
+    x = torch.randn(B, N, n)
+    torch.testing.assert_close(a(x), b(x))
+    assert "sources" not in InterLayer(N, n, m, targets=[1]).state_dict()  # fixed by construction: not saved
+    nxt = [(i + 1) % N for i in range(N)]
+    for bad, why in (([[j, j] for j in nxt], "distinct"), ([[0, 1]] * N, "own source"), ([[j, N] for j in nxt], "indices"),
+                     ([[j] for j in nxt], "shape")):
+        with pytest.raises(ValueError, match=why):
+            b.set_sources(torch.tensor(bad))
+    with pytest.raises(ValueError, match="connectors=k"):
+        InterLayer(N, n, m).set_sources(torch.zeros(N, 1, dtype=torch.long))
+    for k in (0, N):
+        with pytest.raises(ValueError, match="connectors"):
+            InterLayer(N, n, m, connectors=k)
+
+
+def test_top_and_random_sources():
+    scores = torch.tensor([[9.0, 1.0, 5.0, 5.0],  # (N_src, N_dst): row = source
+                           [2.0, 9.0, 0.0, 5.0],
+                           [3.0, 7.0, 9.0, 1.0],
+                           [3.0, 7.0, 1.0, 9.0]])
+    top = top_sources(scores, 2)  # per destination the 2 best other sources; diagonal never; tie -> lower index
+    assert top.tolist() == [[2, 3], [2, 3], [0, 3], [0, 1]]
+    assert top_sources(scores, 3)[0].tolist() == [2, 3, 1]
+    nan = torch.full((4, 4), float("nan"))  # no evidence at all: still k others, never the destination
+    assert top_sources(nan, 3).tolist() == [[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]]
+    r = random_sources(30, 5, torch.Generator().manual_seed(0))
+    assert r.shape == (30, 5)
+    assert all(len(set(row)) == 5 and i not in row for i, row in enumerate(r.tolist()))
+    assert torch.equal(r, random_sources(30, 5, torch.Generator().manual_seed(0)))
+    assert not torch.equal(r, random_sources(30, 5, torch.Generator().manual_seed(1)))
+    assert set(random_sources(30, 29, torch.Generator().manual_seed(0))[4].tolist()) == set(range(30)) - {4}
+    with pytest.raises(ValueError, match="top_sources"):
+        top_sources(scores, 4)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 0.5, 0.9])
-@pytest.mark.parametrize("targets", [None, [2]])
-def test_pruning_leaves_the_requested_fraction(fraction, targets):
+@pytest.mark.parametrize("targets,k", [(None, None), ([2], None), (None, 2)])
+def test_pruning_leaves_the_requested_fraction(fraction, targets, k):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(InterLayer(N, 16, 8, targets=targets), InterLayer(N, 8, 4, targets=targets))
+    model = torch.nn.Sequential(InterLayer(N, 16, 8, targets=targets, connectors=k),
+                                InterLayer(N, 8, 4, targets=targets, connectors=k))
     roots = [lay.root_weights().detach().clone() for lay in model]
     nz0, total = count_connectors(model)
     receivers = N if targets is None else len(targets)
-    assert nz0 == total == (16 * 8 + 8 * 4) * (N - 1) * receivers
+    assert nz0 == total == (16 * 8 + 8 * 4) * (N - 1 if k is None else k) * receivers
     kept = prune_connectors(model, fraction)
     nz, _ = count_connectors(model)
     assert nz == total - sum(round(fraction * c) for c in per_layer_connectors(model))
