@@ -11,8 +11,15 @@ in turn, |d loss_s / d W_s| on a batch of its data, positions owned by earlier s
 the top fraction `keep` of each layer (pruning rate = 1 - keep); `criterion=magnitude` uses |W_s| instead.
 
 A subnetwork serves one task (groups=task), all tasks of one input (groups=input, e.g. the 12 Tox21 assays),
-or explicit groups (groups=name:a+b,c). copies=k gives each group k disjoint subnetworks trained
-independently on the same tasks, their predictions averaged (an ensemble, experiment 1).
+or explicit groups (groups=name:a+b,c). The default groups=auto is groups=task up to max_subnets (16)
+subnetworks; past that the tasks of each input are cut, in the data's order, into contiguous groups of
+sizes differing by at most one, at most max_subnets in all (auto_groups), and a group's tasks share their
+subnetwork as in hard sharing; keep=0 then means 0.8/S, not 1/S, so that a fifth of every shared layer
+stays free and the last subnetwork still chooses its weights (GROUPED_FREE). build() logs what each task
+gets in one line (capacity_line), e.g. for ToxCast's 617 assays: "617 tasks in 16 subnetworks of 38-39
+tasks; each subnetwork keeps 5% of every layer it uses (head: 6 of 128 inputs per output unit), 20% of
+the shared layers unused". copies=k gives each group k disjoint subnetworks
+trained independently on the same tasks, their predictions averaged (an ensemble, experiment 1).
 Inputs of different shapes get their own first layer (a "task-dedicated first layer", experiments 5-7);
 inputs of one shape share it. The rest of the network is shared by all subnetworks; the head is a masked
 layer too (each output unit of each subnetwork keeps `keep` of its inputs; output biases are per task).
@@ -27,6 +34,7 @@ export() packs each layer into ONE tensor of a single-task layer's shape plus an
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +53,8 @@ from ..registry import register_method
 from ..tasks import Task, mean_loss
 from ..train import Hooks, Trainer
 
+log = logging.getLogger("manytask")
+
 
 @dataclass
 class RSN2Config:
@@ -53,10 +63,13 @@ class RSN2Config:
     conv: tuple[int, ...] = option((), "3x3 conv channels before the FC layers (image inputs); empty = fully connected",
                                    low=1)
     pool_every: int = option(2, "2x2 max pooling after every pool_every conv layers", low=1)
-    groups: str = option("task", "what a subnetwork serves: task, input, or explicit groups name:taskA+taskB,taskC")
+    groups: str = option("auto", "what a subnetwork serves: auto (one task each, or, past max_subnets, the tasks of "
+                         "each input in contiguous groups), task, input, or explicit groups name:taskA+taskB,taskC")
+    max_subnets: int = option(16, "groups=auto: at most this many subnetworks (copies included; at least one per "
+                              "input, and at most 1/keep when keep is set)", low=1)
     copies: int = option(1, "disjoint subnetworks per group, their predictions averaged (an ensemble)", low=1)
-    keep: float = option(0.0, "fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks",
-                         low=0, high=1)
+    keep: float = option(0.0, "fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks "
+                         "(0.8 / subnetworks when groups=auto groups the tasks)", low=0, high=1)
     criterion: Literal["gradient", "magnitude"] = option(
         "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|")
     mask_batch: int = option(512, "examples per subnetwork for the gradient criterion", low=1)
@@ -70,12 +83,47 @@ def check_masks(model: nn.Module) -> None:
         raise ConfigError(str(e)) from None
 
 
-def plan_subnets(tasks: list[Task], groups: str, copies: int = 1) -> list[tuple[str, list[str]]]:
-    """-> [(subnetwork name, [task names])]; copies > 1 gives names GROUP#0, GROUP#1, ..."""
+def auto_groups(tasks: list[Task], budget: int) -> list[tuple[str, list[str]]]:
+    """groups=auto: one subnetwork per task when there are at most `budget` tasks. Otherwise the tasks of
+    each input, in the data's order, are cut into contiguous groups whose sizes differ by at most one:
+    every input gets one group, and each further group (up to `budget` in all) goes to the input whose
+    groups are largest (ties: the earlier input). Names: TASK for a group of one, tasksA-B (1-based
+    positions among the input's tasks; INPUT:tasksA-B when there are several inputs)."""
+    if len(tasks) <= budget:
+        return [(t.name, [t.name]) for t in tasks]
+    by_input = {g: [t.name for t in tasks if t.input == g] for g in dict.fromkeys(t.input for t in tasks)}
+    sizes = [len(v) for v in by_input.values()]
+    count = [1] * len(sizes)
+    for _ in range(budget - len(sizes)):
+        i = max(range(len(sizes)), key=lambda j: (sizes[j] / count[j], -j))
+        if sizes[i] == count[i]:
+            break
+        count[i] += 1
+    plan = []
+    for (g, names), k in zip(by_input.items(), count):
+        q, r = divmod(len(names), k)
+        start = 0
+        for j in range(k):
+            chunk = names[start:start + q + (j < r)]
+            label = f"tasks{start + 1}-{start + len(chunk)}"
+            plan.append((chunk[0] if len(chunk) == 1 else label if len(by_input) == 1 else f"{g}:{label}", chunk))
+            start += len(chunk)
+    return plan
+
+
+def plan_subnets(tasks: list[Task], groups: str, copies: int = 1, max_subnets: int = 16,
+                 keep: float = 0.0) -> list[tuple[str, list[str]]]:
+    """-> [(subnetwork name, [task names])]; copies > 1 gives names GROUP#0, GROUP#1, ...
+    groups=auto (auto_groups) makes at most max(inputs, min(max_subnets, 1/keep) // copies) groups."""
     if copies < 1:
         raise ConfigError(f"copies={copies}: need at least 1 subnetwork per group")
+    if max_subnets < 1:
+        raise ConfigError(f"max_subnets={max_subnets}: need at least 1 subnetwork")
     names = [t.name for t in tasks]
-    if groups == "task":
+    if groups == "auto":
+        cap = min(max_subnets, math.floor(1 / keep + 1e-9)) if keep > 0 else max_subnets
+        plan = auto_groups(tasks, max(1, cap // copies))
+    elif groups == "task":
         plan = [(t.name, [t.name]) for t in tasks]
     elif groups == "input":
         inputs = list(dict.fromkeys(t.input for t in tasks))
@@ -403,10 +451,36 @@ def load_packed(path: Path | str) -> RSN2Net:
     return model
 
 
+# groups=auto with grouped tasks and keep=0: this fraction of every shared layer stays free. With the
+# fractions summing to exactly 1, Algorithm 1 leaves the last subnetwork no choice: on ToxCast (16 groups
+# of 1/16) it took the positions of rare fingerprint bits, and after one epoch its 38 assays were constant
+# (no live input to any head unit); with a fifth left free every group stayed alive (docs/rsn2.md).
+GROUPED_FREE = 0.2
+
+
+def capacity_line(model: RSN2Net, keep: float) -> str:
+    """What each task gets, in one line, e.g. "617 tasks in 16 subnetworks of 38-39 tasks; each subnetwork
+    keeps 5% of every layer it uses (head: 6 of 128 inputs per output unit), 20% of the shared layers unused"."""
+    sizes = [len(ts) for ts in model.subnet_tasks]
+    n_groups = len(dict.fromkeys(tuple(t.name for t in ts) for ts in model.subnet_tasks))
+    per = f"{min(sizes)}" if min(sizes) == max(sizes) else f"{min(sizes)}-{max(sizes)}"
+    subnets = f"{len(sizes)} subnetwork{'s' * (len(sizes) > 1)}"
+    if n_groups < len(sizes):
+        subnets += f" ({n_groups} group{'s' * (n_groups > 1)} x {len(sizes) // n_groups} copies)"
+    fan_in = model.head.weight.shape[1]
+    line = (f"{len(model.tasks)} task{'s' * (len(model.tasks) > 1)} in {subnets} of {per} "
+            f"task{'s' * (max(sizes) > 1)}; each subnetwork keeps {100 * keep:.3g}% of every layer it uses "
+            f"(head: {math.floor(keep * fan_in + 1e-9)} of {fan_in} inputs per output unit)")
+    unused = 1 - keep * len(sizes)
+    return line + (f", {100 * unused:.3g}% of the shared layers unused" if unused > 1e-6 else "")
+
+
 @register_method("rsn2", RSN2Config, "RSN2: disjoint masked subnetworks per task in one network, packable export")
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2Config):
-    subnets = plan_subnets(tasks, cfg.groups, cfg.copies)
-    keep = cfg.keep or 1.0 / len(subnets)
+    """-> (RSN2Net, RSN2Hooks); logs capacity_line (what each task gets) at INFO on the "manytask" logger."""
+    subnets = plan_subnets(tasks, cfg.groups, cfg.copies, cfg.max_subnets, cfg.keep)
+    grouped = cfg.groups == "auto" and len(subnets) < len(tasks) * cfg.copies
+    keep = cfg.keep or (1.0 - GROUPED_FREE * grouped) / len(subnets)
     if not 0 < keep <= 1:
         raise ConfigError(f"keep={cfg.keep}: the fraction of weights a subnetwork keeps must be in (0, 1]")
     model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every)
@@ -414,4 +488,5 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2
         if keep * len(local) > 1 + 1e-9:
             raise ConfigError(f"keep={keep:g} for {len(local)} subnetworks on layer {name} sums to "
                               f"{keep * len(local):.3f} > 1; use keep <= {1 / len(local):.4f} (pruning rate = 1 - keep)")
+    log.info("rsn2: %s", capacity_line(model, keep))
     return model, RSN2Hooks(keep, cfg.criterion, cfg.mask_batch)

@@ -274,12 +274,16 @@ def ownership_report(model: nn.Module) -> tuple[list[dict], bool]:
 
 
 # ---- owner index: base-T digits, as many per byte as fit (T=2: 8, T=3: 5, T=4: 4, T=5..6: 3, ...) ----
+#      more than 256 tasks: one int32 per position
 def digits_per_byte(T: int) -> int:
     return max(1, int(math.floor(math.log(256) / math.log(T) + 1e-9)))
 
 
 def pack_owner(owner: torch.Tensor, T: int) -> torch.Tensor:
-    """owner (any shape, values in [0, T)) -> uint8 (ceil(numel / d),), d = digits_per_byte(T)."""
+    """owner (any shape, values in [0, T)) -> uint8 (ceil(numel / d),), d = digits_per_byte(T);
+    for T > 256 int32 (numel,)."""
+    if T > 256:
+        return owner.flatten().cpu().to(torch.int32)
     d = digits_per_byte(T)
     flat = owner.flatten().cpu().numpy().astype(np.int64)
     flat = np.concatenate([flat, np.zeros((-len(flat)) % d, dtype=np.int64)]).reshape(-1, d)  # (bytes, d)
@@ -288,6 +292,8 @@ def pack_owner(owner: torch.Tensor, T: int) -> torch.Tensor:
 
 def unpack_owner(packed: torch.Tensor, T: int, shape) -> torch.Tensor:
     """Inverse of pack_owner -> long tensor of `shape`."""
+    if T > 256:
+        return packed.cpu().long().reshape(tuple(shape))
     d = digits_per_byte(T)
     b = packed.cpu().numpy().astype(np.int64)[:, None]  # (bytes, 1)
     flat = (b // T ** np.arange(d)) % T  # (bytes, d)

@@ -110,3 +110,15 @@ def test_acceptance(name, tmp_path):
     assert summary["packed_max_abs_diff"] <= 1e-6
     if "earlier_stages_bit_identical" in summary:
         assert all(summary["earlier_stages_bit_identical"]) and all(summary["eq3_on_every_layer"])
+
+
+@pytest.mark.slow
+def test_every_subnetwork_is_within_two_points_on_held_out_28x28_digits(tmp_path):
+    """The pre-registered check of docs/rsn2.md on one confirmation set: 28x28 digits made from source
+    images no training image was made from, with shifts and noise (manytask.data.heldout, seed 101)."""
+    from manytask.data.heldout import write_digits_idx
+    write_digits_idx(tmp_path / "digits28", size=28, seed=101)
+    run("rsn2-ensemble", ["seeds=0", f"data.dir={tmp_path / 'digits28'}"], tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["all_within"], summary["within"]
+

@@ -9,8 +9,8 @@ import torch
 
 from manytask.config import ConfigError
 from manytask.data.base import MultiTaskData, Split, model_input
-from manytask.methods.rsn2 import (RSN2Config, average, build, export, load_packed, plan_subnets, select_masks,
-                                   stage_tasks)
+from manytask.methods.rsn2 import (RSN2Config, average, build, capacity_line, export, load_packed, plan_subnets,
+                                   select_masks, stage_tasks)
 from manytask.nn.masked import check_disjoint, masked_layers, ownership_report
 from manytask.tasks import Task, mean_loss
 from manytask.train import TrainConfig, Trainer, predict_split, train_stages
@@ -37,6 +37,121 @@ def test_plan_subnets():
         plan_subnets(data.tasks, "img,nope")
     with pytest.raises(ConfigError, match="exactly one group"):
         plan_subnets(data.tasks, "img,tab_bin")
+
+
+def many_tasks(n, inputs=("x",), d=12, rows=(96, 32, 32), seed=0) -> MultiTaskData:
+    """n binary tasks spread over `inputs` (task i reads input i % len(inputs)); the j-th distinct input is
+    (rows, d + j), so inputs have their own first layers; labels from random hyperplanes, one in 5 missing."""
+    gen = torch.Generator().manual_seed(seed)
+    tasks = [Task(f"t{i}", "binary", input=inputs[i % len(inputs)]) for i in range(n)]
+    dims = {g: d + j for j, g in enumerate(dict.fromkeys(inputs))}
+    w = [torch.randn(dims[t.input], generator=gen) for t in tasks]
+    parts = []
+    for m in rows:
+        x = {g: torch.randn(m, k, generator=gen) for g, k in dims.items()}
+        y = {t.name: (x[t.input] @ w[i] > 0).float() for i, t in enumerate(tasks)}
+        for i, t in enumerate(tasks):
+            y[t.name][i % 5::5] = float("nan")
+        parts.append(Split(x, y))
+    return MultiTaskData("many", tasks, *parts)
+
+
+def test_auto_groups_keep_one_subnetwork_per_task_up_to_max_subnets():
+    data = tiny_multi()
+    assert RSN2Config().groups == "auto"
+    assert plan_subnets(data.tasks, "auto") == plan_subnets(data.tasks, "task")  # few tasks: as before
+    assert plan_subnets(data.tasks, "auto", max_subnets=3) == plan_subnets(data.tasks, "task")
+    assert plan_subnets(data.tasks, "auto", copies=2, max_subnets=6) == plan_subnets(data.tasks, "task", copies=2)
+
+
+def test_auto_groups_cut_hundreds_of_tasks_into_contiguous_balanced_groups():
+    tasks = many_tasks(617, rows=(1, 1, 1)).tasks
+    plan = plan_subnets(tasks, "auto")  # max_subnets=16
+    assert len(plan) == 16
+    flat = [m for _, members in plan for m in members]
+    assert flat == [t.name for t in tasks]  # every task exactly once, in the data's order
+    assert sorted({len(members) for _, members in plan}) == [38, 39]
+    assert plan[0][0] == "tasks1-39" and plan[-1][0] == "tasks580-617"
+    assert len(plan_subnets(tasks, "auto", max_subnets=8)) == 8
+    assert len(plan_subnets(tasks, "auto", keep=0.1)) == 10  # 1/keep caps it below max_subnets
+    copies = plan_subnets(tasks, "auto", copies=3)  # 16 // 3 = 5 groups of 123-124, 3 copies each
+    assert len(copies) == 15 and copies[0][0] == "tasks1-124#0" and copies[1][1] == copies[0][1]
+
+
+def test_auto_groups_never_mix_inputs_and_give_extra_groups_to_the_largest():
+    tasks = many_tasks(33, inputs=("a", "a", "a", "a", "a", "a", "a", "a", "a", "a", "b"), rows=(1, 1, 1)).tasks
+    counts = {g: sum(t.input == g for t in tasks) for g in "ab"}
+    assert counts == {"a": 30, "b": 3}
+    plan = plan_subnets(tasks, "auto", max_subnets=8)
+    by = {t.name: t.input for t in tasks}
+    inputs = [{by[m] for m in members} for _, members in plan]
+    assert all(len(i) == 1 for i in inputs)  # a subnetwork reads one input
+    assert [i.pop() for i in inputs].count("a") == 7  # 7 groups of 4-5 for a, one of 3 for b
+    assert sorted(m for _, members in plan for m in members) == sorted(by)
+    assert plan[0][0] == "a:tasks1-5" and plan[-1] == ("b:tasks1-3", [t.name for t in tasks if t.input == "b"])
+    assert len(plan_subnets(tasks, "auto", max_subnets=1)) == 2  # at least one subnetwork per input
+
+
+def test_keep_is_one_over_subnetworks_unless_auto_groups_the_tasks():
+    data = many_tasks(20, rows=(8, 4, 4))
+    assert make(data, groups="task")[1].keep == pytest.approx(1 / 20)
+    assert make(data, max_subnets=20)[1].keep == pytest.approx(1 / 20)  # auto, one task each: the paper's 1/S
+    assert make(data, max_subnets=4)[1].keep == pytest.approx(0.8 / 4)
+    assert make(data, max_subnets=4, keep=0.25)[1].keep == 0.25  # an explicit keep is kept
+
+
+def test_grouped_subnetworks_keep_disjoint_fractions_summing_to_at_most_one(caplog):
+    data = many_tasks(40, inputs=("a", "b"))
+    with caplog.at_level("INFO", logger="manytask"):
+        model, hooks = make(data, max_subnets=6)
+    assert len(model.subnet_names) == 6 and hooks.keep == pytest.approx(0.8 / 6)  # grouped: a fifth stays free
+    line = "40 tasks in 6 subnetworks of 6-7 tasks; each subnetwork keeps 13.3% of every layer it uses " \
+           "(head: 2 of 16 inputs per output unit), 20% of the shared layers unused"
+    assert capacity_line(model, hooks.keep) == line and caplog.messages == [f"rsn2: {line}"]
+    select_masks(model, data, hooks.keep, batch=32)  # Algorithm 1, as before_training runs it
+    check_disjoint(model)
+    rows, ok = ownership_report(model)
+    assert ok
+    for r in rows:
+        owned = [r[n] for n in model.subnet_names if n in r]
+        assert sum(owned) + r["unused"] == pytest.approx(1.0) and sum(owned) <= 1 + 1e-9
+        if r["layer"] != "head":  # first layers: the 3 subnetworks of their input, shared layers: all 6
+            assert all(v == pytest.approx(0.8 / 6, abs=0.02) for v in owned if v > 0)
+    assert sum(v > 0 for v in (rows[0][n] for n in model.subnet_names if n in rows[0])) == 3
+
+
+def test_with_fractions_summing_to_one_the_last_subnetwork_takes_the_leftovers():
+    """Why groups=auto leaves a fifth free: with keep = 1/S, Algorithm 1's last subnetwork owns what the
+    others left (all but the rounding remainder of each layer), whatever its own scores say."""
+    data = tiny_shared()
+    model, hooks = make(data, groups="task")  # 3 subnetworks, keep 1/3
+    select_masks(model, data, hooks.keep, batch=32)
+    for layer in [model.first[0], *model.fcs]:
+        left = ~(layer.weight_mask[0] | layer.weight_mask[1])
+        assert not bool((layer.weight_mask[2] & ~left).any())
+        assert int(left.sum()) - int(layer.weight_mask[2].sum()) <= 1  # 256 positions, 3 x 85 taken
+
+
+def test_capacity_line_names_copies_and_unused_capacity():
+    data = tiny_shared()
+    model, hooks = make(data, groups="input", copies=3, keep=0.25)
+    assert capacity_line(model, hooks.keep) == ("3 tasks in 3 subnetworks (1 group x 3 copies) of 3 tasks; each "
+                                                "subnetwork keeps 25% of every layer it uses (head: 4 of 16 inputs "
+                                                "per output unit), 25% of the shared layers unused")
+    model, hooks = make(data)
+    line = capacity_line(model, hooks.keep)
+    assert line.startswith("3 tasks in 3 subnetworks of 1 task; each subnetwork keeps 33.3%")
+
+
+def test_export_of_grouped_subnetworks_is_exact(tmp_path):
+    data = many_tasks(20)
+    model, hooks = make(data, max_subnets=4)
+    assert [len(ts) for ts in model.subnet_tasks] == [5, 5, 5, 5]
+    Trainer(model, data, dataclasses.replace(FAST, epochs=1), hooks).fit()
+    export(model, tmp_path / "packed.safetensors")
+    a = predict_split(model, data.test, data.tasks)
+    b = predict_split(load_packed(tmp_path / "packed.safetensors"), data.test, data.tasks)
+    assert all(torch.equal(a[t.name], b[t.name]) for t in data.tasks)
 
 
 def test_masks_keep_the_fraction_and_are_disjoint():

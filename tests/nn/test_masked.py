@@ -141,11 +141,12 @@ def test_ownership_report_verifies_eq3():
     assert ownership_report(torch.nn.ModuleDict({"L": layer}))[1] is False
 
 
-@pytest.mark.parametrize("T", [2, 3, 4, 5, 7, 17])
+@pytest.mark.parametrize("T", [2, 3, 4, 5, 7, 17, 256, 617])
 def test_owner_index_roundtrip(T):
     owner = torch.randint(0, T, (13, 11), generator=torch.Generator().manual_seed(T))
+    owner[0, 0] = T - 1  # the largest owner must survive the packing
     packed = pack_owner(owner, T)
-    assert packed.dtype == torch.uint8
+    assert packed.dtype == (torch.uint8 if T <= 256 else torch.int32)
     assert torch.equal(unpack_owner(packed, T, owner.shape), owner)
 
 
