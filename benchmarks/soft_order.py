@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from manytask.methods.soft_order import SoftOrderConfig, build  # noqa: E402
-from manytask.tasks import Task, mean_loss  # noqa: E402
+from manytask.tasks import Task, mean_loss, module_key  # noqa: E402
 
 
 class NaiveSoft(torch.nn.Module):
@@ -35,7 +35,7 @@ class NaiveSoft(torch.nn.Module):
         m, out = self.m, {}
         mix = m.mixing()  # (T, D, D)
         for i, t in enumerate(m.tasks):
-            y = m.encoders[t.name](x)  # (n, w)
+            y = F.dropout(m.encoders[module_key(t.input)](x)[m.slot[i]], m.bank.dropout, self.training)  # (n, w)
             for k in range(m.depth):
                 y = sum(mix[i, k, j] * F.dropout(F.relu(y @ m.bank.weight[j] + m.bank.bias[j]), m.bank.dropout, self.training)
                         for j in range(m.depth))

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..config import option
 from ..data.base import MultiTaskData, Split
-from ..methods.soft_order import SoftOrder
+from ..methods.soft_order import PerTask, SoftOrder
 from ..nn.soft_order import DenseBank
 from ..registry import register_experiment
 from ..report import fmt, line_plot, mean_pm, paired, text_table, write_matrix
@@ -54,14 +54,18 @@ class OrderingsConfig(ExperimentConfig):
     dropout: float = option(0.2, "dropout after every layer of every contender", low=0, high=1, high_open=True)
     scores_lr: float = option(0.03, "learning rate of soft ordering's mixing scores (10x the recipes' lr); "
                               "0: the training lr", low=0)
+    preserve_scale: bool = option(True, "soft, parallel and permuted: He-uniform shared layers and the soft "
+                                  "mixture divided by the L2 norm of its weights; false: the plain mixture "
+                                  "with nn.Linear's initialisation, which collapses on 28x28 digits")
 
 
 def contenders(cfg: OrderingsConfig) -> list[Contender]:
     """soft, parallel and permuted soft_order, and single-task MLPs of the same shape (encoder + D layers)."""
     shape = {"width": cfg.width, "depth": cfg.depth, "dropout": cfg.dropout}
+    ordered = {**shape, "preserve_scale": cfg.preserve_scale}
     soft_only = {"scores_lr": cfg.scores_lr}
     single_task = Contender("single_task", "stl", {"widths": (cfg.width,) * (cfg.depth + 1), "dropout": cfg.dropout})
-    return [Contender(o, "soft_order", {"ordering": o, **shape, **(soft_only if o == "soft" else {})})
+    return [Contender(o, "soft_order", {"ordering": o, **ordered, **(soft_only if o == "soft" else {})})
             for o in ORDERED] + [single_task]
 
 
@@ -150,7 +154,7 @@ def pattern_model(tasks: list[Task], width: int, ordering: str) -> SoftOrder:
     tasks. parallel: y_t = O.W2.W1(x); permuted: y1 = O.W2.W1(x), y2 = O.W1.W2(x); soft: learned mixing."""
     out_layer = nn.Linear(width, 1)  # O, the same module for both tasks
     order = {"parallel": torch.tensor([[0, 1], [0, 1]]), "permuted": torch.tensor([[0, 1], [1, 0]]), "soft": None}[ordering]
-    return SoftOrder(tasks, {t.name: nn.Identity() for t in tasks}, {t.name: out_layer for t in tasks},
+    return SoftOrder(tasks, {"x": PerTask([nn.Identity() for _ in tasks])}, {t.name: out_layer for t in tasks},
                      DenseBank(2, width, 0.0), order)
 
 

@@ -8,6 +8,11 @@ D shared layers F_1..F_D of one width w; task t has an encoder E_t (its input ->
     y_t(k) = sum_j softmax(s[t, k, :])_j  F_j(y_t(k-1))        k = 1..D,  F_j = dropout . relu . W_j
     out_t  = D_t(y_t(D))
 
+preserve_scale=true divides the mixture by ||softmax(s[t, k])||_2 (1 for a one-hot row, sqrt(D) for the
+uniform start) and draws the shared layers He-uniform (bound sqrt(6/w)): the representation then keeps
+its scale through the depths for any mixing, where the plain mixture of D independently initialised
+layers loses a factor of about sqrt(D) of its example-to-example spread per depth (docs/soft_order.md).
+
 ordering=parallel replaces the softmax by a one-hot on layer k at depth k (the classic shared hierarchy);
 ordering=permuted by a one-hot on layer rho_t(k), with rho_t a random permutation per task drawn once from
 the seed. identity=true adds an identity candidate at every depth (s becomes (T, D, D+1)): a task may skip a
@@ -27,11 +32,12 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pad_sequence
+from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, option
-from ..nn.soft_order import ConvBank, DenseBank
+from ..nn.soft_order import ConvBank, DenseBank, TaskLinear
 from ..registry import register_method
 from ..report import Matrix
 from ..tasks import Task, module_key
@@ -46,26 +52,54 @@ class SoftOrderConfig:
     ordering: Literal["soft", "parallel", "permuted"] = option(
         "soft", "soft: learned mixing; parallel: layer k at depth k; permuted: a random order per task")
     identity: bool = option(False, "soft only: an identity candidate at every depth")
+    preserve_scale: bool = option(False, "keep the representation's scale through the depths: He-uniform shared "
+                                  "layers and the soft mixture divided by the L2 norm of its weights (the "
+                                  "soft-order recipes use it; docs/soft_order.md says why)")
     conv: bool = option(False, "3x3 convolutional layers for image inputs (C, H, W)")
     dropout: float = option(0.2, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True)
     scores_lr: float = option(0.0, "learning rate of the mixing scores s; 0: the training lr", low=0)
 
 
+class PerTask(nn.Module):
+    """G per-task modules on one shared input: forward(x (n, *in)) -> (G, n, *out), their outputs stacked.
+    The encoders of the convolutional variant and of custom models (one Python call per task)."""
+
+    def __init__(self, modules: list[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.nets])
+
+
 class SoftOrder(nn.Module):
     """forward(x) -> {task: (n_t, task.outputs)}; x is (n, *shape) or {input: (n_input, *shape)}.
 
-    encoders[task name]: (n_t, *input shape) -> (n_t, *feat); decoders[task name]: (n_t, *feat) -> (n_t, outputs)
-    (kept under module_key(task name)).
+    encoders[input name]: (n_input, *input shape) -> (G, n_input, *feat), the encoders E_t (activation
+    included, dropout not) of the G tasks that read that input, in task order; for dense layers one
+    TaskLinear product for all G. Dropout `bank.dropout` follows, one mask per task.
+    decoders[task name]: (n_t, *feat) -> (n_t, outputs). (Both kept under module_key(name).)
     bank: a DenseBank or ConvBank of D layers on feat. order: (T, D) long layer indices for the fixed
     orderings, None for soft ordering (then the learned `scores` (T, D, D [+1]) mix the layers).
+    Without gradients (evaluation) the depths run on chunks of tasks, so that the (tasks, D, n, *feat)
+    candidates of a large batch of many tasks never exist at once (`chunk_elements` floats at most).
     """
 
+    chunk_elements = 1 << 24  # floats of candidates per depth: evaluation chunks tasks above it, training recomputes
+
     def __init__(self, tasks: list[Task], encoders: dict[str, nn.Module], decoders: dict[str, nn.Module],
-                 bank: DenseBank | ConvBank, order: torch.Tensor | None = None, identity: bool = False):
+                 bank: DenseBank | ConvBank, order: torch.Tensor | None = None, identity: bool = False,
+                 preserve_scale: bool = False):
         super().__init__()
         self.tasks = tasks
-        self.encoders = nn.ModuleDict({module_key(name): m for name, m in encoders.items()})
+        self.preserve_scale = preserve_scale
+        self.inputs = list(dict.fromkeys(t.input for t in tasks))  # input names, in order of first use
+        if set(encoders) != set(self.inputs):
+            raise ValueError(f"encoders must be keyed by the tasks' inputs {self.inputs}, got {sorted(encoders)}")
+        self.encoders = nn.ModuleDict({module_key(g): encoders[g] for g in self.inputs})
         self.decoders = nn.ModuleDict({module_key(name): m for name, m in decoders.items()})
+        # task i is row slot[i] of its input's encoder output
+        self.slot = [[u.input for u in tasks[:i]].count(t.input) for i, t in enumerate(tasks)]
         self.bank = bank
         T, D = len(tasks), bank.depth
         self.identity = identity
@@ -104,22 +138,69 @@ class SoftOrder(nn.Module):
             Matrix("mixing", mix.reshape(T * D, K), rows, cols, title=f"ordering distance {dist:.3f}",
                    xlabel="shared layer", ylabel="task, depth", fmt_cells=".2f", corner="task, depth")]
 
-    def forward(self, x):
-        hs = [self.encoders[module_key(t.name)](t.select(x)) for t in self.tasks]  # T x (n_t, *feat)
-        sizes = [h.shape[0] for h in hs]
-        h = pad_sequence(hs, batch_first=True)  # (T, n_max, *feat), zero rows beyond n_t
-        T, n, feat = h.shape[0], h.shape[1], h.shape[2:]
+    def encode(self, x) -> tuple[torch.Tensor, list[int]]:
+        """-> (y(0) (T, n_max, *feat), [n_t]): every task's encoder output after dropout, stacked; rows
+        beyond a task's own batch n_t are zero. One encoder call per input; one dropout mask per task,
+        drawn in task order."""
+        z = {g: self.encoders[module_key(g)](x[g] if isinstance(x, dict) else x) for g in self.inputs}
+        if len(self.inputs) == 1 and not (self.training and self.bank.dropout > 0):
+            h = z[self.inputs[0]]  # (T, n, *feat): nothing to pad or drop
+            return h, [h.shape[1]] * len(self.tasks)
+        rows = {g: v.unbind(0) for g, v in z.items()}  # one backward for all rows (indexing row by row
+        # would give every task's gradient the size of the whole (G, n, *feat) block)
+        hs = [nn.functional.dropout(rows[t.input][s], self.bank.dropout, self.training)
+              for t, s in zip(self.tasks, self.slot)]  # T x (n_t, *feat)
+        return stack_padded(hs), [h.shape[0] for h in hs]
+
+    def depths(self, h: torch.Tensor, tasks: slice) -> torch.Tensor:
+        """y(0) (c, n, *feat) of the tasks `tasks` -> y(D) (c, n, *feat).
+
+        When one depth's candidates (c, D, n, *feat) exceed chunk_elements and gradients are on (training on
+        many tasks), each depth is recomputed in the backward pass instead of keeping its candidates
+        (torch.utils.checkpoint, with the dropout masks of the forward pass): activation memory of one depth
+        instead of D, for a second forward through the shared layers. The values are the same."""
+        mix = None
         if self.scores is not None:
-            mix = torch.softmax(self.scores, dim=-1)  # (T, D, K)
+            mix = torch.softmax(self.scores[tasks], dim=-1)  # (c, D, K)
+            if self.preserve_scale:  # sum_j m_j F_j / ||m||_2: the variance of D uncorrelated F_j whatever m
+                mix = mix / mix.norm(dim=-1, keepdim=True)
+        recompute = torch.is_grad_enabled() and h.numel() * self.depth > self.chunk_elements
         for k in range(self.depth):
-            if self.scores is None:
-                h = self.bank.pick(h, self.order[:, k])  # (T, n, *feat)
-                continue
-            cand = self.bank.all(h)  # (T, D, n, *feat)
-            if self.identity:
-                cand = torch.cat([cand, h.unsqueeze(1)], dim=1)  # (T, D+1, n, *feat)
-            h = torch.einsum("tj,tjnf->tnf", mix[:, k], cand.flatten(3)).reshape(T, n, *feat)  # (T, n, *feat)
-        return {t.name: self.decoders[module_key(t.name)](h[i, :sizes[i]]) for i, t in enumerate(self.tasks)}
+            if recompute:
+                h = checkpoint(self.depth_step, h, k, tasks, mix, use_reentrant=False)
+            else:
+                h = self.depth_step(h, k, tasks, mix)
+        return h
+
+    def depth_step(self, h: torch.Tensor, k: int, tasks: slice, mix: torch.Tensor | None) -> torch.Tensor:
+        """y(k-1) (c, n, *feat) -> y(k) (c, n, *feat); mix (c, D, K) the mixture weights, None for a fixed order."""
+        if mix is None:
+            return self.bank.pick(h, self.order[tasks, k])
+        c, n, feat = h.shape[0], h.shape[1], h.shape[2:]
+        cand = self.bank.all(h)  # (c, D, n, *feat)
+        if self.identity:
+            cand = torch.cat([cand, h.unsqueeze(1)], dim=1)  # (c, D+1, n, *feat)
+        return torch.einsum("tj,tjnf->tnf", mix[:, k], cand.flatten(3)).reshape(c, n, *feat)
+
+    def forward(self, x):
+        h, sizes = self.encode(x)  # (T, n, *feat)
+        T = h.shape[0]
+        step = T if torch.is_grad_enabled() else max(1, self.chunk_elements // max(1, h[0].numel() * self.depth))
+        if step >= T:
+            h = self.depths(h, slice(0, T))
+        else:
+            h = torch.cat([self.depths(h[a:a + step], slice(a, a + step)) for a in range(0, T, step)])
+        return {t.name: self.decoders[module_key(t.name)](h_t[:n_t])
+                for t, h_t, n_t in zip(self.tasks, h.unbind(0), sizes)}  # unbind: see encode
+
+
+def stack_padded(hs: list[torch.Tensor]) -> torch.Tensor:
+    """T x (n_t, *feat) -> (T, max n_t, *feat), zero rows beyond each n_t. Unlike pad_sequence, whose
+    backward copies the whole (T, n, *feat) gradient once per task (T^2 n feat floats: 12 GB a step at
+    617 tasks), each task's gradient here is its own slice."""
+    n = max(h.shape[0] for h in hs)
+    return torch.stack([h if h.shape[0] == n else F.pad(h, [0, 0] * (h.dim() - 1) + [0, n - h.shape[0]])
+                        for h in hs])
 
 
 def ordering_distance(mixing: np.ndarray) -> float:
@@ -166,22 +247,27 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Soft
     if cfg.conv:
         check_conv_inputs(input_shapes, sorted({t.input for t in tasks}))
     w, drop = cfg.width, cfg.dropout
-    encoders, decoders = {}, {}
+    per_task, decoders = {}, {}  # drawn task by task, encoder then decoder: the seeded initial weights
     for t in tasks:
         shape = input_shapes[t.input]
         if cfg.conv:  # (n, C_in, H, W) -> (n, w, H, W) -> ... -> flatten -> outputs
-            encoders[t.name] = nn.Sequential(nn.Conv2d(shape[0], w, 3, padding=1), nn.ReLU(), nn.Dropout(drop))
+            per_task[t.name] = nn.Sequential(nn.Conv2d(shape[0], w, 3, padding=1), nn.ReLU())
             decoders[t.name] = nn.Sequential(nn.Flatten(), nn.Linear(w * shape[1] * shape[2], t.outputs))
         else:  # (n, *shape) -> (n, w) -> ... -> (n, outputs)
-            encoders[t.name] = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), w), nn.ReLU(), nn.Dropout(drop))
+            per_task[t.name] = nn.Linear(math.prod(shape), w)
             decoders[t.name] = nn.Linear(w, t.outputs)
-    bank = ConvBank(cfg.depth, w, drop) if cfg.conv else DenseBank(cfg.depth, w, drop)
+    encoders = {}
+    for g in dict.fromkeys(t.input for t in tasks):  # one encoder module per input, for all its tasks
+        mods = [per_task[t.name] for t in tasks if t.input == g]
+        encoders[g] = PerTask(mods) if cfg.conv else nn.Sequential(TaskLinear.of(mods), nn.ReLU())
+    gain = math.sqrt(6.0) if cfg.preserve_scale else 1.0  # He-uniform, or nn.Linear's default bound
+    bank = ConvBank(cfg.depth, w, drop, gain=gain) if cfg.conv else DenseBank(cfg.depth, w, drop, gain=gain)
     order = None
     if cfg.ordering == "parallel":
         order = torch.arange(cfg.depth).repeat(len(tasks), 1)  # (T, D): layer k at depth k
     elif cfg.ordering == "permuted":  # drawn from the global generator, which runs.build seeds with train.seed
         order = torch.stack([torch.randperm(cfg.depth) for _ in tasks])  # (T, D)
-    model = SoftOrder(tasks, encoders, decoders, bank, order, cfg.identity)
+    model = SoftOrder(tasks, encoders, decoders, bank, order, cfg.identity, cfg.preserve_scale)
     if cfg.scores_lr > 0 and model.scores is not None:
         return model, ScoresLR(cfg.scores_lr)
     return model

@@ -8,10 +8,16 @@ weights in one tensor and offers two operations on a task-stacked representation
     bank.pick(h, idx) -> (T, n, *feat)      layer idx[t] on task t only (parallel / permuted ordering)
 
 Each layer is weights, then ReLU, then dropout: F_j(h) = dropout(relu(h W_j + b_j)).
+Initialisation: weights and biases uniform in +-gain/sqrt(fan_in). gain 1 is nn.Linear's and nn.Conv2d's
+default; gain sqrt(6) is the He-uniform bound, with which relu(h W + b) keeps about the second moment of h
+instead of losing a factor of about 6 per layer.
 `all` costs D times the arithmetic of `pick`: that is the whole price of soft ordering.
 
 DenseBank: feat = (w,), weight (D, w, w) stored as (layer, in, out).
 ConvBank:  feat = (C, H, W), 3x3 convolutions with padding 1, weight (D, C, C, 3, 3) as (layer, out, in, kh, kw).
+
+TaskLinear holds the per-task encoders of many tasks that read one input: G linear maps in -> out stored
+side by side, so that all G run as one matrix product (x (n, in) -> (G, n, out)) instead of G small ones.
 """
 from __future__ import annotations
 
@@ -23,11 +29,12 @@ from torch import nn
 
 
 class DenseBank(nn.Module):
-    """D fully connected layers w -> w: weight (D, w, w) as (layer, in, out), bias (D, w)."""
+    """D fully connected layers w -> w: weight (D, w, w) as (layer, in, out), bias (D, w), both uniform in
+    +-gain/sqrt(w)."""
 
-    def __init__(self, depth: int, width: int, dropout: float = 0.0):
+    def __init__(self, depth: int, width: int, dropout: float = 0.0, gain: float = 1.0):
         super().__init__()
-        bound = 1.0 / math.sqrt(width)  # nn.Linear's default initialisation, per layer
+        bound = gain / math.sqrt(width)  # gain 1: nn.Linear's default initialisation, per layer
         self.weight = nn.Parameter(torch.empty(depth, width, width).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(depth, width).uniform_(-bound, bound))
         self.dropout = dropout
@@ -54,11 +61,11 @@ class DenseBank(nn.Module):
 class ConvBank(nn.Module):
     """D 3x3 convolutions C -> C (padding 1, so shapes are kept): weight (D, C, C, 3, 3), bias (D, C)."""
 
-    def __init__(self, depth: int, channels: int, dropout: float = 0.0, kernel: int = 3):
+    def __init__(self, depth: int, channels: int, dropout: float = 0.0, kernel: int = 3, gain: float = 1.0):
         super().__init__()
         if kernel % 2 != 1:
             raise ValueError(f"kernel must be odd to keep the image size, got {kernel}")
-        bound = 1.0 / math.sqrt(channels * kernel * kernel)  # nn.Conv2d's default initialisation, per layer
+        bound = gain / math.sqrt(channels * kernel * kernel)  # gain 1: nn.Conv2d's default initialisation
         self.weight = nn.Parameter(torch.empty(depth, channels, channels, kernel, kernel).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(depth, channels).uniform_(-bound, bound))
         self.dropout = dropout
@@ -86,3 +93,48 @@ class ConvBank(nn.Module):
                      padding=k // 2, groups=T)  # (n, T*C, H, W)
         z = z.reshape(n, T, C, H, W).permute(1, 0, 2, 3, 4)  # (T, n, C, H, W)
         return F.dropout(F.relu(z), self.dropout, self.training)
+
+
+class TaskLinear(nn.Module):
+    """G linear maps in -> out, one per task, on ONE shared input: weight (in, G, out) (task g's matrix is
+    weight[:, g]), bias (G, out). forward(x (n, in)) -> (G, n, out) is one product x @ weight.view(in, G*out),
+    and so is its backward: no (G, n, in) copy of the input and no per-task Python loop."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        if weight.ndim != 3 or tuple(bias.shape) != (weight.shape[1], weight.shape[2]):
+            raise ValueError(f"need weight (in, G, out) and bias (G, out), got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        self.weight = nn.Parameter(weight)
+        self.bias = nn.Parameter(bias)
+
+    @classmethod
+    def of(cls, linears: list[nn.Linear]) -> "TaskLinear":
+        """The stacked copy of G nn.Linear maps of one shape, with their weights as they are (e.g. as seeded:
+        building them one by one draws the same initial weights as G separate layers)."""
+        if len({(m.in_features, m.out_features) for m in linears}) != 1:
+            raise ValueError("TaskLinear.of needs linear maps of one shape")
+        with torch.no_grad():
+            return cls(torch.stack([m.weight.T for m in linears], dim=1), torch.stack([m.bias for m in linears]))
+
+    sparse_below = 1 / 16  # inputs with fewer non-zero entries than this fraction take the sparse path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (n, *shape) with prod(shape) = in -> (G, n, out), a view of one (n, G*out) product.
+
+        A mostly-zero input (molecular fingerprints: about 3% ones) is summed over its non-zero entries
+        only, x[r, i] times row i of the (in, G*out) weight (F.embedding_bag with per-sample weights): the
+        same product up to float rounding, at that fraction of the arithmetic, forward and backward."""
+        n, (d, G, w) = x.shape[0], self.weight.shape
+        x, W = x.reshape(n, d), self.weight.reshape(d, G * w)
+        nz = x.nonzero()  # (nnz, 2) row, feature; in row order
+        if nz.shape[0] >= self.sparse_below * x.numel():
+            z = torch.addmm(self.bias.reshape(G * w), x, W)  # (n, G*w)
+        else:
+            offsets = torch.cumsum(torch.bincount(nz[:, 0], minlength=n), 0) - torch.bincount(nz[:, 0], minlength=n)
+            z = F.embedding_bag(nz[:, 1], W, offsets, mode="sum", per_sample_weights=x[nz[:, 0], nz[:, 1]])
+            z = z + self.bias.reshape(G * w)
+        return z.reshape(n, G, w).transpose(0, 1)
+
+    def task(self, g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight (in, out), bias (out,)) of task g."""
+        return self.weight[:, g], self.bias[g]

@@ -15,9 +15,16 @@ from manytask.config import ConfigError, apply
 from manytask.data.base import model_input
 from manytask.methods.soft_order import SoftOrder, SoftOrderConfig, build, ordering_distance
 from manytask.runs import evaluate_run, resolve, train_run
+from manytask.tasks import module_key
 from manytask.train import TrainConfig, Trainer
 
 from ..conftest import tiny_multi, tiny_shared
+
+
+def encoded(model, t, x):
+    """Task t's encoder output (n_t, *feat): row model.slot[i] of its input's encoder (eval mode)."""
+    i = model.tasks.index(t)
+    return model.encoders[module_key(t.input)](t.select(x))[model.slot[i]]
 
 
 def naive_forward(model, x):
@@ -27,7 +34,7 @@ def naive_forward(model, x):
     mix = model.mixing()  # (T, D, K)
     out = {}
     for i, t in enumerate(model.tasks):
-        y = model.encoders[t.name](t.select(x))  # (n, w)
+        y = encoded(model, t, x)  # (n, w)
         for k in range(model.depth):
             new = sum(mix[i, k, j] * F.relu(y @ W[j] + b[j]) for j in range(model.depth))
             if mix.shape[-1] > model.depth:
@@ -55,6 +62,42 @@ def test_soft_forward_equals_the_equation(maker, identity):
         torch.testing.assert_close(out[t.name], ref[t.name])
 
 
+@pytest.mark.parametrize("maker", [tiny_shared, tiny_multi])
+def test_encoders_are_each_tasks_own_linear_layer(maker):
+    """One stacked product per input equals task t's encoder relu(x W_t + b_t), W_t = TaskLinear.task(slot)."""
+    data = maker()
+    model = built(data, width=8).eval()
+    x = model_input(data.train.inputs)
+    for i, t in enumerate(data.tasks):
+        W, b = model.encoders[module_key(t.input)][0].task(model.slot[i])  # (in, w), (w,)
+        torch.testing.assert_close(encoded(model, t, x), F.relu(t.select(x).flatten(1) @ W + b))
+    h, sizes = model.encode(x)  # (T, n_max, w), zero rows beyond n_t
+    assert sizes == [t.select(x).shape[0] for t in data.tasks]
+    for i, t in enumerate(data.tasks):
+        torch.testing.assert_close(h[i, :sizes[i]], encoded(model, t, x))
+        assert not h[i, sizes[i]:].any()
+
+
+@pytest.mark.parametrize("ordering", ["soft", "permuted"])
+def test_evaluation_in_task_chunks_equals_one_pass(ordering):
+    """Without gradients the depths run on chunks of tasks; the outputs are those of the one-pass forward."""
+    from manytask.tasks import Task
+    tasks = [Task(f"t{i}", "binary") for i in range(7)]
+    torch.manual_seed(0)
+    model = build(tasks, {"x": (12,)}, SoftOrderConfig(ordering=ordering, width=8, depth=3, identity=ordering == "soft"))
+    model.eval()
+    if model.scores is not None:
+        with torch.no_grad():
+            model.scores.normal_(0, 2)
+    x = torch.randn(20, 12)
+    one_pass = model(x)  # gradients enabled: all tasks at once
+    model.chunk_elements = 3 * 20 * 8 * 2  # two tasks per chunk: 4 chunks, the last one short
+    with torch.no_grad():
+        chunked = model(x)
+    for t in tasks:
+        torch.testing.assert_close(chunked[t.name], one_pass[t.name])
+
+
 def test_parallel_is_the_plain_stack_and_permuted_follows_its_order():
     data = tiny_multi()
     x = model_input(data.train.inputs)
@@ -63,7 +106,7 @@ def test_parallel_is_the_plain_stack_and_permuted_follows_its_order():
         W, b = model.bank.weight, model.bank.bias
         out = model(x)
         for i, t in enumerate(data.tasks):
-            y = model.encoders[t.name](t.select(x))
+            y = encoded(model, t, x)
             for k in range(4):
                 j = k if ordering == "parallel" else int(model.order[i, k])
                 y = F.relu(y @ W[j] + b[j])
@@ -110,7 +153,7 @@ def test_identity_candidate_lets_a_task_skip_every_layer():
     x = model_input(data.test.inputs)
     out = model(x)
     for t in data.tasks:
-        torch.testing.assert_close(out[t.name], model.decoders[t.name](model.encoders[t.name](t.select(x))))
+        torch.testing.assert_close(out[t.name], model.decoders[t.name](encoded(model, t, x)))
 
 
 def test_conv_variant_trains_on_images_and_matches_its_equation():
@@ -125,7 +168,7 @@ def test_conv_variant_trains_on_images_and_matches_its_equation():
     out = model(x)
     W, b, mix = model.bank.weight, model.bank.bias, model.mixing()
     for i, t in enumerate(data.tasks):
-        y = model.encoders[t.name](x[t.input])  # (n, C, 8, 8)
+        y = encoded(model, t, x)  # (n, C, 8, 8)
         for k in range(2):
             y = sum(mix[i, k, j] * F.relu(F.conv2d(y, W[j], b[j], padding=1)) for j in range(2))
         torch.testing.assert_close(out[t.name], model.decoders[t.name](y))
@@ -205,3 +248,76 @@ def test_model_rejects_identity_with_a_fixed_order():
     model = built(data, width=8, depth=2, ordering="parallel")
     with pytest.raises(ValueError, match="identity needs soft ordering"):
         SoftOrder(data.tasks, dict(model.encoders), dict(model.decoders), model.bank, model.order, identity=True)
+
+
+def depth_spread(d: int, ordering: str, preserve_scale: bool, seed: int) -> tuple[float, float]:
+    """(example-to-example spread of y(D), of y(0)) at initialisation: std over 256 inputs of d sparse
+    non-negative pixels, mean over tasks and units."""
+    from manytask.tasks import Task
+    torch.manual_seed(seed)
+    tasks = [Task(f"t{i}", "binary") for i in range(3)]
+    model = build(tasks, {"x": (d,)}, SoftOrderConfig(ordering=ordering, preserve_scale=preserve_scale, dropout=0.0))
+    x = torch.rand(256, d) * (torch.rand(256, d) < 0.3)  # digit-like: non-negative, mostly dark
+    with torch.no_grad():
+        h, _ = model.eval().encode(x)
+        y = model.depths(h, slice(0, 3))
+    return float(y.std(dim=1).mean()), float(h.std(dim=1).mean())
+
+
+@pytest.mark.parametrize("d", [64, 784])  # 8x8 and 28x28 digits
+@pytest.mark.parametrize("seed", [0, 1])
+def test_preserve_scale_keeps_the_signal_through_the_depths(d, seed):
+    """The cause of soft ordering's collapse on 28x28 digits: mixing D independently initialised layers
+    uniformly shrinks the part of the representation that differs between examples by about sqrt(D) per
+    depth, on top of nn.Linear's initialisation, so soft ordering starts with near-constant outputs
+    (y(D) keeps < 1% of y(0)'s spread, a tenth of what parallel ordering keeps). preserve_scale keeps it
+    within a factor 4 of y(0)'s for soft and parallel ordering alike, at 64 and at 784 inputs."""
+    soft, enc = depth_spread(d, "soft", False, seed)
+    parallel, _ = depth_spread(d, "parallel", False, seed)
+    assert soft / enc < 0.01 and soft < 0.2 * parallel  # the cause, kept visible
+    for ordering in ("soft", "parallel"):
+        out, enc = depth_spread(d, ordering, True, seed)
+        assert 0.25 < out / enc < 4
+
+
+def test_preserve_scale_changes_nothing_for_a_one_hot_mixture():
+    """||m||_2 = 1 for a one-hot row: soft ordering with all mass on layer k at depth k is parallel ordering."""
+    data = tiny_multi()
+    soft = built(data, width=8, depth=3, preserve_scale=True).eval()
+    parallel = built(data, width=8, depth=3, preserve_scale=True, ordering="parallel").eval()
+    parallel.load_state_dict({k: v for k, v in soft.state_dict().items() if k != "scores"}, strict=False)
+    with torch.no_grad():
+        soft.scores.copy_(torch.eye(3).expand(3, 3, 3) * 60.0)
+    x = model_input(data.test.inputs)
+    a, b = soft(x), parallel(x)
+    for t in data.tasks:
+        torch.testing.assert_close(a[t.name], b[t.name])
+    mix = soft.mixing()
+    assert torch.allclose(mix.sum(-1), torch.ones(3, 3))  # the reported weights still sum to 1
+
+
+@pytest.mark.parametrize("ordering", ["soft", "parallel"])
+def test_recomputed_depths_give_the_same_training_step(ordering):
+    """Many tasks: the depths are recomputed in the backward pass (torch.utils.checkpoint) instead of keeping
+    every depth's candidates. Same dropout masks, outputs, gradients and random stream afterwards."""
+    data = tiny_shared()
+    x, y = model_input(data.train.inputs), data.train.labels
+
+    def one_step(chunk_elements):
+        model = built(data, width=8, depth=3, ordering=ordering)
+        model.bank.dropout = 0.3
+        model.chunk_elements = chunk_elements
+        torch.manual_seed(7)
+        out = model.train()(x)
+        from manytask.tasks import mean_loss
+        mean_loss(data.tasks, out, y).backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}, torch.rand(3)
+
+    kept, recomputed = one_step(1 << 30), one_step(1)
+    for a, b in zip(kept, recomputed):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys()
+            for k in a:
+                torch.testing.assert_close(a[k], b[k])
+        else:
+            torch.testing.assert_close(a, b)

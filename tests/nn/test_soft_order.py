@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from manytask.nn.soft_order import ConvBank, DenseBank
+from manytask.nn.soft_order import ConvBank, DenseBank, TaskLinear
 
 
 def naive_dense(h, bank, t, j):
@@ -82,3 +82,42 @@ def test_conv_keeps_image_size_and_rejects_even_kernels():
     assert ConvBank(2, 3).all(torch.randn(1, 2, 3, 7, 5)).shape == (1, 2, 2, 3, 7, 5)
     with pytest.raises(ValueError, match="odd"):
         ConvBank(2, 3, kernel=2)
+
+
+def test_task_linear_is_g_linear_layers_in_one_product():
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(12, 5) for _ in range(3)]
+    stacked = TaskLinear.of(layers)
+    assert stacked.weight.shape == (12, 3, 5) and stacked.bias.shape == (3, 5)
+    x = torch.randn(7, 3, 4)  # (n, *shape), flattened to 12 features
+    out = stacked(x)  # (G, n, out)
+    assert out.shape == (3, 7, 5)
+    for g, m in enumerate(layers):
+        torch.testing.assert_close(out[g], m(x.flatten(1)))
+        W, b = stacked.task(g)
+        torch.testing.assert_close(W, m.weight.T)
+        torch.testing.assert_close(b, m.bias)
+    out.sum().backward()  # one product backwards too: every task's weights get their own gradient
+    for g in range(3):
+        torch.testing.assert_close(stacked.weight.grad[:, g], x.flatten(1).sum(0)[:, None].expand(12, 5))
+    with pytest.raises(ValueError, match="one shape"):
+        TaskLinear.of([torch.nn.Linear(3, 2), torch.nn.Linear(4, 2)])
+
+
+def test_task_linear_sparse_inputs_give_the_dense_product():
+    """Mostly-zero inputs (fingerprints) take the embedding-bag path: same outputs and weight gradients."""
+    torch.manual_seed(0)
+    layer = TaskLinear.of([torch.nn.Linear(200, 6) for _ in range(4)])
+    x = (torch.rand(9, 200) < 0.03).float() * torch.rand(9, 200)  # about 3% non-zero
+    x[4] = 0.0  # an all-zero row: only the bias
+    assert 0 < (x != 0).float().mean() < TaskLinear.sparse_below
+    out = layer(x)
+    layer.weight.grad = None
+    (out ** 2).sum().backward()
+    grad = layer.weight.grad.clone()
+    W, b = layer.weight.reshape(200, 24), layer.bias.reshape(24)
+    dense = (x @ W + b).reshape(9, 4, 6).transpose(0, 1)
+    torch.testing.assert_close(out, dense)
+    layer.weight.grad = None
+    (dense ** 2).sum().backward()
+    torch.testing.assert_close(grad, layer.weight.grad)
