@@ -57,6 +57,16 @@ def grouped_regression_arrays(tasks: int = 30, groups: int = 3, dim: int = 20, t
     return out
 
 
+def write_grouped_regression(path: str | Path, with_groups: bool = True, **draw) -> Path:
+    """A new draw of grouped_regression_arrays(**draw) (seed=, noise=, ...) as an .npz that data.path= reads:
+    train_X, train_Y, test_X, test_Y and, with `with_groups`, the true group of every task (without it,
+    the file is what a user with unlabelled tasks has). -> the path written."""
+    arrays = grouped_regression_arrays(**draw)
+    keep = ("train_X", "train_Y", "test_X", "test_Y") + (("groups",) if with_groups else ())
+    np.savez(path, **{k: arrays[k] for k in keep})
+    return Path(path)
+
+
 def grouped_regression_data(arrays: dict[str, np.ndarray], val: int = 5,
                             name: str = "grouped_regression") -> MultiTaskData:
     """Arrays as from grouped_regression_arrays (or an .npz with train_X, train_Y, test_X, test_Y and

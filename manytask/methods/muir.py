@@ -11,25 +11,38 @@ is optimised by a decomposed (1+lambda)-EA interleaved with backpropagation:
         train steps_per_generation steps with B_l = sum_i softmax(s_l)_i H_{psi^i(l)} z_l     (Eq. 4)
               (s on its own learning rate, reset every generation)
         select:  every location keeps the candidate with the largest softmax mass
+    last stage of the EA: single tasks move (MuirHooks.move_tasks): a task may take the alignment of
+        another task of the same architecture, scored on its validation loss after its contexts alone are
+        refit; a task left in a wrong group by the generations moves to its own group
     then `final` generations with the alignment fixed; training then stops.
+
+At many tasks (617 ToxCast assays) the bank dominates memory: K = L hypermodules of m*n*c floats, c times
+the weights of all task models, plus their gradient and Adam's two moments. `max_bank` halves the default
+models' hidden widths until the bank fits; the blocks are generated in chunks without gathering the bank
+(nn/hyper.py), models reading one input share it instead of stacking copies, and the loss of all binary
+or regression tasks is one masked operation.
 
 The builder makes default per-task models (an MLP, a small 1-D/2-D conv net, or an embedding + LSTM for
 token inputs); `MuirNet(tasks, models, ...)` takes ANY list of PyTorch models, one per task.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check, option
-from ..nn.hyper import MuirModels
+from ..data.base import batches, model_input
+from ..nn.hyper import MuirModels, reparameterisable
 from ..nn.mlp import ACTIVATIONS, activation, mlp
 from ..registry import register_method
 from ..tasks import Task
-from ..train import Hooks, Trainer
+from ..train import Hooks, Trainer, predict_split
 
 ARCHS = ("mlp", "conv", "lstm")
 
@@ -59,6 +72,16 @@ class MuirConfig:
     generations: int = option(1000, "generations of the EA (0: never change the alignment)", low=0)
     final: int = option(0, "generations with the alignment fixed after the EA, then training stops (0: train to epochs)",
                         low=0)
+    move_candidates: int = option(8, "task moves: the most used alignments a task may move to", low=1)
+    max_bank: float = option(100.0, "the most hypermodule floats, in millions, the default models may need (the bank "
+                             "is c x their reparameterised weights, trained with Adam: 16 c bytes a weight); beyond it "
+                             "their hidden widths are halved until it fits (0: no limit)", low=0.0)
+    reassign: int = option(5, "rounds of the EA's last stage, task moves: every task of a repeated architecture may "
+                           "take the alignment of another task, kept when its validation loss drops (0: none)", low=0)
+    move_tolerance: float = option(0.0, "task moves: of the alignments scoring better than its own, a task takes the "
+                                   "most used one whose validation loss is within this fraction of the best", low=0.0)
+    refit_steps: int = option(200, "steps that fit a moved task's contexts z before its move is scored", low=1)
+    refit_lr: float = option(0.02, "Adam learning rate of those steps", low=0.0, low_open=True)
     alignment: tuple[int, ...] = option((), "initial psi, one hypermodule index per block location; empty: "
                                         "pessimistic psi(l) = l", low=0)
     vectorise: bool = option(True, "run identical task models as one vmapped call")
@@ -141,13 +164,17 @@ class MuirNet(nn.Module):
 
 class MuirHooks(Hooks):
     """The (1+lambda)-EA around the training loop: after_step counts steps; every steps_per_generation
-    steps a generation ends (select) and the next begins (propose), then records the sharing. The
-    arguments are MuirConfig's fields of the same names, with its valid ranges."""
+    steps a generation ends (select) and the next begins (propose), then records the sharing. After the
+    last generation of the EA, its last stage moves single misplaced tasks (`move_tasks`). The arguments
+    are MuirConfig's fields of the same names, with its valid ranges."""
 
     def __init__(self, steps_per_generation: int = 100, burn_in: int = 0, generations: int = 1000, final: int = 0,
-                 fraction: float = 0.5, challenger_mass: float = 0.5, soft_lr: float = 0.1):
+                 fraction: float = 0.5, challenger_mass: float = 0.5, soft_lr: float = 0.1, reassign: int = 5,
+                 refit_steps: int = 200, refit_lr: float = 0.02, move_candidates: int = 8, move_tolerance: float = 0.0):
         self.steps_per_generation, self.burn_in, self.generations, self.final = steps_per_generation, burn_in, generations, final
         self.fraction, self.mass, self.soft_lr = fraction, challenger_mass, soft_lr
+        self.reassign, self.refit_steps, self.refit_lr = reassign, refit_steps, refit_lr
+        self.move_candidates, self.move_tolerance = move_candidates, move_tolerance
         self.generation, self.steps = 0, 0
         self.history: list[dict] = []  # one row per finished generation
 
@@ -159,6 +186,28 @@ class MuirHooks(Hooks):
         soft = self._muir(model).soft
         others = [p for p in model.parameters() if p is not soft]
         return [{"params": others}, {"params": [soft], "lr": self.soft_lr, "weight_decay": 0.0}]
+
+    def loss(self, trainer: Trainer, out, y: dict[str, torch.Tensor]) -> torch.Tensor:
+        """tasks.mean_loss, with the binary and the regression tasks of each batch size as one masked
+        (tasks, batch) operation instead of several operations per task (617 ToxCast tasks): the same
+        value up to float rounding. Multiclass tasks keep their own loss."""
+        weights, bunches, total = trainer.task_weights, {}, 0.0
+        for t in trainer.tasks:
+            if t.kind == "multiclass":
+                total = total + weights.get(t.name, 1.0) * t.loss(out[t.name], y[t.name])
+            else:
+                bunches.setdefault((t.kind, y[t.name].shape[0]), []).append(t)
+        for (kind, _), tasks in bunches.items():
+            pred = torch.stack([out[t.name].reshape(-1) for t in tasks])  # (T, batch)
+            target = torch.stack([y[t.name] for t in tasks])  # (T, batch), NaN = missing
+            known = ~torch.isnan(target)
+            target = torch.where(known, target, torch.zeros_like(target))
+            err = (F.binary_cross_entropy_with_logits(pred, target, reduction="none") if kind == "binary"
+                   else (pred - target) ** 2)  # (T, batch)
+            per_task = (err * known).sum(1) / known.sum(1).clamp(min=1)  # (T,), 0 for a task without labels
+            w = torch.tensor([weights.get(t.name, 1.0) for t in tasks], device=per_task.device)
+            total = total + (w * per_task).sum()
+        return total / len(trainer.tasks)
 
     def _evolving(self, generation: int) -> bool:
         return self.burn_in <= generation < self.burn_in + self.generations
@@ -194,19 +243,103 @@ class MuirHooks(Hooks):
         muir = self._muir(trainer.model)
         changed = muir.select() if bool(muir.active.any()) else 0
         self.generation += 1
-        self.record(trainer, changed)
+        moved = []
+        if self.generations and self.generation == self.burn_in + self.generations:  # the EA's last stage
+            before = muir.psi.clone()
+            moved = self.move_tasks(trainer)
+            changed += int((muir.psi != before).sum())
+        self.record(trainer, changed, moved)
         if self.final and self.generation >= self.burn_in + self.generations + self.final:
             trainer.stop = True
             return
         self._begin(trainer)
 
-    def record(self, trainer: Trainer, changed: int) -> None:
+    # ---- the EA's last stage: single tasks move to another task's alignment ----------------------------
+    def move_tasks(self, trainer: Trainer) -> list[str]:
+        """Up to `reassign` rounds, until no task moves, over every class of tasks whose models share one
+        structure (MuirModels.alike). A round scores every task of the class under its own alignment and
+        under each of the `move_candidates` alignments most used in the class (a task's alignment: the
+        hypermodule of each of its block locations). Under each, the contexts z start from their current
+        values and take `refit_steps` Adam steps on the training loss, the hypermodules and every other
+        weight fixed, so the tasks do not interact; the score is then the task's validation loss. A task
+        moves only to a candidate that scores strictly lower than its own alignment: of those within
+        move_tolerance (relative) of the best score, the most used one, with the contexts its fit left (so
+        near-ties go to the most used alignment, which merges groups split over several hypermodules; a task
+        in a wrong group scores many times worse there than in its own).
+        Every task that keeps its alignment keeps its contexts as they were (a round that moves nothing
+        leaves the model bit for bit as it was). A task without validation labels stays.
+        Models of a structure no other model has never move. -> the names of the tasks moved."""
+        net = trainer.model
+        if not isinstance(net, MuirNet):
+            return []
+        moved: list[str] = []
+        for _ in range(self.reassign):
+            now = [net.tasks[i].name for members in self.bank.alike for i in self._move_round(trainer, members)]
+            moved += now
+            if not now:
+                break
+        return moved
+
+    def _move_round(self, trainer: Trainer, members: list[int]) -> list[int]:
+        """One round over the models `members` (one structure) -> the model indices that moved."""
+        bank, net = self.bank, trainer.model
+        locs = bank.locations(members)  # (G, Lm)
+        rows, counts = torch.unique(bank.psi[locs], dim=0, return_counts=True)  # (C, Lm), (C,)
+        if len(rows) < 2:
+            return []
+        rows = rows[counts.argsort(descending=True, stable=True)[:self.move_candidates]]  # the most used first
+        tasks = [net.tasks[i] for i in members]
+        psi, z = bank.psi.clone(), bank.context.detach().clone()
+        own = self._refit_score(trainer, tasks)  # (G,) under their own alignments
+        scores, fits = [], []
+        for row in rows:
+            with torch.no_grad():
+                bank.psi[locs] = row
+                bank.context.copy_(z)
+            scores.append(self._refit_score(trainer, tasks))  # (G,)
+            fits.append(bank.context.detach()[locs].clone())  # (G, Lm, c)
+        with torch.no_grad():
+            bank.psi.copy_(psi)
+            bank.context.copy_(z)
+            score = torch.stack(scores)  # (C, G)
+            near = (score < own) & (score <= (1 + self.move_tolerance) * score.min(0).values)  # (C, G)
+            choice = near.int().argmax(0)  # (G,) the most used alignment within the tolerance of the best
+            differs = (rows[choice] != psi[locs]).any(1)  # (G,)
+            move = (near.any(0) & differs).nonzero().squeeze(1).tolist()
+            for j in move:
+                bank.psi[locs[j]] = rows[choice[j]]
+                bank.context[locs[j]] = fits[choice[j]][j]
+        return [members[j] for j in move]
+
+    def _refit_score(self, trainer: Trainer, tasks: list[Task]) -> torch.Tensor:
+        """Fit the contexts alone for refit_steps steps on the training loss of `tasks` (minibatches of
+        the run's batch size, in an order of their own: the run's random state is left alone), then
+        -> (len(tasks),) each task's validation loss."""
+        z, dev = self.bank.context, trainer.device
+        opt = torch.optim.Adam([z], lr=self.refit_lr)
+        order = torch.Generator().manual_seed(trainer.cfg.seed + 54321)  # the same batches for every candidate
+        steps = 0
+        while steps < self.refit_steps:
+            for x, y in batches(trainer.data.train, tasks, trainer.cfg.batch_size, True, order):
+                out = trainer.model(model_input({k: v.to(dev) for k, v in x.items()}))
+                loss = sum(t.loss(out[t.name], y[t.name].to(dev)) for t in tasks)
+                (z.grad,) = torch.autograd.grad(loss, [z])
+                opt.step()
+                z.grad, steps = None, steps + 1
+                if steps == self.refit_steps:
+                    break
+        out = predict_split(trainer.model, trainer.data.val, tasks, trainer.cfg.eval_batch_size, dev)
+        return torch.tensor([float(t.loss(out[t.name], trainer.data.val.labels[t.name])) for t in tasks])
+
+    def record(self, trainer: Trainer, changed: int, moved: list[str] = ()) -> None:
         model = trainer.model
         names = [t.name for t in model.tasks] if isinstance(model, MuirNet) else None
-        share = self._muir(model).sharing()
-        self.history.append({"generation": self.generation, "step": self.steps, "modules": len(share),
-                             "changed": changed,
-                             "sharing": {k: [names[i] for i in v] if names else v for k, v in share.items()}})
+        subsets: dict[str, int] = {}  # {"a+b": hypermodules used by exactly tasks a and b}: compact at any N
+        for users in self._muir(model).sharing().values():
+            key = "+".join(names[i] if names else str(i) for i in users)
+            subsets[key] = subsets.get(key, 0) + 1
+        self.history.append({"generation": self.generation, "step": self.steps, "modules": sum(subsets.values()),
+                             "changed": changed, "moved": list(moved), "subsets": subsets})
 
 
 def input_archs(cfg: MuirConfig, input_shapes: dict[str, tuple[int, ...]]) -> dict[str, str]:
@@ -221,6 +354,41 @@ def input_archs(cfg: MuirConfig, input_shapes: dict[str, tuple[int, ...]]) -> di
     return {name: chosen.get(name, "conv" if len(shape) in (2, 3) else "mlp") for name, shape in input_shapes.items()}
 
 
+def bank_floats(cfg: MuirConfig, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], arch: dict[str, str]) -> int:
+    """Hypermodule floats of the pessimistic bank (K = L) over the tasks' default models: c x the weights cut
+    into blocks. One model is built per distinct (input, outputs), not one per task, on the meta device and
+    with the random state restored: the real models' initial weights do not depend on this count."""
+    per_kind: dict[tuple[str, int], int] = {}
+    total = 0
+    for t in tasks:
+        key = (t.input, t.outputs)
+        if key not in per_kind:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                model = default_model(t, input_shapes[t.input], arch[t.input], cfg)
+            per_kind[key] = sum(math.prod(shape) for _, shape, _ in reparameterisable(model, *cfg.block))
+        total += per_kind[key]
+    return total * cfg.context
+
+
+def fitted_widths(cfg: MuirConfig, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
+                  arch: dict[str, str]) -> MuirConfig:
+    """cfg, with the default models' hidden widths halved (never below the block's rows, m) until their bank
+    holds at most max_bank million floats; says so in one line on stderr when it changes them. The bank
+    grows with the number of tasks (617 ToxCast tasks x MLPs 2048 -> 64 -> 64 with c = 4: 333 M floats,
+    5.3 GB with its gradient and Adam's two moments)."""
+    limit = cfg.max_bank * 1e6
+    need = bank_floats(cfg, tasks, input_shapes, arch)
+    fitted = cfg
+    while limit and need > limit and any(w > cfg.block[0] for w in fitted.widths):
+        fitted = dataclasses.replace(fitted, widths=tuple(max(cfg.block[0], w // 2) for w in fitted.widths))
+        need = bank_floats(fitted, tasks, input_shapes, arch)
+    if fitted.widths != cfg.widths:
+        print(f"muir: {len(tasks)} tasks with widths={','.join(map(str, cfg.widths))} need a bank over max_bank="
+              f"{cfg.max_bank:g} M floats; using widths={','.join(map(str, fitted.widths))} ({need / 1e6:.0f} M)",
+              file=sys.stderr)
+    return fitted
+
+
 @register_method("muir", MuirConfig, "per-task models of any architecture whose weight blocks come from shared "
                  "hypermodules aligned by a (1+lambda)-EA")
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: MuirConfig):
@@ -228,6 +396,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
     if len(cfg.block) != 2:
         raise ConfigError(f"muir: block is two sizes m,n (e.g. block=16,16), got {','.join(map(str, cfg.block))}")
     arch = input_archs(cfg, input_shapes)
+    cfg = fitted_widths(cfg, tasks, input_shapes, arch)
     models = [default_model(t, input_shapes[t.input], arch[t.input], cfg) for t in tasks]
     try:
         net = MuirNet(tasks, models, block=tuple(cfg.block), context=cfg.context, challengers=cfg.challengers,
@@ -235,5 +404,6 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
     except ValueError as e:  # block sizes no weight divides by, an alignment of the wrong length
         raise ConfigError(str(e)) from None
     hooks = MuirHooks(cfg.steps_per_generation, cfg.burn_in, cfg.generations, cfg.final, cfg.fraction,
-                      cfg.challenger_mass, cfg.soft_lr)
+                      cfg.challenger_mass, cfg.soft_lr, cfg.reassign, cfg.refit_steps, cfg.refit_lr,
+                      cfg.move_candidates, cfg.move_tolerance)
     return net, hooks

@@ -101,6 +101,52 @@ def _remove_parameter(model: nn.Module, name: str) -> None:
     owner.register_buffer(leaf, torch.zeros_like(p.detach()), persistent=False)
 
 
+CHUNK = 8192  # block locations per step of _Generate: bounds the gathered hypermodules it holds at once
+
+
+class _Generate(torch.autograd.Function):
+    """(R, m*n) blocks = sum_i weight[r, i] * H[index[r, i]] z_r (Eq. 3 with one candidate and weight None,
+    Eq. 4 with lambda + 1), hyper (K, m*n, c), context (R, c), index (R, I), weight (R, I) or None.
+    Forward and backward go CHUNK rows at a time and save no gathered hypermodules: a plain
+    `hyper[index]` would hold (R, I, m*n, c) floats plus their gradient, as much again as the bank itself
+    (2 x 0.7 GB for 617 ToxCast MLPs)."""
+
+    @staticmethod
+    def forward(ctx, hyper, context, index, weight):
+        ctx.save_for_backward(hyper, context, index, weight)
+        out = hyper.new_zeros(index.shape[0], hyper.shape[1])  # (R, m*n)
+        for a in range(0, index.shape[0], CHUNK):
+            rows = slice(a, a + CHUNK)
+            for i in range(index.shape[1]):
+                b = torch.einsum("rpc,rc->rp", hyper[index[rows, i]], context[rows])  # (r, m*n)
+                out[rows] += b if weight is None else weight[rows, i:i + 1] * b
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # grad (R, m*n)
+        hyper, context, index, weight = ctx.saved_tensors
+        need_h, need_z, _, need_w = ctx.needs_input_grad
+        g_h = torch.zeros_like(hyper) if need_h else None
+        g_z = torch.zeros_like(context) if need_z else None
+        g_w = torch.zeros_like(weight) if need_w else None
+        for a in range(0, index.shape[0], CHUNK):
+            rows = slice(a, a + CHUNK)
+            g, z = grad[rows], context[rows]  # (r, m*n), (r, c)
+            for i in range(index.shape[1]):
+                idx = index[rows, i]
+                gw = g if weight is None else weight[rows, i:i + 1] * g  # (r, m*n)
+                if need_h:
+                    g_h.index_add_(0, idx, torch.einsum("rp,rc->rpc", gw, z))
+                if need_z or need_w:
+                    h = hyper[idx]  # (r, m*n, c)
+                    if need_z:
+                        g_z[rows] += torch.einsum("rpc,rp->rc", h, gw)
+                    if need_w:
+                        g_w[rows, i] = (torch.einsum("rpc,rc->rp", h, z) * g).sum(1)
+        return g_h, g_z, None, g_w
+
+
 @dataclass
 class TensorSpec:
     """One reparameterised tensor name of a group: blocks start..start + len(members) * nb, member major."""
@@ -141,9 +187,14 @@ class MuirModels(nn.Module):
         self.n_models = len(models)
         # groups of structurally identical models (vectorised), else one group per model
         buckets: dict[tuple, list[int]] = {}
+        alike: dict[tuple, list[int]] = {}
         for i, mod in enumerate(models):
-            key = _structure(mod) if vectorise and _vectorisable(mod) else ("solo", i)
+            structure = _structure(mod)
+            alike.setdefault(structure, []).append(i)
+            key = structure if vectorise and _vectorisable(mod) else ("solo", i)
             buckets.setdefault(key, []).append(i)
+        self.alike = [v for v in alike.values() if len(v) > 1]  # classes of models with the same structure
+        locs: list[list[torch.Tensor]] = [[] for _ in models]
         self.groups: list[Group] = []
         self.solo = nn.ModuleDict()
         self.plain = nn.ModuleList()  # per vectorised group: stacked per-model parameters
@@ -154,7 +205,8 @@ class MuirModels(nn.Module):
             for name, shape, scale in reparameterisable(models[members[0]], m, n):
                 nb = n_blocks(shape, m, n)
                 specs.append(TensorSpec(name, shape, nb, start))
-                for i in members:
+                for j, i in enumerate(members):
+                    locs[i].append(torch.arange(start + j * nb, start + (j + 1) * nb))
                     loc_model += [i] * nb
                     ctx_init += [scale] * nb
                 start += nb * len(members)
@@ -177,6 +229,8 @@ class MuirModels(nn.Module):
             raise ValueError(f"muir: no weight tensor of the models divides into {m}x{n} blocks; use smaller "
                               "blocks (block=...) or layers whose widths are multiples of the block size")
         self.n_locations = L
+        # per model its locations, tensor by tensor, block by block: equal positions in models of one structure
+        self.model_locs = [torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for v in locs]
         self.register_buffer("loc_model", torch.tensor(loc_model), persistent=False)  # (L,) model of location l
         self.hyper = nn.Parameter(torch.randn(L, m * n, context) / math.sqrt(context))  # (K, m*n, c), N(0, 1/c)
         self.context = nn.Parameter(torch.tensor(ctx_init)[:, None].repeat(1, context))  # (L, c), constant
@@ -193,12 +247,13 @@ class MuirModels(nn.Module):
     def blocks(self) -> torch.Tensor:
         """All L blocks of this step, (L, m, n): one batched product for the hard locations (Eq. 3) and
         one for the locations that mix candidates (Eq. 4)."""
-        blocks = torch.einsum("lpc,lc->lp", self.hyper[self.psi], self.context)  # (L, m*n)
-        if bool(self.active.any()):
-            locs = self.active.nonzero().squeeze(1)  # (P,)
-            w = torch.softmax(self.soft[locs], dim=1)  # (P, lambda+1)
-            mixed = torch.einsum("pikc,pc,pi->pk", self.hyper[self.cand[locs]], self.context[locs], w)  # (P, m*n)
-            blocks = blocks.index_copy(0, locs, mixed)
+        if not bool(self.active.any()):
+            return _Generate.apply(self.hyper, self.context, self.psi[:, None], None).reshape(-1, self.m, self.n)
+        locs, hard = self.active.nonzero().squeeze(1), (~self.active).nonzero().squeeze(1)  # (P,), (L - P,)
+        w = torch.softmax(self.soft[locs], dim=1)  # (P, lambda+1)
+        mixed = _Generate.apply(self.hyper, self.context[locs], self.cand[locs], w)  # (P, m*n)
+        fixed = _Generate.apply(self.hyper, self.context[hard], self.psi[hard, None], None)  # (L - P, m*n)
+        blocks = mixed.new_empty(self.n_locations, mixed.shape[1]).index_copy(0, locs, mixed).index_copy(0, hard, fixed)
         return blocks.reshape(-1, self.m, self.n)  # (L, m, n)
 
     def generated(self, blocks: torch.Tensor | None = None) -> list[dict[str, torch.Tensor]]:
@@ -231,8 +286,10 @@ class MuirModels(nn.Module):
             base = self._bases[gi].train(self.training)
             params = {**{k.replace("__", "."): v for k, v in self.plain[gi].items()}, **tensors}  # (G, *shape)
             xg = [xs[i] for i in g.members]
-            if all(x.shape == xg[0].shape for x in xg):
-                ys = vmap(lambda p, x: functional_call(base, p, (x,)), randomness="different")(params, torch.stack(xg))
+            shared = all(x is xg[0] for x in xg)  # one input read by every model: not copied G times
+            if shared or all(x.shape == xg[0].shape for x in xg):
+                ys = vmap(lambda p, x: functional_call(base, p, (x,)), in_dims=(0, None if shared else 0),
+                          randomness="different")(params, xg[0] if shared else torch.stack(xg))
                 for i, y in zip(g.members, ys.unbind(0)):  # one autograd node for the whole group
                     out[i] = y
             else:  # different batch sizes: same weights, one call per model
@@ -271,6 +328,11 @@ class MuirModels(nn.Module):
         self.active.zero_()
         self.soft.requires_grad_(False)
         return changed
+
+    def locations(self, members: list[int]) -> torch.Tensor:
+        """(len(members), locations per model): the block locations of models of one structure, row j
+        those of models[members[j]], columns in the same order for every row (tensor, then block)."""
+        return torch.stack([self.model_locs[i] for i in members]).to(self.psi.device)
 
     def sharing(self) -> dict[int, list[int]]:
         """{hypermodule in use: sorted model indices whose blocks it generates}."""

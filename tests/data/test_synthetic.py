@@ -7,7 +7,7 @@ import torch
 
 from manytask.config import ConfigError
 from manytask.data.synthetic import (GroupedRegressionConfig, fake_correlated_labels, grouped_regression_arrays,
-                                     grouped_regression_data, load_grouped_regression)
+                                     grouped_regression_data, load_grouped_regression, write_grouped_regression)
 from manytask.registry import DATASETS
 
 
@@ -78,3 +78,18 @@ def test_fake_correlated_labels_unchanged():
     y = fake_correlated_labels(2000, 4, rho=0.8, rate=0.1, seed=0)
     assert y.shape == (2000, 4) and abs(float(y.mean()) - 0.1) < 0.01
     assert np.corrcoef(y.T)[0, 1] > 0.3
+
+
+def test_written_draw_is_the_generated_one(tmp_path):
+    """write_grouped_regression(seed=S, noise=...) gives the file data.path= reads, the same data as
+    data.seed=S, data.noise=...; with_groups=False leaves the groups out."""
+    path = write_grouped_regression(tmp_path / "d.npz", seed=104, noise=0.31)
+    from_file = load_grouped_regression(GroupedRegressionConfig(path=str(path)))
+    drawn = load_grouped_regression(GroupedRegressionConfig(seed=104, noise=0.31))
+    for split in ("train", "val", "test"):
+        for t in drawn.tasks:
+            assert torch.equal(from_file.split(split).labels[t.name], drawn.split(split).labels[t.name])
+            assert torch.equal(from_file.split(split).inputs[t.name], drawn.split(split).inputs[t.name])
+    assert from_file.meta["groups"] == drawn.meta["groups"] == [0] * 10 + [1] * 10 + [2] * 10
+    bare = write_grouped_regression(tmp_path / "bare.npz", with_groups=False, seed=104)
+    assert sorted(np.load(bare).files) == ["test_X", "test_Y", "train_X", "train_Y"]

@@ -161,3 +161,34 @@ def test_ea_finds_the_known_alignment_of_a_toy_problem():
     control_spec = resolve("grouped_regression", "muir", {**keys, "generations": "0", "final": "9"})
     control = train_run(full_batch(control_spec, data, 10**6), data, out=None, echo=False)
     assert len(control.model.sharing()) == 6
+
+
+def test_last_stage_moves_a_planted_misplaced_task_and_nothing_else():
+    """6 linear tasks in 2 rank-one groups; t02 (group 0) is planted on group 1's hypermodule and the
+    alignment is held fixed while the weights train. move_tasks must move exactly t02 to group 0's
+    hypermodule; on the corrected alignment a second call moves nothing and changes no weight."""
+    keys = {"data.tasks": "6", "data.groups": "2", "data.dim": "8", "data.train": "9", "data.val": "3",
+            "widths": "", "bias": "false", "block": "1,8", "context": "1", "steps_per_generation": "50",
+            "generations": "0", "final": "6", "alignment": "0,0,3,3,3,3", "lr": "0.01", "progress": "false"}
+    spec = resolve("grouped_regression", "muir", keys)
+    data = get_dataset("grouped_regression").fn(spec.data_cfg)
+    run = train_run(full_batch(spec, data, 10**6), data, out=None, echo=False)
+    hooks, muir = run.trainer.hooks, run.model.muir
+    assert hooks.history[-1]["subsets"] == {"t00+t01": 1, "t02+t03+t04+t05": 1}  # the planted alignment held
+    assert hooks.move_tasks(run.trainer) == ["t02"]
+    assert muir.psi.tolist() == [0, 0, 0, 3, 3, 3]
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    assert hooks.move_tasks(run.trainer) == []
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+
+
+def test_last_stage_runs_at_the_end_of_the_ea_and_is_recorded():
+    """The stage runs once, after the last EA generation; its moves are in that generation's history row."""
+    data = tiny_multi()
+    cfg = get_method("muir").config(steps_per_generation=2, generations=2, final=1, refit_steps=3)
+    model, hooks = get_method("muir").fn(data.tasks, data.input_shapes, cfg)
+    calls = []
+    move = hooks.move_tasks
+    hooks.move_tasks = lambda trainer: calls.append(hooks.generation) or move(trainer)
+    Trainer(model, data, TrainConfig(epochs=50, batch_size=16, patience=0, progress=False), hooks).fit()
+    assert calls == [2] and [set(h) >= {"moved", "subsets"} for h in hooks.history] == [True] * 4

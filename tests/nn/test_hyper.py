@@ -197,3 +197,31 @@ def test_proportional_sampling_and_selection():
     keep = ~torch.isin(torch.arange(100), locs)
     assert torch.equal(muir.psi[keep], before[keep]) and not muir.active.any()
     assert muir.sharing()[7] == [0]
+
+
+@pytest.mark.parametrize("chunk", [3, 8192])
+def test_chunked_generation_matches_the_gathered_product_and_its_gradients(chunk, monkeypatch):
+    """_Generate (Eqs. 3 and 4 without gathering the bank) equals sum_i w_i H[index_i] z, with the exact
+    gradients (gradcheck in float64), whether the rows fit one chunk or span several."""
+    from manytask.nn import hyper
+    monkeypatch.setattr(hyper, "CHUNK", chunk)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(7, 6, 3, dtype=torch.double, generator=g, requires_grad=True)  # (K, m*n, c)
+    z = torch.randn(10, 3, dtype=torch.double, generator=g, requires_grad=True)  # (R, c)
+    idx = torch.randint(7, (10, 3), generator=g)  # (R, I)
+    w = torch.rand(10, 3, dtype=torch.double, generator=g, requires_grad=True)  # (R, I)
+    torch.testing.assert_close(hyper._Generate.apply(h, z, idx, w), torch.einsum("ripc,rc,ri->rp", h[idx], z, w))
+    torch.testing.assert_close(hyper._Generate.apply(h, z, idx[:, :1], None), torch.einsum("rpc,rc->rp", h[idx[:, 0]], z))
+    assert torch.autograd.gradcheck(lambda h, z, w: hyper._Generate.apply(h, z, idx, w), (h, z, w))
+    assert torch.autograd.gradcheck(lambda h, z: hyper._Generate.apply(h, z, idx[:, :1], None), (h, z))
+
+
+def test_models_reading_one_input_share_it():
+    """Identical models given the same tensor run on it once (no stacked copies) with the same outputs as
+    when each gets its own copy."""
+    torch.manual_seed(0)
+    muir = MuirModels([nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 4)) for _ in range(3)], block=(4, 4))
+    x = torch.randn(5, 8)
+    shared, copies = muir([x, x, x]), muir([x.clone(), x.clone(), x.clone()])
+    for a, b in zip(shared, copies):
+        torch.testing.assert_close(a, b)
