@@ -3,7 +3,13 @@ embedded tables (wine, breast_cancer, iris: classification; diabetes: regression
 tables as one multi-input problem (sklearn_tables).
 
 Each target column is one task. Features are standardised with the training split's mean and std;
-regression targets too (so MSE is in units of the target's std), unless turned off.
+regression targets too (so MSE is in units of the target's std), unless turned off; meta["target_scale"]
+holds each standardised target's (mean, std), and loading a CSV says in one line which units the
+regression metrics are in.
+
+A CSV's first row is its header unless every cell of it is a number (or blank): then the file has no
+header, the first row is data and the columns are numbered from 1 (data.header=true or false decides
+instead of this guess, and loading says in one line that the header was found missing).
 
 A CSV's features must be finite numbers that float32 holds (no blank, nan or inf); a blank or nan target is
 a missing label. Every bad value, a target with no labels, labels that do not fit the task kind and too few
@@ -11,6 +17,9 @@ rows for the split are one-line ConfigErrors naming the file (and the line and c
 """
 from __future__ import annotations
 
+import csv
+import io
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +31,10 @@ import torch
 from ..config import ConfigError, option
 from ..registry import register_dataset
 from ..tasks import Task
-from .base import (MultiTaskData, Split, check_split_sizes, column_list, combine, parse_number,
-                   random_split_indices, read_csv_rows)
+from .base import (MultiTaskData, Split, check_split_sizes, column_list, combine, one_line, parse_number,
+                   random_split_indices, read_csv_rows, read_text)
+
+log = logging.getLogger("manytask")
 
 MAX_CLASSES = 1000  # multiclass labels are integers 0..MAX_CLASSES-1
 
@@ -55,7 +66,7 @@ def check_labels(y: np.ndarray, kind: str, column: str, source: object) -> None:
 
 
 def table_data(name: str, x: np.ndarray, targets: dict[str, np.ndarray], kinds: dict[str, str],
-               fractions=(0.7, 0.15, 0.15), seed: int = 0, standardize: bool = True,
+               fractions=(0.8, 0.1, 0.1), seed: int = 0, standardize: bool = True,
                standardize_target: bool = True, columns: list[str] | None = None,
                source: object = None) -> MultiTaskData:
     """x (n, d) and {task: (n,)} -> MultiTaskData with input "x" (n, d), split at random.
@@ -109,37 +120,114 @@ FRACTIONS_HELP = "train, val and test fractions of the rows (summing to 1)"
 
 @dataclass
 class TabularConfig:
-    path: str = option("", "a CSV (.csv or .csv.gz) with a header row")
-    target: tuple[str, ...] = option((), "target columns, one task each")
+    path: str = option("", "a CSV (.csv or .csv.gz) of numbers, with or without a header row")
+    target: tuple[str, ...] = option((), "target columns, one task each: header names, or column numbers "
+                                     "counted from 1 when the file has no header")
+    header: Literal["auto", "true", "false"] = option(
+        "auto", "whether the first row names the columns; auto: it does unless every cell of it is a number; "
+        "false: the first row is data and columns are named by number from 1 (data.target=3 is the third)")
     kind: Literal["auto", "binary", "multiclass", "regression"] = option(
         "auto", "task kind of every target; auto: binary for 0/1, multiclass for few integers, else regression")
-    fractions: tuple[float, ...] = option((0.7, 0.15, 0.15), FRACTIONS_HELP, low=0, high=1, min_len=3)
+    fractions: tuple[float, ...] = option((0.8, 0.1, 0.1), FRACTIONS_HELP + "; 0.8,0.1,0.1 like the molecule "
+                                          "sets", low=0, high=1, min_len=3)
     split_seed: int = option(0, "seed of the random split", low=0)
     standardize: bool = option(True, "standardise the features with the training split's mean and std")
     standardize_target: bool = option(True, "standardise regression targets the same way")
 
 
-def read_table(path: Path, targets: tuple[str, ...]) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """-> (feature names (d,), features (n, d), {target: labels (n,) with NaN for a blank or nan})."""
-    header, rows, lines = read_csv_rows(path)
+def is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def headerless(first: list[str]) -> bool:
+    """A first row whose cells are all numbers or blank (at least one a number) is data, not a header."""
+    cells = [c.strip() for c in first]
+    return any(cells) and all(is_number(c) for c in cells if c)
+
+
+def plain_rows(path: Path) -> tuple[list[list[str]], list[int]]:
+    """(every non-blank row, the first row included, and the file line where each starts) of a CSV, with
+    none of a header's checks; an empty or unreadable file is a one-line ConfigError."""
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    rows, lines, start = [], [], 1
+    try:
+        for row in reader:
+            if row:  # a blank line is an empty row
+                rows.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
+    if not rows:
+        raise ConfigError(f"{path} is empty; expected a header row and data rows")
+    return rows, lines
+
+
+def read_rows(path: Path, header: str) -> tuple[list[str], list[list[str]], list[int], bool]:
+    """(column names, data rows, the file line of each, whether the names are column numbers because the
+    file has no header). header: "true", "false" or "auto" (no header when headerless(first row)); a
+    header found missing by "auto" is said in one line."""
+    if header == "true":
+        return (*read_csv_rows(path), False)
+    rows, lines = plain_rows(path)
+    if header == "auto" and not headerless(rows[0]):
+        return (*read_csv_rows(path), False)
+    names = [str(c + 1) for c in range(len(rows[0]))]
+    for row, line in zip(rows, lines):
+        if len(row) != len(names):
+            raise ConfigError(f"{path}, line {line}: {len(row)} fields where the first row has {len(names)}; "
+                              "fix the row or quote fields that contain commas")
+    if header == "auto":
+        shown = ", ".join(c.strip() for c in rows[0][:4]) + (", ..." if len(rows[0]) > 4 else "")
+        log.warning("%s has no header row: its first row (%s) is all numbers, so it is read as data and the "
+                    "columns are numbered 1..%d (data.target=N names column N; data.header=true reads that row "
+                    "as the header)", path.name, shown, len(names))
+    return names, rows, lines, True
+
+
+def read_table(path: Path, targets: tuple[str, ...], header: str = "auto") -> tuple[
+        list[str], np.ndarray, dict[str, np.ndarray]]:
+    """-> (feature names (d,), features (n, d), {target: labels (n,) with NaN for a blank or nan}); the
+    names are column numbers from 1 when the file has no header (see read_rows)."""
+    names, rows, lines, numbered = read_rows(path, header)
     if not rows:
         raise ConfigError(f"{path}: needs a header row and at least one data row")
+    columns = column_list(names) + (" (numbered from 1: the file has no header row; data.header=true reads its "
+                                    "first row as the header)" if numbered else "")
     if not targets:
-        raise ConfigError(f"name the target column(s) with data.target=COL[,COL]; columns: {column_list(header)}")
-    missing = [t for t in targets if t not in header]
+        raise ConfigError(f"name the target column(s) with data.target=COL[,COL]; columns: {columns}")
+    missing = [t for t in targets if t not in names]
     if missing:
-        raise ConfigError(f"{path} has no column(s) {missing}; its columns are {column_list(header)}")
+        raise ConfigError(f"{path} has no column(s) {missing}; its columns are {columns}")
     if len(set(targets)) != len(targets):
         raise ConfigError(f"data.target names a column twice: {list(targets)}")
-    feat = [c for c, h in enumerate(header) if h not in targets]
+    feat = [c for c, h in enumerate(names) if h not in targets]
     if not feat:
         raise ConfigError(f"{path}: no feature columns left besides the targets")
-    is_target = [h in targets for h in header]
+    is_target = [h in targets for h in names]
     hints = ("features must be numbers: encode categorical columns as numbers, fill or drop blank values",
              "labels must be numbers, blank for missing")
-    values = np.array([[parse_number(v, path, line, header[c], hints[is_target[c]], missing_ok=is_target[c])
+    values = np.array([[parse_number(v, path, line, names[c], hints[is_target[c]], missing_ok=is_target[c])
                         for c, v in enumerate(row)] for row, line in zip(rows, lines)], dtype=np.float64)
-    return [header[c] for c in feat], values[:, feat], {t: values[:, header.index(t)] for t in targets}
+    return [names[c] for c in feat], values[:, feat], {t: values[:, names.index(t)] for t in targets}
+
+
+def units_line(data: MultiTaskData, source: object) -> str | None:
+    """One line saying which units the regression metrics of `data` are in; None without regression tasks."""
+    regression = [t.name for t in data.tasks if t.kind == "regression"]
+    if not regression:
+        return None
+    scale = data.meta["target_scale"]
+    if not scale:
+        return f"{source}: MSE and RMSE of {column_list(regression, most=5)} are in the target's own units"
+    shown = "; ".join(f"{t}: mean {m:.4g}, std {s:.4g}" for t, (m, s) in list(scale.items())[:5])
+    return (f"{source}: MSE and RMSE are in units of the target's std, not its own units (targets standardised "
+            f"on the training split: {shown}); multiply RMSE by the std for the target's units, or pass "
+            "data.standardize_target=false")
 
 
 @register_dataset("table", TabularConfig, "any numeric CSV: data.path=FILE data.target=COL[,COL]")
@@ -147,12 +235,16 @@ def load_table(cfg: TabularConfig) -> MultiTaskData:
     if not cfg.path:
         raise ConfigError("data set 'table' needs a file: pass data.path=my.csv data.target=COL")
     path = Path(cfg.path)
-    columns, x, ys = read_table(path, tuple(cfg.target))
+    columns, x, ys = read_table(path, tuple(cfg.target), cfg.header)
     kinds = {t: infer_kind(y) if cfg.kind == "auto" else cfg.kind for t, y in ys.items()}
     for t, y in ys.items():
         check_labels(y, kinds[t], t, path)
-    return table_data(path.name.split(".")[0] or "table", x, ys, kinds, cfg.fractions, cfg.split_seed,
+    data = table_data(path.name.split(".")[0] or "table", x, ys, kinds, cfg.fractions, cfg.split_seed,
                       cfg.standardize, cfg.standardize_target, columns, path)
+    units = units_line(data, path.name)
+    if units:
+        log.info(units)
+    return data
 
 
 @dataclass

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
+from manytask.cli import main as cli_main
 from manytask.config import ConfigError, apply
 from manytask.data import images, tabular
-from manytask.data.base import batches, combine
+from manytask.data.base import batches, combine, random_split_indices
 from manytask.tasks import Task
+from manytask.train import evaluate_split
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
@@ -120,3 +122,136 @@ def test_table_config_ranges(cfg_cls, values, msg):
 def test_sklearn_tables_cross_field_errors(cfg, msg):
     with pytest.raises(ConfigError, match=msg):
         tabular.load_sklearn_tables(cfg)
+
+
+# ---- a CSV without a header row, the units of regression metrics, the default split ----------------------
+
+def numbers_csv(path, n=50, header: str | None = None, seed=0):
+    """n rows of three features and a regression target 100 + 20 (f1 - f2) + noise (column 4); a header
+    line first when given. Returns the values (n, 4) as written (4 decimals)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 3))
+    values = np.round(np.column_stack([x, 100 + 20 * (x[:, 0] - x[:, 1]) + rng.normal(size=n)]), 4)
+    path.write_text((header + "\n" if header else "") + "".join(",".join(f"{v:.4f}" for v in r) + "\n" for r in values))
+    return values
+
+
+def test_headerless_csv_is_detected_and_said(tmp_path, caplog):
+    values = numbers_csv(tmp_path / "nh.csv")
+    with caplog.at_level("INFO", logger="manytask"):
+        data = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "nh.csv"), target=("4",)))
+    (said,) = [r.getMessage() for r in caplog.records if "header" in r.getMessage()]
+    assert said.startswith("nh.csv has no header row: its first row (") and "numbered 1..4" in said
+    assert "\n" not in said and "data.header=true" in said
+    assert [t.name for t in data.tasks] == ["4"] and data.input_shapes == {"x": (3,)}
+    assert sum(data.split(s).size("x") for s in ("train", "val", "test")) == len(values)  # the first row is data
+    m, s = data.meta["target_scale"]["4"]
+    labels = torch.cat([data.split(k).labels["4"] for k in ("train", "val", "test")]).numpy() * s + m
+    np.testing.assert_allclose(np.sort(labels), np.sort(values[:, 3]), atol=1e-3)  # column 4, counted from 1
+
+
+def test_a_header_row_is_read_as_names_and_not_said(tmp_path, caplog):
+    numbers_csv(tmp_path / "h.csv", header="a,b,c,y")
+    with caplog.at_level("INFO", logger="manytask"):
+        data = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "h.csv"), target=("y",)))
+    assert [t.name for t in data.tasks] == ["y"] and data.train.size("x") == 40
+    assert not [r for r in caplog.records if "header" in r.getMessage()]
+
+
+@pytest.mark.parametrize("first", ["1,2,3,4", "1.5,,-2e3,nan", "  7 , 0, 0, 0"])
+def test_numbers_only_first_row_means_no_header(first):
+    assert tabular.headerless(first.split(","))
+
+
+@pytest.mark.parametrize("first", ["a,b,c,y", "1,2,3,y", ",,,", "x1,2"])
+def test_a_named_first_row_is_a_header(first):
+    assert not tabular.headerless(first.split(","))
+
+
+def test_header_setting_overrides_the_guess(tmp_path):
+    values = numbers_csv(tmp_path / "nh.csv", n=20)
+    forced = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "nh.csv"), target=("4",), header="false"))
+    assert sum(forced.split(s).size("x") for s in ("train", "val", "test")) == 20
+    first = ",".join(f"{v:.4f}" for v in values[0])  # data.header=true: the first row names the columns
+    named = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "nh.csv"), target=(first.split(",")[3],),
+                                                     header="true"))
+    assert named.tasks[0].name == f"{values[0, 3]:.4f}"
+    assert sum(named.split(s).size("x") for s in ("train", "val", "test")) == 19
+    numbers_csv(tmp_path / "h.csv", n=20, header="a,b,c,y")  # header=false on a named first row: line 1 is data
+    with pytest.raises(ConfigError, match="h.csv, line 1, column '1': 'a' is not a number"):
+        tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "h.csv"), target=("4",), header="false"))
+
+
+@pytest.mark.parametrize("target,msg", [
+    (("y",), r"no column\(s\) \['y'\]; its columns are 1, 2, 3, 4 \(numbered from 1: the file has no header row"),
+    (("0",), r"no column\(s\) \['0'\]; its columns are 1, 2, 3, 4"),
+    ((), r"data.target=COL\[,COL\]; columns: 1, 2, 3, 4 \(numbered from 1"),
+])
+def test_a_target_that_names_no_column_lists_the_numbered_columns(tmp_path, target, msg):
+    numbers_csv(tmp_path / "nh.csv", n=20)
+    with pytest.raises(ConfigError, match=msg):
+        tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "nh.csv"), target=target))
+
+
+def test_headerless_rows_of_other_lengths_are_named(tmp_path):
+    (tmp_path / "r.csv").write_text("1,2,3\n4,5,6\n\n7,8\n")
+    with pytest.raises(ConfigError, match="r.csv, line 4: 2 fields where the first row has 3"):
+        tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "r.csv"), target=("3",)))
+
+
+def test_table_default_split_is_80_10_10(tmp_path):
+    numbers_csv(tmp_path / "t.csv", n=200, header="a,b,c,y")
+    data = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "t.csv"), target=("y",)))
+    assert [data.split(s).size("x") for s in ("train", "val", "test")] == [160, 20, 20]
+    assert tabular.TabularConfig().fractions == (0.8, 0.1, 0.1)
+
+
+def test_reported_rmse_times_the_std_is_the_rmse_in_target_units(tmp_path, caplog):
+    """What the loader says of the units holds: evaluate_split's RMSE times the target's training std equals
+    the RMSE of de-standardised predictions against the file's own values, computed here by hand."""
+    values = numbers_csv(tmp_path / "nh.csv", n=60)
+    with caplog.at_level("INFO", logger="manytask"):
+        data = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "nh.csv"), target=("4",)))
+    train, _, test = random_split_indices(60, (0.8, 0.1, 0.1), 0)
+    m, s = values[train, 3].mean(), values[train, 3].std()
+    np.testing.assert_allclose(data.meta["target_scale"]["4"], (m, s), rtol=1e-5)
+    (said,) = [r.getMessage() for r in caplog.records if "units" in r.getMessage()]
+    assert "units of the target's std, not its own units" in said and f"std {s:.4g}" in said
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return {"4": self.lin(x)}
+
+    torch.manual_seed(0)
+    model = Linear()
+    reported = evaluate_split(model, data.test, data.tasks)[0]["4"]["rmse"]
+    xs = (values[:, :3] - values[train, :3].mean(0)) / (values[train, :3].std(0) + 1e-8)  # the loader's features
+    with torch.no_grad():
+        pred = model.lin(torch.as_tensor(xs[test], dtype=torch.float32))[:, 0].double().numpy() * s + m
+    by_hand = float(np.sqrt(np.mean((pred - values[test, 3]) ** 2)))
+    assert by_hand > 10  # an untrained model: far off in target units
+    assert reported * s == pytest.approx(by_hand, rel=1e-4)
+
+
+def test_end_to_end_on_a_headerless_csv(tmp_path, monkeypatch, capsys, caplog):
+    """manytask train table ... on a CSV without a header: one line says so, one line says the units, the task
+    is column 4; a target named like a header column is a one-line error listing the numbered columns."""
+    numbers_csv(tmp_path / "nh.csv", n=40)
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "table", "hard_sharing", "data.path=nh.csv", "epochs=1", "progress=false", "widths=8"]
+    with caplog.at_level("INFO", logger="manytask"):
+        cli_main([*args, "data.target=4", "--out", "runs"])
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("nh.csv has no header row" in ln for ln in said) == 1
+    assert sum("MSE and RMSE are in units of the target's std" in ln for ln in said) == 1
+    (row,) = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("4 ")]
+    assert row[1] == "rmse" and len(row) == 5
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+    with pytest.raises(SystemExit) as stop:
+        cli_main([*args, "data.target=y", "--out", "runs2"])
+    assert stop.value.code == 2 and "its columns are 1, 2, 3, 4 (numbered from 1" in capsys.readouterr().err
+    assert not (tmp_path / "runs2").exists()
