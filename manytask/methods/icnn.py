@@ -26,8 +26,9 @@ persistent buffer of each inter-layer, so saved weights and resumed runs keep th
 Rule for large N: the per-subnetwork first layer is N * d * w0 weights, held five times in training
 (weights, gradient, Adam's two moments, the best weights so far) and again in the checkpoint: at N=617,
 d=2048 the default widths 128,64 make that 0.65 GB per copy and the run exceeds 5 GB, so from a few hundred
-tasks on keep N * w0 at about 20,000 units, e.g. widths=32,16 for ToxCast's 617 tasks (docs/icnn.md has the
-measured peak memory).
+tasks on N * w0 is kept within max_units (20,000): above it every width is scaled by one factor,
+w -> max(1, floor(w * max_units / (N * w0))), which gives widths=32,16 for ToxCast's 617 tasks (docs/icnn.md
+has the measured peak memory); up to 156 tasks the default widths are unchanged.
 
 (*) every subnetwork's input layer is the same x, so connectors from the input would only add a second
 copy of the root weight (W(1,i) x + sum_k W(1,k->i) x = (sum of them) x); the first layer has roots only.
@@ -38,6 +39,7 @@ experiments/icnn.py call them.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, replace
 from typing import Callable, Literal
@@ -53,6 +55,8 @@ from ..report import Matrix
 from ..tasks import Task
 from ..train import Hooks, Trainer
 
+log = logging.getLogger("manytask")
+
 DENSE_UP_TO = 64  # connectors=0: dense inter-layers up to this many tasks
 AUTO_CONNECTORS = 16  # connectors=0 above DENSE_UP_TO tasks: sources per subnetwork
 MIN_JOINT = 10  # sources=correlation: fewer examples labelled for both tasks than this score 0
@@ -61,9 +65,10 @@ HEATMAP_UP_TO = 64  # more tasks: no connectors.png (report.heatmap's figure gro
 
 @dataclass
 class ICNNConfig:
-    widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers. "
-                                     "The first layer is N*d*w0 weights: at hundreds of tasks keep N*w0 near "
-                                     "20,000 (widths=32,16 at N=617)", low=1, min_len=2)
+    widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers "
+                                     "(scaled down at many tasks, see max_units)", low=1, min_len=2)
+    max_units: int = option(20_000, "cap on N*w0, the first layer's units over all N subnetworks (its weights are "
+                                    "N*w0*d): above it every width is scaled by one factor; 0 = no cap", low=0)
     activation: Activation = option("relu", "activation after every layer")
     dropout: float = option(0.25, "dropout probability after every layer", low=0, high=1, high_open=True)
     isolate: bool = option(True, "gradient isolation (the thesis's backward rule); false trains the same network "
@@ -179,6 +184,18 @@ class SourceRule(ConnectorL1):
         return dense
 
 
+def capped_widths(widths: tuple[int, ...], n_tasks: int, max_units: int) -> tuple[int, ...]:
+    """widths scaled by one factor so that n_tasks * widths[0] <= max_units (unchanged within it, or when
+    max_units is 0); says so in one line when it scales."""
+    if max_units == 0 or n_tasks * widths[0] <= max_units:
+        return widths
+    scale = max_units / (n_tasks * widths[0])
+    scaled = tuple(max(1, math.floor(w * scale)) for w in widths)
+    log.warning("icnn: %d tasks x %d units exceed max_units=%d: widths %s -> %s (set widths= or max_units=0 to choose)",
+                n_tasks, widths[0], max_units, ",".join(map(str, widths)), ",".join(map(str, scaled)))
+    return scaled
+
+
 @register_method("icnn", ICNNConfig, "interconnected subnetworks, one per task, with gradient isolation "
                  "(Ramabaja 2018)", multi_input=False)
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNNConfig):
@@ -198,8 +215,10 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNN
     k = cfg.connectors or (AUTO_CONNECTORS if N > DENSE_UP_TO else N - 1)
     k = k if k < N - 1 else None  # all N-1 others: the dense layer
 
+    widths = capped_widths(tuple(cfg.widths), N, cfg.max_units)
+
     def make(connectors: int | None) -> ICNN:
-        return ICNN(tasks, math.prod(input_shapes[inputs[0]]), tuple(cfg.widths), cfg.activation, cfg.dropout,
+        return ICNN(tasks, math.prod(input_shapes[inputs[0]]), widths, cfg.activation, cfg.dropout,
                     cfg.isolate, targets, connectors)
     try:
         model = make(k)

@@ -309,3 +309,21 @@ def test_many_tasks_get_their_sources_in_results_not_a_heatmap():
         assert max(got.values()) == pytest.approx(float(strength[i].max()))
     small_figs, (heat,) = ICNN(tasks(4), 4, (3, 2)).artifacts()
     assert small_figs == {} and heat.name == "connectors"
+
+
+def test_max_units_scales_widths_only_at_many_tasks(caplog):
+    from manytask.methods.icnn import capped_widths
+    assert capped_widths((128, 64), 12, 20_000) == (128, 64)
+    assert capped_widths((128, 64), 156, 20_000) == (128, 64)  # 156 * 128 = 19,968
+    with caplog.at_level("WARNING", logger="manytask"):
+        assert capped_widths((128, 64), 617, 20_000) == (32, 16)
+    assert "widths 128,64 -> 32,16" in caplog.text
+    assert capped_widths((128, 64), 617, 0) == (128, 64)
+    assert capped_widths((4, 2), 10_000, 20_000) == (2, 1)  # never below one unit
+
+
+def test_built_model_follows_max_units():
+    tasks = [Task(f"t{i}", "binary") for i in range(200)]
+    model = build(tasks, {"x": (16,)}, ICNNConfig(widths=(128, 64)))
+    model = model[0] if isinstance(model, tuple) else model
+    assert model.widths == (100, 50)  # 20,000 / (200 * 128) = 0.78
