@@ -38,11 +38,13 @@ def measure(method: str, tasks: int, rows: int, steps: int, warmup: int, batch: 
     from manytask.allocator import tune_allocator
     tune_allocator()
     import torch
+    from manytask.registry import get_dataset
     from manytask.runs import build, load_data, resolve
     from manytask.train import Trainer
 
     t0 = time.perf_counter()
-    spec = resolve("scale", method, {"data.n_tasks": str(tasks), "data.rows": str(rows),
+    groups = min(tasks, get_dataset("scale").config().groups)  # the data set's default groups, or one per task
+    spec = resolve("scale", method, {"data.n_tasks": str(tasks), "data.rows": str(rows), "data.groups": str(groups),
                                      "batch_size": str(batch), "progress": "false", **keys})
     data = load_data(spec)
     data_s = time.perf_counter() - t0
