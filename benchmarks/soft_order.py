@@ -21,7 +21,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from manytask.methods.soft_order import SoftOrderConfig, build  # noqa: E402
-from manytask.tasks import Task, mean_loss, module_key  # noqa: E402
+from manytask.tasks import Task, module_key  # noqa: E402
+from steps import step_fn  # noqa: E402  (benchmarks/steps.py)
 
 
 class NaiveSoft(torch.nn.Module):
@@ -41,17 +42,6 @@ class NaiveSoft(torch.nn.Module):
                         for j in range(m.depth))
             out[t.name] = m.decoders[t.name](y)
         return out
-
-
-def step_fn(model, tasks, x, y):
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step():
-        loss = mean_loss(tasks, model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def main() -> None:

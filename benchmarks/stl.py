@@ -34,6 +34,7 @@ from manytask.methods import stl  # noqa: E402
 from manytask.methods.stl import STLConfig, build  # noqa: E402
 from manytask.nn.mlp import mlp  # noqa: E402
 from manytask.tasks import Task, mean_loss, module_key  # noqa: E402
+from steps import step_fn  # noqa: E402  (benchmarks/steps.py)
 from manytask.train import TrainConfig, make_optimizer  # noqa: E402
 
 
@@ -48,18 +49,6 @@ class PerTaskModules(nn.Module):
 
     def forward(self, x):
         return {t.name: self.nets[module_key(t.name)](x) for t in self.tasks}
-
-
-def step_fn(model: nn.Module, tasks: list[Task], x: torch.Tensor, y: dict[str, torch.Tensor]):
-    opt = make_optimizer(model.parameters(), TrainConfig())
-    model.train()
-
-    def step():
-        loss = mean_loss(tasks, model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
 
 
 def timeit(fns: list, reps: int, block_s: float = 0.3) -> list[float]:
