@@ -365,6 +365,20 @@ def read_text(path: Path) -> str:
 LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")  # a line with its ending, as io.StringIO(newline="")
 
 
+def numbered_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(file line where the row starts, row) for every non-blank row of a CSV, the first one included, parsed
+    as they are taken; an unreadable row is a one-line ConfigError naming the file and line."""
+    reader = csv.reader(m.group() for m in LINES.finditer(read_text(path)))
+    start = 1
+    try:
+        for row in reader:
+            if row:  # a blank line is an empty row
+                yield start, row
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
+
+
 def stream_csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
     """(header, an iterator of (file line where the row starts, data row)) of a CSV (.csv or .csv.gz,
     UTF-8 with or without a byte-order mark). Rows are parsed as they are taken: the file's text is held
@@ -372,19 +386,7 @@ def stream_csv_rows(path: Path) -> tuple[list[str], Iterator[tuple[int, list[str
     spaces. A missing, unreadable or empty file, a damaged gzip file and a header with a blank or repeated
     name are one-line ConfigErrors naming the file (and line) at once; an unreadable row and a row whose
     length differs from the header's are the same kind of error when the iterator reaches them."""
-    reader = csv.reader(m.group() for m in LINES.finditer(read_text(path)))
-
-    def rows() -> Iterator[tuple[int, list[str]]]:
-        start = 1
-        try:
-            for row in reader:
-                if row:  # a blank line is an empty row
-                    yield start, row
-                start = reader.line_num + 1
-        except csv.Error as e:
-            raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
-
-    numbered = rows()
+    numbered = numbered_rows(path)
     first = next(numbered, None)
     if first is None:
         raise ConfigError(f"{path} is empty; expected a header row and data rows")

@@ -17,8 +17,6 @@ rows for the split are one-line ConfigErrors naming the file (and the line and c
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from dataclasses import dataclass
@@ -31,8 +29,8 @@ import torch
 from ..config import ConfigError, option
 from ..registry import register_dataset
 from ..tasks import Task
-from .base import (MultiTaskData, Split, check_split_sizes, column_list, combine, one_line, parse_number,
-                   random_split_indices, read_csv_rows, read_text)
+from .base import (MultiTaskData, Split, check_split_sizes, column_list, combine, numbered_rows, parse_number,
+                   random_split_indices, read_csv_rows)
 
 log = logging.getLogger("manytask")
 
@@ -152,19 +150,10 @@ def headerless(first: list[str]) -> bool:
 def plain_rows(path: Path) -> tuple[list[list[str]], list[int]]:
     """(every non-blank row, the first row included, and the file line where each starts) of a CSV, with
     none of a header's checks; an empty or unreadable file is a one-line ConfigError."""
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
-    rows, lines, start = [], [], 1
-    try:
-        for row in reader:
-            if row:  # a blank line is an empty row
-                rows.append(row)
-                lines.append(start)
-            start = reader.line_num + 1
-    except csv.Error as e:
-        raise ConfigError(f"{path}, line {reader.line_num}: not a readable CSV ({one_line(e)})") from None
-    if not rows:
+    numbered = list(numbered_rows(path))
+    if not numbered:
         raise ConfigError(f"{path} is empty; expected a header row and data rows")
-    return rows, lines
+    return [row for _, row in numbered], [line for line, _ in numbered]
 
 
 def read_rows(path: Path, header: str) -> tuple[list[str], list[list[str]], list[int], bool]:
