@@ -2,6 +2,8 @@
 step (make_optimizer with the default TrainConfig: lr 1e-3, no weight decay), in training mode."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -9,14 +11,17 @@ from manytask.tasks import Task, mean_loss
 from manytask.train import TrainConfig, make_optimizer
 
 
-def step_fn(model: nn.Module, tasks: list[Task], x: torch.Tensor, y: dict[str, torch.Tensor]):
-    """-> a function of no arguments that runs one training step of `model` on (x, y)."""
-    opt = make_optimizer(model.parameters(), TrainConfig())
+def step_fn(model: nn.Module, tasks: list[Task], x: torch.Tensor, y: dict[str, torch.Tensor],
+            loss: Callable = mean_loss, optimizer: Callable = make_optimizer):
+    """-> a function of no arguments that runs one training step of `model` on (x, y). loss(tasks, out, y):
+    the objective (tasks.mean_loss or a function of its signature); optimizer(params, TrainConfig()) builds
+    the optimizer (default make_optimizer, what training uses)."""
+    opt = optimizer(model.parameters(), TrainConfig())
     model.train()
 
     def step():
-        loss = mean_loss(tasks, model(x), y)
+        value = loss(tasks, model(x), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         opt.step()
     return step

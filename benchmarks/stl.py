@@ -1,19 +1,35 @@
-"""STL training-step time: the batched stl model (N networks as one grouped GEMM per layer, nn/batched.py)
+"""STL training-step time: the batched stl model (N networks as one computation per layer, nn/batched.py)
 against N x the step time of ONE task's network (an nn.Module mlp(), as the per-task layout had), and against
 N such modules in one ModuleDict (the per-task layout itself), all measured in this run.
 
-    .venv/bin/python benchmarks/stl.py [--sizes 12,100,617] [--in-dim 2048] [--batch 128] [--reps 3] [--threads 1]
-                                       [--group-mib 16] [--phases]
+    .venv/bin/python benchmarks/stl.py [--sizes 12,100,617] [--in-dim 2048] [--batch 128] [--density 0.05]
+                                       [--reps 3] [--threads 1] [--group-mib 16] [--phases]
+                                       [--densities 0.01,0.05,0.1,0.2,0.4]
 
-A step is what Trainer does per minibatch: forward, mean_loss over the N binary tasks (labels 0/1, 10% missing),
-zero_grad, backward and an Adam step (make_optimizer with the default TrainConfig), in training mode with the
-default dropout. Widths are stl's defaults at each N: widths=512 capped by max_params (32 M parameters in all),
-so N=12 keeps 512 and larger N get narrower networks. Inputs are 0/1 fingerprint-like rows (5% ones).
+A step is what Trainer does per minibatch: forward, the loss over the N binary tasks (labels 0/1, 10% missing),
+zero_grad, backward and an Adam step, in training mode with the default dropout. Widths are stl's defaults at
+each N: widths=512 capped by max_params (32 M parameters in all), so N=12 keeps 512 and larger N get narrower
+networks. Inputs are 0/1 fingerprint-like rows with --density ones (default 5%; a minibatch of the `scale`
+data set's 2048-bit radius-2 Morgan fingerprints has about 1.4%, and at such densities many weight rows of the
+first layer get no gradient in a step). The contenders, each with make_optimizer's Adam (the default
+TrainConfig) unless said otherwise:
+
+    one       one task's mlp() module, tasks.mean_loss: its step time times N is the reference
+    dense     stl's model with every first layer a grouped GEMM (nn.batched.SPARSE_DENSITY = 0: no SparseRows)
+              and tasks.mean_loss, one Task.loss per task: the step before SparseRows and the stacked loss
+    stl       stl as `manytask train` runs it: the first layer gathered through SparseRows (inputs up to
+              SPARSE_DENSITY ones), STLHooks' loss (tasks.stacked_mean_loss)
+    fused     stl with torch.optim.Adam(fused=True) in place of make_optimizer's Adam
+    modules   N mlp() modules in one ModuleDict (the per-task layout), tasks.mean_loss
+
 Times are CPU time (time.process_time) of this single-threaded process per step, best of --reps blocks of
 consecutive steps (>= 0.3 s each, so one small network runs warm as when trained alone) after a warm-up block,
-the contenders taking turns in every repetition. ratio = batched / (N x one task); GFLOP/s counts the GEMMs
-of forward and backward (2*B*in*out each for forward and weight gradient, plus the input gradient of every
-layer after the first).
+the contenders taking turns in every repetition. ratio = contender / (N x one); GFLOP/s (of one and of stl)
+counts the dense GEMMs of forward and backward (2*B*in*out each for forward and weight gradient, plus the input
+gradient of every layer after the first), work that the gathered first layer skips where the input is zero.
+--phases splits the steps of dense, stl and fused into forward, loss, backward and optimizer step;
+--densities times stl's step with the first layer always gathered and always the GEMM, on inputs of other
+densities (every N).
 """
 from __future__ import annotations
 
@@ -21,6 +37,7 @@ import argparse
 import math
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -32,8 +49,9 @@ from torch import nn  # noqa: E402
 
 from manytask.methods import stl  # noqa: E402
 from manytask.methods.stl import STLConfig, build  # noqa: E402
+from manytask.nn import batched as nn_batched  # noqa: E402
 from manytask.nn.mlp import mlp  # noqa: E402
-from manytask.tasks import Task, mean_loss, module_key  # noqa: E402
+from manytask.tasks import Task, mean_loss, module_key, stacked_mean_loss  # noqa: E402
 from steps import step_fn  # noqa: E402  (benchmarks/steps.py)
 from manytask.train import TrainConfig, make_optimizer  # noqa: E402
 
@@ -49,6 +67,29 @@ class PerTaskModules(nn.Module):
 
     def forward(self, x):
         return {t.name: self.nets[module_key(t.name)](x) for t in self.tasks}
+
+
+def fused_adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """make_optimizer's Adam with fused=True: one kernel per parameter for the whole update."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+@contextmanager
+def sparse_density(value: float):
+    """nn.batched.SPARSE_DENSITY set to value inside the block."""
+    old, nn_batched.SPARSE_DENSITY = nn_batched.SPARSE_DENSITY, value
+    try:
+        yield
+    finally:
+        nn_batched.SPARSE_DENSITY = old
+
+
+def at_density(fn, value: float):
+    """fn run with nn.batched.SPARSE_DENSITY = value (0: every first layer the GEMM, 1: always gathered)."""
+    def run():
+        with sparse_density(value):
+            fn()
+    return run
 
 
 def timeit(fns: list, reps: int, block_s: float = 0.3) -> list[float]:
@@ -72,16 +113,17 @@ def timeit(fns: list, reps: int, block_s: float = 0.3) -> list[float]:
     return best
 
 
-def phases(model: nn.Module, tasks: list[Task], x: torch.Tensor, y: dict[str, torch.Tensor], reps: int) -> list[float]:
+def phases(model: nn.Module, tasks: list[Task], x: torch.Tensor, y: dict[str, torch.Tensor], reps: int,
+           loss_fn=mean_loss, optimizer=make_optimizer) -> list[float]:
     """Best CPU time of forward, loss, backward (with zero_grad) and optimizer step, one step at a time."""
-    opt = make_optimizer(model.parameters(), TrainConfig())
+    opt = optimizer(model.parameters(), TrainConfig())
     model.train()
     best = [float("inf")] * 4
     for rep in range(reps + 1):  # the first is a warm-up
         ts = [time.process_time()]
         out = model(x)
         ts.append(time.process_time())
-        loss = mean_loss(tasks, out, y)
+        loss = loss_fn(tasks, out, y)
         ts.append(time.process_time())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,53 +141,82 @@ def gemm_flops(batch: int, dims: tuple[int, ...]) -> int:
     return sum(2 * batch * a * b * (2 if i == 0 else 3) for i, (a, b) in enumerate(pairs))
 
 
+def problem(N: int, B: int, D: int, density: float = 0.05):
+    """N binary tasks, a 0/1 input (B, D) with `density` ones, labels with 10% missing."""
+    tasks = [Task(f"t{i}", "binary") for i in range(N)]
+    x = (torch.rand(B, D) < density).float()
+    y = {t.name: torch.randint(0, 2, (B,)).float().masked_fill(torch.rand(B) < 0.1, float("nan")) for t in tasks}
+    return tasks, x, y
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="12,100,617", help="numbers of tasks N")
     ap.add_argument("--in-dim", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--density", type=float, default=0.05, help="fraction of ones in the inputs")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--group-mib", type=float, default=stl.GROUP_BYTES / 2**20,
                     help="stl's GROUP_BYTES in MiB: largest stacked weight of one batched group")
     ap.add_argument("--phases", action="store_true", help="also print forward/loss/backward/optimizer times")
+    ap.add_argument("--densities", default="", help="input densities at which to time the first layer gathered "
+                                                     "against the GEMM (every N), e.g. 0.01,0.05,0.1,0.2,0.4")
     args = ap.parse_args(argv)
     stl.GROUP_BYTES = int(args.group_mib * 2**20)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, D, cfg = args.batch, args.in_dim, STLConfig()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, {D} inputs, stl defaults "
-          f"(widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
-          f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB), "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, {D} inputs ({args.density:g} ones), "
+          f"stl defaults (widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
+          f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB, SPARSE_DENSITY={nn_batched.SPARSE_DENSITY}), "
           f"CPU time per step, best of {args.reps} blocks after a warm-up block, allocator tuned: {ALLOCATOR}")
-    head = (f"{'N':>4} {'width':>6} {'params':>11} {'one ms':>8} {'N x one ms':>11} {'batched ms':>11} {'ratio':>6} "
-            f"{'modules ms':>11} {'speed-up':>9} {'one GF/s':>9} {'batched GF/s':>13}")
+    names = ("dense", "stl", "fused", "modules")
+    head = (f"{'N':>4} {'width':>6} {'params':>11} {'one ms':>7} {'N x one':>8} "
+            + " ".join(f"{n + ' ms':>10} {'ratio':>6}" for n in names) + f" {'one GF/s':>9} {'stl GF/s':>9}")
     print(head)
     print("-" * len(head))
     rows = []
     for N in map(int, args.sizes.split(",")):
-        tasks = [Task(f"t{i}", "binary") for i in range(N)]
-        x = (torch.rand(B, D) < 0.05).float()
-        y = {t.name: torch.randint(0, 2, (B,)).float().masked_fill(torch.rand(B) < 0.1, float("nan")) for t in tasks}
-        batched = build(tasks, {"x": (D,)}, cfg)
-        widths = batched.widths[tasks[0].name]
+        tasks, x, y = problem(N, B, D, args.density)
+        model = build(tasks, {"x": (D,)}, cfg)
+        widths = model.widths[tasks[0].name]
         one = PerTaskModules(tasks[:1], D, widths, cfg)
         modules = PerTaskModules(tasks, D, widths, cfg)
-        t_one, t_batched, t_modules = timeit([step_fn(one, tasks[:1], x, y), step_fn(batched, tasks, x, y),
-                                              step_fn(modules, tasks, x, y)], args.reps)
+        fns = [step_fn(one, tasks[:1], x, y),
+               at_density(step_fn(model, tasks, x, y), 0.0),
+               step_fn(model, tasks, x, y, stacked_mean_loss),
+               step_fn(model, tasks, x, y, stacked_mean_loss, fused_adam),
+               step_fn(modules, tasks, x, y)]
+        t_one, *ts = timeit(fns, args.reps)
         flops = gemm_flops(B, (D, *widths, 1))
-        row = {"N": N, "width": widths, "params": sum(p.numel() for p in batched.parameters()), "one_s": t_one,
-               "batched_s": t_batched, "modules_s": t_modules, "ratio": t_batched / (N * t_one)}
+        row = {"N": N, "width": widths, "params": sum(p.numel() for p in model.parameters()), "one_s": t_one,
+               **{f"{n}_s": t for n, t in zip(names, ts)}, **{f"{n}_ratio": t / (N * t_one) for n, t in zip(names, ts)}}
         rows.append(row)
-        print(f"{N:>4} {','.join(map(str, widths)):>6} {row['params']:>11,} {1e3 * t_one:>8.2f} {1e3 * N * t_one:>11.1f} "
-              f"{1e3 * t_batched:>11.1f} {row['ratio']:>6.3f} {1e3 * t_modules:>11.1f} {t_modules / t_batched:>8.2f}x "
-              f"{flops / t_one / 1e9:>9.1f} {N * flops / t_batched / 1e9:>13.1f}")
+        print(f"{N:>4} {','.join(map(str, widths)):>6} {row['params']:>11,} {1e3 * t_one:>7.2f} "
+              f"{1e3 * N * t_one:>8.1f} "
+              + " ".join(f"{1e3 * t:>10.1f} {t / (N * t_one):>6.3f}" for t in ts)
+              + f" {flops / t_one / 1e9:>9.1f} {N * flops / ts[1] / 1e9:>9.1f}")
         if args.phases:
-            for name, model in (("batched", batched), ("modules", modules)):
-                fwd, loss, bwd, opt = (1e3 * t for t in phases(model, tasks, x, y, args.reps))
-                print(f"     {name:<8} forward {fwd:.1f} ms, loss {loss:.1f} ms, backward {bwd:.1f} ms, "
-                      f"optimizer step {opt:.1f} ms")
-        del batched, one, modules
+            for name, density, loss_fn, opt in (("dense", 0.0, mean_loss, make_optimizer),
+                                                ("stl", nn_batched.SPARSE_DENSITY, stacked_mean_loss, make_optimizer),
+                                                ("fused", nn_batched.SPARSE_DENSITY, stacked_mean_loss, fused_adam)):
+                with sparse_density(density):
+                    fwd, loss, bwd, step = (1e3 * t for t in phases(model, tasks, x, y, args.reps, loss_fn, opt))
+                print(f"     {name:<6} forward {fwd:.1f} ms, loss {loss:.1f} ms, backward {bwd:.1f} ms, "
+                      f"optimizer step {step:.1f} ms")
+        del model, one, modules
+    for N in map(int, args.sizes.split(",")) if args.densities else ():
+        print(f"\nstl's step (N={N}) with the first layer gathered (SPARSE_DENSITY=1) or the GEMM (0), "
+              "by input density")
+        for density in map(float, args.densities.split(",")):
+            tasks, x, y = problem(N, B, D, density)
+            model = build(tasks, {"x": (D,)}, cfg)
+            step = step_fn(model, tasks, x, y, stacked_mean_loss)
+            gathered, gemm = timeit([at_density(step, 1.0), at_density(step, 0.0)], args.reps)
+            print(f"  density {density:<5g} gathered {1e3 * gathered:7.1f} ms, GEMM {1e3 * gemm:7.1f} ms, "
+                  f"gathered / GEMM {gathered / gemm:.2f}")
+            del model
     return rows
 
 

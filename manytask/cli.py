@@ -1,4 +1,4 @@
-"""`manytask` console script: list, train (and --resume), run, compare, runs, cache, evaluate, predict.
+"""`manytask` console script: list, train (and --resume), run, compare, tune, runs, cache, evaluate, predict.
 
 main() tunes the CPU allocator (manytask.allocator) before anything imports torch; this module and the two
 it imports at the top (config, registry) do not import torch, the commands import what they need."""
@@ -61,9 +61,35 @@ def cmd_list(args) -> None:
                   "and LABEL.KEY for one contender")
 
 
+def launch_processes(argv: list[str], nproc: str) -> None:
+    """`manytask train ... nproc=K`: the same command in K processes on this machine, started by torchrun
+    (torch.distributed.run), which replaces this process."""
+    try:
+        k = int(nproc)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise ConfigError(f"nproc={nproc}: give the number of training processes, an integer >= 1")
+    rest = [a for a in argv if not a.startswith("nproc=")]
+    if k == 1:
+        return main(rest)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={k}",
+               "-m", "manytask", *rest]
+    print(f"manytask: {k} processes: torchrun {' '.join(command[3:])}", file=sys.stderr, flush=True)
+    os.execv(sys.executable, command)
+
+
 def cmd_train(args) -> None:
-    from .runs import resolve, resume_run, train_run
+    from .runs import check_run, resolve, resume_run, train_run
     overrides = split_overrides(args.overrides)
+    if "recipe" in overrides:  # recipe=best.json of manytask tune: its keys, then the command line's
+        from .tune import with_recipe
+        overrides = with_recipe(overrides, args.method)
+    if "nproc" in overrides:  # checked here first, once: keys, data (featurised into the cache), model
+        nproc = overrides.pop("nproc")
+        if not (overrides.get("resume") or args.resume):
+            check_run(resolve(args.data, args.method, overrides))
+        return launch_processes(args.argv, nproc)
     resume = overrides.pop("resume", None) or args.resume  # --resume RUN_DIR, or resume=RUN_DIR like the keys
     if resume:
         resume_run(resume, args.data, args.method, overrides)
@@ -108,6 +134,11 @@ def cmd_compare(args) -> None:
     cfg = parse_experiment(CompareConfig, args.overrides, "compare")  # seeds, baseline: before anything is written
     with experiment_dir(args.out, f"compare-{args.data}") as out:
         compare_methods(args.data, methods, cfg, out)
+
+
+def cmd_tune(args) -> None:
+    from .tune import tune
+    tune(args.data, args.method, args.overrides, args.out)
 
 
 def cmd_runs(args) -> None:
@@ -193,7 +224,8 @@ def parser() -> argparse.ArgumentParser:
                        epilog=KEYS_HELP)
     t.add_argument("data")
     t.add_argument("method")
-    t.add_argument("overrides", nargs="*", help="key=value: training keys, method keys, data.KEY")
+    t.add_argument("overrides", nargs="*", help="key=value: training keys, method keys, data.KEY; nproc=K trains "
+                   "in K processes on this machine (torchrun; see docs/distributed.md)")
     t.add_argument("--out", default="runs", help="parent of the new run directory (default: runs)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run in its directory, from its last "
                    "finished epoch (DATA and METHOD as the run's; only data.path, data.dir, device, progress may change)")
@@ -217,6 +249,8 @@ def parser() -> argparse.ArgumentParser:
         "  baseline=METHOD    the method the others are tested against (default: the first)\n"
         "  KEY=VALUE          a training key or data.KEY: every method; a method key: every method that has it\n"
         "  METHOD.KEY=VALUE   one method only, e.g. stl.widths=16\n"
+        "  recipe=FILE        the keys of a best.json from manytask tune (METHOD.recipe=FILE: one method's);\n"
+        "                     the keys given here override them\n"
         "`manytask list train`, `manytask list METHOD` and `manytask list DATA` print the keys;\n"
         "every key is checked before anything trains.")
     cmp.add_argument("data")
@@ -224,6 +258,27 @@ def parser() -> argparse.ArgumentParser:
     cmp.add_argument("overrides", nargs="*", help="key=value, e.g. seeds=0,1 epochs=50 stl.widths=64")
     cmp.add_argument("--out", default="runs", help="parent of the new experiment folder (default: runs)")
     cmp.set_defaults(fn=cmd_compare)
+    tn = sub.add_parser(
+        "tune", help="search a method's keys with Optuna on the validation split: manytask tune tox21 icnn trials=50",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=textwrap.fill("Train METHOD on DATA with keys drawn by Optuna's TPE sampler, one trial at a time, "
+        "stopping trials whose validation metric falls behind; the objective is the mean validation primary metric "
+        "(the test split is not used). Writes best.json (train with it: recipe=best.json), trials.csv, history.png "
+        "and importances.png into --out/NAME; the same command again resumes the study.", 100),
+        epilog="keys (see docs/tuning.md):\n"
+        "  trials=N           trials in all (default 20); a resumed study runs only the rest\n"
+        "  workers=K          local processes sharing the study (default 1)\n"
+        "  confirm_seeds=K    then train the best keys on K fresh seeds and show test metrics\n"
+        "  storage=URL        an Optuna RDB URL (default sqlite in --out/NAME), e.g. postgresql://... for several machines\n"
+        "  study=NAME         the study and its folder (default tune-DATA-METHOD)\n"
+        "  space=KEY,KEY      the keys to search (default: every key with a search range, not set here)\n"
+        "  prune=false        train every trial to the end; sampler_seed=S seeds TPE\n"
+        "  KEY=VALUE          any training, method or data.KEY key: fixed for every trial")
+    tn.add_argument("data")
+    tn.add_argument("method")
+    tn.add_argument("overrides", nargs="*", help="key=value, e.g. trials=50 epochs=30 data.split=scaffold")
+    tn.add_argument("--out", default="runs", help="parent of the tune's folder (default: runs)")
+    tn.set_defaults(fn=cmd_tune)
     ls_runs = sub.add_parser("runs", help="the runs under a folder, newest first: status, data, method, test metric")
     ls_runs.add_argument("folder", nargs="?", default="runs", help="default: runs")
     ls_runs.set_defaults(fn=cmd_runs)
@@ -251,7 +306,11 @@ def main(argv: list[str] | None = None) -> None:
     tune_allocator()  # first: PyTorch reads THP_MEM_ALLOC_ENABLE at its first CPU allocation
     logging.basicConfig(level=logging.INFO, format="manytask: %(message)s", stream=sys.stderr)
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"`manytask {args.command}` runs in one process; under torchrun use `manytask train` "
+                              "(compare, tune and experiments train their runs one after another)")
         args.fn(args)
     except ConfigError as e:
         print(f"manytask: error: {e}", file=sys.stderr)
@@ -265,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("manytask: interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if "manytask.distributed" in sys.modules:  # leave torchrun's process group cleanly
+            sys.modules["manytask.distributed"].stop()
 
 
 if __name__ == "__main__":

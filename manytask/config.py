@@ -9,7 +9,12 @@ ConfigError whose one-line message says what is wrong and what is valid.
     @dataclass
     class MyConfig:
         widths: tuple[int, ...] = option((128,), "hidden layer widths", low=1, min_len=1)
-        dropout: float = option(0.0, "dropout probability", low=0.0, high=1.0, high_open=True)
+        dropout: float = option(0.0, "dropout probability", low=0.0, high=1.0, high_open=True,
+                                search=("float", 0.0, 0.5))
+
+`search=` declares the field's range for `manytask tune` (manytask/tune.py): ("float", low, high) or
+("int", low, high) uniform, ("log", low, high) log-uniform (an int field gets integers), or
+("choice", (value, ...)) (values of the field's type: a tuple field lists tuples).
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class Spec:
     high_open: bool = False
     choices: tuple | None = None
     min_len: int = 0
+    search: tuple | None = None  # what `manytask tune` samples (see the module docstring); None: not tuned
 
     def describe(self) -> str:
         """The valid values in words, e.g. '>= 1', 'in [0, 1)', 'one of adam, sgd'."""
@@ -53,6 +59,15 @@ class Spec:
         if self.min_len:
             parts.append(f"at least {self.min_len} value{'s' if self.min_len > 1 else ''}")
         return ", ".join(parts)
+
+    def searched(self) -> str:
+        """What `manytask tune` samples, in words: 'log 0.0001..0.01', 'one of 512 / 1024,512'; '' if nothing."""
+        if self.search is None:
+            return ""
+        kind, *args = self.search
+        if kind == "choice":
+            return "one of " + " / ".join(",".join(map(str, v)) if isinstance(v, tuple) else str(v) for v in args[0])
+        return f"{kind} {args[0]:g}..{args[1]:g}"
 
     def violation(self, value: Any) -> str | None:
         """None when `value` is valid, else why not."""
@@ -74,12 +89,31 @@ class Spec:
 
 
 def option(default: Any, help: str = "", *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False, choices: Sequence | None = None, min_len: int = 0) -> Any:
-    """A dataclass field with its help line and valid values (see the module docstring)."""
-    spec = Spec(help, low, high, low_open, high_open, tuple(choices) if choices is not None else None, min_len)
+           low_open: bool = False, high_open: bool = False, choices: Sequence | None = None, min_len: int = 0,
+           search: tuple | None = None) -> Any:
+    """A dataclass field with its help line, valid values and tuning range (see the module docstring)."""
+    spec = Spec(help, low, high, low_open, high_open, tuple(choices) if choices is not None else None, min_len,
+                _search(search))
     if isinstance(default, (list, dict, set)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"spec": spec})
     return dataclasses.field(default=default, metadata={"spec": spec})
+
+
+SEARCH_KINDS = ("float", "int", "log", "choice")
+
+
+def _search(search: tuple | None) -> tuple | None:
+    """A field's search= declaration, checked for its shape: (kind, low, high) with low < high, or
+    ("choice", values) with at least two values; a malformed one is a ValueError where it is declared."""
+    if search is None:
+        return None
+    kind, *args = search
+    if kind == "choice" and len(args) == 1 and len(args[0]) >= 2:
+        return ("choice", tuple(args[0]))
+    if kind in SEARCH_KINDS[:3] and len(args) == 2 and args[0] < args[1] and (kind != "log" or args[0] > 0):
+        return (kind, *args)
+    raise ValueError(f"search={search!r}: expected (kind, low, high) with kind one of float, int, log and "
+                     "low < high (low > 0 for log), or ('choice', (value, value, ...))")
 
 
 def spec_of(f: dataclasses.Field) -> Spec:
@@ -209,7 +243,8 @@ def describe(cfg: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
         valid = spec.describe()
         if typing.get_origin(tp) is typing.Literal:  # the type column lists the choices already
             valid = valid.replace("one of " + ", ".join(map(str, spec.choices or ())), "").strip(", ")
-        rows.append((prefix + f.name, type_name(tp), shown, spec.help + (f" ({valid})" if valid else "")))
+        rows.append((prefix + f.name, type_name(tp), shown, spec.help + (f" ({valid})" if valid else "")
+                     + (f" [tune: {spec.searched()}]" if spec.search else "")))
     return rows
 
 

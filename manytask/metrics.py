@@ -1,8 +1,9 @@
 """Per-task metrics that skip missing labels, their mean over tasks, and delta-m against a baseline.
 
 Binary tasks: ROC-AUC, PRC-AUC (average precision) and accuracy at 0.5; both AUCs are NaN where a split's
-labels have one class only. Multiclass: accuracy and error. Regression: MSE and RMSE. A task's primary
-metric (Task.metric, default the first of tasks.METRICS[kind]) is the one tables show.
+labels have one class only. Multiclass: accuracy and error. Regression: MSE and RMSE in the target's units,
+and nrmse, the RMSE in units of the standardised target the model learns (RMSE / Task.scale). A task's
+primary metric (Task.metric, default the first of tasks.METRICS[kind]) is the one tables show.
 
 Computing a metric never warns: an undefined value is NaN, and undefined_note() says once per split which
 tasks have none (runs log it once per split at the end of a run, not every epoch).
@@ -18,14 +19,15 @@ from .tasks import METRICS, Task
 
 PRIMARY = {kind: metrics[0] for kind, metrics in METRICS.items()}  # each kind's default primary metric
 HIGHER_IS_BETTER = {"auc": True, "prc_auc": True, "accuracy": True, "error": False, "mse": False, "rmse": False,
-                    "loss": False}
+                    "nrmse": False, "loss": False}
 NAMES = {"auc": "ROC-AUC", "prc_auc": "PRC-AUC", "accuracy": "accuracy", "error": "error", "mse": "MSE",
-         "rmse": "RMSE"}
+         "rmse": "RMSE", "nrmse": "RMSE of the standardised target"}
 
 
 def task_metrics(task: Task, scores: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """scores: (n,) P(1) for binary, (n, C) probabilities for multiclass, (n,) values for regression;
-    y: (n,) labels with NaN for missing. Returns {metric: value} over the labelled examples."""
+    """scores: (n,) P(1) for binary, (n, C) probabilities for multiclass, (n,) values for regression (the
+    target's units, as Task.predict gives them); y: (n,) labels with NaN for missing. Returns {metric: value}
+    over the labelled examples."""
     known = ~np.isnan(y)
     score, label = scores[known], y[known]  # the labelled examples only
     out: dict[str, float] = {"n": float(known.sum())}
@@ -44,6 +46,7 @@ def task_metrics(task: Task, scores: np.ndarray, y: np.ndarray) -> dict[str, flo
     else:
         mse = float(np.mean((score - label) ** 2)) if len(label) else math.nan
         out["mse"], out["rmse"] = mse, math.sqrt(mse)
+        out["nrmse"] = out["rmse"] / task.scale
     return out
 
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import chain, islice
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -56,6 +56,8 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
+from .nn.dmpnn import check_graph_method
 from .files import replacing, write_text
 from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
@@ -142,6 +144,7 @@ def create_model(name: str, tasks: list[Task], input_shapes: dict[str, tuple[int
         model, hooks = create_model("hard_sharing", data.tasks, data.input_shapes, widths=(256, 128))
     """
     entry = get_method(name)
+    check_graph_method(name, entry.config, input_shapes)
     built = entry.fn(list(tasks), dict(input_shapes), apply(entry.config(), cfg, f"{name} method"))
     return built if isinstance(built, tuple) else (built, Hooks())
 
@@ -392,20 +395,34 @@ class RunStopped(Exception):
 
 
 def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str | None = "runs",
-              name: str | None = None, echo: bool = True) -> RunResult:
+              name: str | None = None, echo: bool = True,
+              on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Train one method on one data set; with `out`, write a new run directory under it (every setting is
     checked first: a bad one leaves no directory), saving a checkpoint every epoch. There SIGINT and SIGTERM
-    stop training after the current minibatch: RunStopped, run interrupted, resumable with resume_run."""
-    data = choose_metric(data or load_data(spec), spec.train.metric)
+    stop training after the current minibatch: RunStopped, run interrupted, resumable with resume_run.
+    on_epoch(row): called with each validated epoch's metrics row (e.g. to prune a tuning trial).
+    Under torchrun every process trains its share (manytask.distributed) and only rank 0 writes."""
+    distributed.start(spec.train.device)
+    with distributed.local_main_first():  # featurise once per machine into the cache
+        data = choose_metric(data or load_data(spec), spec.train.metric)
     check_splits(data)
     model, hooks = build(spec, data)
     resolve_device(spec.train.device)
-    if not out:
-        return _train(spec, data, model, hooks, None, echo)
+    if not out or not distributed.is_main():
+        return _train(spec, data, model, hooks, None, echo and distributed.is_main(), on_epoch=on_epoch)
     run_dir = new_run_dir(out, name or f"{spec.data}-{spec.method}-seed{spec.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
     write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data)})
     (run_dir / "metrics.jsonl").touch()
-    return _train(spec, data, model, hooks, run_dir, echo, start_record(run_dir))
+    return _train(spec, data, model, hooks, run_dir, echo, start_record(run_dir), on_epoch=on_epoch)
+
+
+def check_run(spec: RunSpec) -> None:
+    """Everything train_run checks before it writes (the data loads, every split has examples, the method
+    builds, the device exists): a ConfigError if not. The features land in the cache."""
+    data = choose_metric(load_data(spec), spec.train.metric)
+    check_splits(data)
+    build(spec, data)
+    resolve_device(spec.train.device)
 
 
 def check_splits(data: MultiTaskData) -> None:
@@ -438,11 +455,16 @@ def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str,
     if changed:
         raise ConfigError(f"{changed[0]}={new[changed[0]]} differs from the run's {changed[0]}={old[changed[0]]}: a "
                           f"resumed run keeps its settings (only {', '.join(RESUME_KEYS)} may change); train a new run instead")
-    data_set = choose_metric(load_data(spec), spec.train.metric)
+    distributed.start(spec.train.device)
+    with distributed.local_main_first():
+        data_set = choose_metric(load_data(spec), spec.train.metric)
     check_splits(data_set)
     model, hooks = build(spec, data_set)
     resolve_device(spec.train.device)
-    state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
+    state = distributed.broadcast(  # rank 0's checkpoint: the run directory need not be on every machine
+        load_checkpoint(run_dir / CHECKPOINT) if distributed.is_main() and (run_dir / CHECKPOINT).exists() else None)
+    if not distributed.is_main():
+        return _train(spec, data_set, model, hooks, None, False, resume=state)
     history, done = (state["history"], state["epoch"]) if state else ([], 0)
     write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data_set)})
     write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
@@ -478,18 +500,36 @@ def flat_config(spec: RunSpec) -> dict[str, Any]:
 
 
 def _train(spec: RunSpec, data: MultiTaskData, model: nn.Module, hooks: Hooks, run_dir: Path | None, echo: bool,
-           info: dict | None = None, resume: dict | None = None) -> RunResult:
+           info: dict | None = None, resume: dict | None = None,
+           on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Fit (from `resume`, a checkpoint's state, when given), evaluate every split and write the results.
     With a run directory: metrics.jsonl and a checkpoint every epoch, SIGINT/SIGTERM caught during training,
-    and run.json's status true however the run ends."""
+    and run.json's status true however the run ends. Without one (and on every process but rank 0 of a
+    distributed run), signals are caught alike and nothing is written."""
     t0 = time.perf_counter()
-    trainer = Trainer(model, data, spec.train, hooks)
+    trainer = Trainer(model, data, spec.train if distributed.is_main() else quiet(spec.train), hooks)
+    trainer.log = on_epoch if distributed.is_main() else None
+    if run_dir is None and not distributed.active():
+        trainer.fit(resume)
+    elif run_dir is None:  # a process of a distributed run that writes nothing
+        with stop_on_signals(trainer):
+            try:
+                trainer.fit(resume)
+            except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
+                raise RunStopped(f"rank {distributed.rank()}: {e}",
+                                 128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
+        if not distributed.is_main():
+            return RunResult(None, spec, {}, {}, model, trainer)
     if run_dir is None:
-        trainer.fit()
         return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
     try:
         with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
-            trainer.log = lambda row: (metrics.write(json.dumps(row) + "\n"), metrics.flush())
+            def log(row):
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                if on_epoch:
+                    on_epoch(row)
+            trainer.log = log
             trainer.checkpoint = lambda tr: save_checkpoint(tr, run_dir / CHECKPOINT)
             trainer.fit(resume)
         result = _results(spec, data, trainer, run_dir, time.perf_counter() - t0, echo)
@@ -511,6 +551,11 @@ def _train(spec: RunSpec, data: MultiTaskData, model: nn.Module, hooks: Hooks, r
     end_record(run_dir, info, "completed")
     (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return result
+
+
+def quiet(cfg: TrainConfig) -> TrainConfig:
+    """The training settings of a process that does not report (every rank but 0): no progress output."""
+    return dataclasses.replace(cfg, progress=False)
 
 
 def save_best_so_far(model: nn.Module, run_dir: Path) -> bool:
@@ -672,7 +717,7 @@ class Predictor:
         if not inputs:
             return np.zeros(0, dtype=bool), preds
         x, valid = self.featurize(inputs, self.spec.data_cfg)
-        out = self.model(torch.as_tensor(x))
+        out = self.model(x if hasattr(x, "to") else torch.as_tensor(x))  # a tensor, or a batch of graphs
         preds[:] = torch.cat([t.predict(out[t.name]).reshape(len(inputs), -1) for t in self.tasks], 1).numpy()
         preds[~valid] = np.nan
         return np.asarray(valid, dtype=bool), preds

@@ -1,12 +1,14 @@
 """Tasks: what a model must output for each task, and the loss that skips missing labels.
 
 A task's labels are a float tensor of shape (n,), NaN where the label is missing. Binary labels are 0/1,
-multiclass labels are class indices stored as floats, regression labels are real values.
-A model's output for a task has shape (n, task.outputs): 1 logit (binary), C logits (multiclass) or
-1 value (regression).
+multiclass labels are class indices stored as floats, regression labels are real values in the target's
+own units. A model's output for a task has shape (n, task.outputs): 1 logit (binary), C logits
+(multiclass) or 1 value (regression): the standardised target (y - shift) / scale, which predict() turns
+back into the target's units, so losses are standardised and metrics and predictions are in units.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -51,6 +53,9 @@ class Task:
     input:   key of the input this task reads when a data set has several inputs (default: the only one).
     metric:  the primary metric, the one tables, progress lines and comparisons show: one of METRICS[kind]
              ("" = the kind's default, METRICS[kind][0]). It changes what is reported, never training.
+    shift, scale: a regression task's model learns the standardised target (y - shift) / scale (the loss is
+             the MSE in those units) and predict() returns output * scale + shift, in the target's units;
+             e.g. the training split's mean and std. Finite, scale > 0; other kinds keep 0 and 1.
     """
 
     name: str
@@ -58,6 +63,8 @@ class Task:
     outputs: int = 1
     input: str = "x"
     metric: str = ""
+    shift: float = 0.0
+    scale: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -71,6 +78,11 @@ class Task:
         if self.metric and self.metric not in METRICS[self.kind]:
             raise ValueError(f"task {self.name!r}: {self.metric!r} is no metric of a {self.kind} task; use one of "
                              f"{', '.join(METRICS[self.kind])}")
+        if not (math.isfinite(self.shift) and math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"task {self.name!r}: shift and scale must be finite and scale > 0, got shift "
+                             f"{self.shift!r}, scale {self.scale!r}")
+        if self.kind != "regression" and (self.shift, self.scale) != (0.0, 1.0):
+            raise ValueError(f"task {self.name!r}: shift and scale apply to regression tasks only, not {self.kind}")
 
     def select(self, x):
         """This task's input from a model's input: the tensor itself, or x[self.input] from a dict."""
@@ -90,21 +102,51 @@ class Task:
             return F.binary_cross_entropy_with_logits(p[:, 0], y)
         if self.kind == "multiclass":
             return F.cross_entropy(p, y.long())
-        return F.mse_loss(p[:, 0], y)
+        return F.mse_loss(p[:, 0], self.model_target(y))
+
+    def model_target(self, y: torch.Tensor) -> torch.Tensor:
+        """Labels (n,) -> what the model's output is fit to: (y - shift) / scale for a regression task (the
+        standardised target), the labels themselves for the other kinds."""
+        return (y - self.shift) / self.scale if self.kind == "regression" else y
 
     def predict(self, pred: torch.Tensor) -> torch.Tensor:
         """Model output -> what a user reads: P(1) for binary, class probabilities (n, C) for
-        multiclass, the value for regression."""
+        multiclass, the value in the target's units for regression (output * scale + shift)."""
         pred = pred.reshape(pred.shape[0], -1)
         if self.kind == "binary":
             return torch.sigmoid(pred[:, 0])
         if self.kind == "multiclass":
             return torch.softmax(pred, dim=1)
-        return pred[:, 0]
+        return pred[:, 0] * self.scale + self.shift
 
 
 def mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
               weights: dict[str, float] | None = None) -> torch.Tensor:
     """Sum over tasks of weight * task loss, divided by the number of tasks (weights default to 1)."""
     total = sum((weights or {}).get(t.name, 1.0) * t.loss(out[t.name], y[t.name]) for t in tasks)
+    return total / len(tasks)
+
+
+def stacked_mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
+                      weights: dict[str, float] | None = None) -> torch.Tensor:
+    """mean_loss (same arguments, same value up to float rounding) in a few operations for many tasks: the
+    binary tasks, and the regression tasks, whose labels have one length are stacked into (tasks, n) outputs
+    and model targets (Task.model_target), with one masked loss whose mean over each task's labelled rows
+    is that task's loss (0 without labels, as Task.loss). Multiclass tasks keep Task.loss."""
+    weights, total, bunches = weights or {}, 0.0, {}
+    for t in tasks:
+        if t.kind == "multiclass":
+            total = total + weights.get(t.name, 1.0) * t.loss(out[t.name], y[t.name])
+        else:
+            bunches.setdefault((t.kind, y[t.name].shape[0]), []).append(t)
+    for (kind, _), ts in bunches.items():
+        pred = torch.stack([out[t.name].reshape(-1) for t in ts])  # (T, n)
+        target = torch.stack([t.model_target(y[t.name]) for t in ts])  # (T, n), NaN where missing
+        known = ~torch.isnan(target)
+        pred, target = torch.where(known, pred, 0.0), torch.where(known, target, 0.0)  # no gradient where missing
+        err = (F.binary_cross_entropy_with_logits(pred, target, reduction="none") if kind == "binary"
+               else (pred - target) ** 2)  # (T, n)
+        per_task = torch.where(known, err, 0.0).sum(1) / known.sum(1).clamp(min=1)  # (T,)
+        w = torch.tensor([weights.get(t.name, 1.0) for t in ts], dtype=per_task.dtype, device=per_task.device)
+        total = total + (w * per_task).sum()
     return total / len(tasks)

@@ -1,12 +1,13 @@
-"""The one training loop: minibatches, early stopping on the mean validation loss, named hooks.
+"""The one training loop: minibatches, early stopping on the validation loss (or metric), named hooks.
 
 The loop never asks which method it runs. A method that needs more than "forward, loss, backward,
 step" returns a Hooks subclass from its builder and overrides some of:
 
     parameters(model)             what the optimizer updates (param groups allowed)
     before_training(trainer)      once, after the optimizer exists
-    forward(trainer, x)           the outputs the loss reads; default model(x) -> {task: output}
-    loss(trainer, out, y)         the objective of one minibatch; default the mean task loss
+    forward(trainer, x)           the outputs the loss reads; default trainer.run(model, x) -> {task: output}
+    loss(trainer, out, y)         the objective of one minibatch; default the mean task loss, each task
+                                  weighted by trainer.batch_weights
     training_step(trainer, x, y)  one minibatch: forward, loss, trainer.optimizer_step(loss); only a method
                                   with an algorithm of its own (several steps per minibatch) overrides it
     before_optimizer_step(trainer)  between backward and optimizer.step (e.g. gradient masks)
@@ -17,7 +18,12 @@ step" returns a Hooks subclass from its builder and overrides some of:
                                   get back (tensors and JSON values); default: nothing
 
 The optimizer step itself (zero_grad, backward, before_optimizer_step, step) is written once, in
-Trainer.optimizer_step. `train_stages` trains several stages of tasks in sequence through the same loop.
+Trainer.optimizer_step. Every training forward whose output is backpropagated goes through
+`trainer.run(fn, *args)`: with several processes (torchrun, manytask.distributed) it runs inside
+DistributedDataParallel, whose backward averages the gradients over the processes; each process then
+holds its share (every world_size-th row) of the global minibatch and `trainer.batch_weights` /
+`trainer.row_weight` weight its losses so that the average is the gradient of the whole minibatch.
+`train_stages` trains several stages of tasks in sequence through the same loop.
 
 Stopping early: a non-finite training loss (checked every minibatch) or non-finite weights (checked every
 epoch) raise TrainingDiverged. Within `stop_on_signals(trainer)`, SIGINT and SIGTERM make fit raise
@@ -43,9 +49,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .config import ConfigError, option
 from .data.base import MultiTaskData, Split, batches, model_input
-from .metrics import mean_over_tasks, primary, task_metrics
+from .metrics import HIGHER_IS_BETTER, mean_over_tasks, primary, task_metrics
 from .tasks import Task, mean_loss
 
 
@@ -54,19 +61,27 @@ class TrainConfig:
     """Optimisation settings shared by every method."""
 
     epochs: int = option(100, "maximum training epochs", low=1)
-    batch_size: int = option(128, "examples per minibatch", low=1)
-    lr: float = option(1e-3, "learning rate", low=0, low_open=True)
+    batch_size: int = option(128, "examples per minibatch", low=1, search=("choice", (32, 64, 128, 256)))
+    lr: float = option(1e-3, "learning rate", low=0, low_open=True, search=("log", 1e-4, 1e-2))
     optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
-    weight_decay: float = option(0.0, "L2 penalty (the optimizer's weight_decay)", low=0)
+    weight_decay: float = option(0.0, "L2 penalty (the optimizer's weight_decay)", low=0,
+                                 search=("choice", (0.0, 1e-5, 1e-4, 1e-3)))
     momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
-    patience: int = option(10, "epochs without improvement of the mean validation loss before stopping; 0 = never stop early", low=0)
-    min_delta: float = option(0.0, "smallest decrease of the validation loss that counts as improvement", low=0)
+    patience: int = option(10, "validations without improvement of the monitored value before stopping; 0 = never "
+                               "stop early", low=0)
+    min_delta: float = option(0.0, "smallest improvement of the monitored value that counts", low=0)
+    monitor: Literal["auto", "val_loss", "val_metric"] = option(
+        "auto", "what early stopping and the best weights follow: val_loss (the mean validation loss) or val_metric "
+                "(the mean validation primary metric, ties broken by the loss; every task needs the same one); "
+                "auto: val_loss, as measured for every kind of task (docs/tuning-tox21.md)")
     seed: int = option(0, "seed of the initial weights, minibatch order and dropout", low=0)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     progress: bool = option(True, "progress: a bar on a terminal, else one line per epoch on stderr")
     eval_batch_size: int = option(2048, "examples per evaluation chunk", low=1)
     val_every: int = option(1, "validate, log and checkpoint every N epochs and after the last one; patience "
                                "counts validations", low=1)
+    amp: Literal["off", "bf16"] = option("off", "mixed precision: bf16 autocasts the training forward (fast on "
+                                         "CUDA; on CPUs without bf16 units it is slower)")
     metric: Literal["auto", "auc", "prc_auc", "accuracy", "error", "mse", "rmse"] = option(
         "auto", "primary metric of tables, progress and comparisons, for the tasks whose kind has it (auto: "
                 "auc for binary, accuracy for multiclass, rmse for regression); prc_auc = average precision")
@@ -75,6 +90,10 @@ class TrainConfig:
 class Hooks:
     """Default training behaviour; methods override what they need (see module docstring)."""
 
+    # Some steps leave parameters without a gradient (a stage trains some subnetworks, a step some losses),
+    # or parameters are frozen and unfrozen during training: several processes must then look for them.
+    unused_parameters: bool = False
+
     def parameters(self, model: nn.Module):
         return [p for p in model.parameters() if p.requires_grad]
 
@@ -82,10 +101,10 @@ class Hooks:
         pass
 
     def forward(self, trainer: "Trainer", x):
-        return trainer.model(x)
+        return trainer.run(trainer.model, x)
 
     def loss(self, trainer: "Trainer", out, y: dict[str, torch.Tensor]) -> torch.Tensor:
-        return mean_loss(trainer.tasks, out, y, trainer.task_weights)
+        return mean_loss(trainer.tasks, out, y, trainer.batch_weights)
 
     def training_step(self, trainer: "Trainer", x, y: dict[str, torch.Tensor]) -> float:
         loss = self.loss(trainer, self.forward(trainer, x), y)
@@ -116,9 +135,12 @@ class TrainingDiverged(RuntimeError):
     """The training loss or the weights became NaN or infinite: the model is no longer usable."""
 
     def __init__(self, epoch: int, what: str):
-        self.epoch = epoch
+        self.epoch, self.what = epoch, what
         super().__init__(f"{what}: training diverged (a smaller lr often helps; inputs with NaN or inf values "
                          "do this too)")
+
+    def __reduce__(self):  # picklable: rank 0 sends it to the other processes
+        return TrainingDiverged, (self.epoch, self.what)
 
 
 class NonFiniteOutputs(ValueError):
@@ -150,10 +172,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def monitored(cfg: TrainConfig, tasks: list[Task]) -> str:
+    """What early stopping follows: "val_loss", or the primary metric every task shares (cfg.monitor=val_metric;
+    tasks with different primary metrics are a ConfigError). auto is the loss for every kind of task, as
+    measured on validation data (docs/tuning-tox21.md): the two tie on binary (Tox21, breast cancer),
+    multiclass (digits, wine) and regression tasks (diabetes, grouped regression) with the default keys; the
+    metric chose better only for ICNN's untuned defaults on one Tox21 seed of three, and a metric steps and
+    saturates (wine's validation accuracy 1.0 at epoch 1). With val_metric, a metric that ties its best
+    counts as better when the validation loss is lower."""
+    if cfg.monitor in ("auto", "val_loss"):
+        return "val_loss"
+    names = sorted({primary(t) for t in tasks})
+    if len(names) > 1:
+        raise ConfigError(f"monitor=val_metric: the tasks' primary metrics differ ({', '.join(names)}), so no one mean "
+                          "metric can be followed; use monitor=val_loss, or metric=NAME where every kind has it")
+    return names[0]
+
+
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel over all tensors (at 617 stl networks, 18 ms a step against 65 ms; benchmarks/stl.py)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 @torch.no_grad()
@@ -215,13 +255,33 @@ class Trainer:
 
     def __post_init__(self):
         self.tasks = list(self.tasks or self.data.tasks)
-        self.device = resolve_device(self.cfg.device)
+        self.device = distributed.rank_device(resolve_device(self.cfg.device))
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.hooks.parameters(self.model), self.cfg)
-        self.generator = torch.Generator().manual_seed(self.cfg.seed)
+        self.generator = torch.Generator().manual_seed(self.cfg.seed)  # the same minibatch order in every process
         self.stop = False  # a hook may set this to end training after the current epoch
         self.interrupt = 0  # a signal number: stop after the current minibatch (stop_on_signals sets it)
-        self.best_loss, self.best_state, self.waited = math.inf, None, 0  # early stopping
+        self.best_loss, self.best_state, self.waited = math.inf, None, 0  # early stopping (lower is better)
+        self.best_val_loss = math.inf  # monitor=val_metric: the tie-break
+        self.monitored = monitored(self.cfg, self.tasks)
+        self.shares, self.row_weight = {}, 1.0  # this process's share of the current minibatch (share_weights)
+        self.ddp = distributed_model(self.model, self.device, self.hooks.unused_parameters) if distributed.active() else None
+        self.rank_random: list[dict] | None = None  # every process's random state at the last validation
+        if distributed.rank() > 0:  # dropout masks of their own in the other processes
+            torch.manual_seed(self.cfg.seed + 1_000_003 * distributed.rank())
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """fn(*args, **kwargs) as a training forward: inside DistributedDataParallel when several processes
+        train (the backward of its output then averages the gradients over them), with bf16 autocast when
+        cfg.amp=bf16."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16"):
+            return self.ddp(fn, *args, **kwargs) if self.ddp is not None else fn(*args, **kwargs)
+
+    def any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true in any process (a step every process must take or skip together)."""
+        if self.ddp is None:
+            return flag
+        return bool(distributed.all_sum(torch.tensor([float(flag)], dtype=torch.float64)).item() > 0)
 
     def optimizer_step(self, loss: torch.Tensor) -> None:
         """The one optimizer step: zero_grad, backward, the hooks' before_optimizer_step, step."""
@@ -231,10 +291,31 @@ class Trainer:
         self.optimizer.step()
 
     def batches(self, split: str = "train", shuffle: bool = True):
-        """Minibatches of a split, moved to the device: (model input, {task: labels})."""
-        for x, y in batches(self.data.split(split), self.tasks, self.cfg.batch_size, shuffle, self.generator):
+        """Minibatches of a split, moved to the device: (model input, {task: labels}). With several
+        processes, this process's share of each global minibatch, and batch_weights / row_weight set."""
+        shard = distributed.shard(self.cfg.batch_size) if self.ddp is not None else slice(None)
+        for x, y in batches(self.data.split(split), self.tasks, self.cfg.batch_size, shuffle, self.generator, shard):
+            if self.ddp is not None:
+                self.share_weights(y)
             x = {k: v.to(self.device) for k, v in x.items()}
             yield model_input(x), {k: v.to(self.device) for k, v in y.items()}
+
+    def share_weights(self, y: dict[str, torch.Tensor]) -> None:
+        """Loss weights of this process's share: a task's mean loss over its n_p labelled rows here, times
+        P * n_p / n (n: labelled rows of the global minibatch, P processes), averages over the processes to
+        the task's mean over the global minibatch; row_weight does the same for losses over all rows."""
+        local = torch.tensor([float((~torch.isnan(y[t.name])).sum()) for t in self.tasks]
+                             + [float(next(iter(y.values())).shape[0])], dtype=torch.float64)
+        total = distributed.all_sum(local.clone())
+        share = (distributed.world_size() * local / total.clamp(min=1)).tolist()
+        self.shares, self.row_weight = {t.name: w for t, w in zip(self.tasks, share)}, share[-1]
+
+    @property
+    def batch_weights(self) -> dict[str, float]:
+        """The loss weight of each task in the current minibatch: task_weights, times this process's share."""
+        if not self.shares:
+            return self.task_weights
+        return {name: self.task_weights.get(name, 1.0) * w for name, w in self.shares.items()}
 
     def evaluate(self, split: str = "val"):
         try:
@@ -249,11 +330,11 @@ class Trainer:
 
     @property
     def finished(self) -> bool:
-        """A hook asked to stop, or the validation loss has not improved for `patience` epochs."""
+        """A hook asked to stop, or the monitored value has not improved for `patience` epochs."""
         return self.stop or (self.cfg.patience > 0 and self.waited >= self.cfg.patience)
 
     def fit(self, resume: dict | None = None) -> "Trainer":
-        """Train up to cfg.epochs epochs; with patience > 0, stop when the mean validation loss has not
+        """Train up to cfg.epochs epochs; with patience > 0, stop when the monitored value (cfg.monitor) has not
         improved by min_delta for `patience` epochs and restore the best weights. `resume`: a state_dict()
         taken at the end of an epoch; training goes on after that epoch as if it had never stopped."""
         cfg = self.cfg
@@ -270,11 +351,14 @@ class Trainer:
                 if self.epoch % cfg.val_every and self.epoch < cfg.epochs and not self.stop:
                     continue  # validation, log and checkpoint every val_every epochs and after the last
                 row, losses = self.end_epoch(losses), []
+                if self.ddp is not None:  # for the checkpoint: every process's dropout stream
+                    self.rank_random = distributed.gather(random_state(self.generator))
                 if self.checkpoint:
                     self.checkpoint(self)
                 progress.epoch_done(row)
-                if self.interrupt:
-                    raise TrainingInterrupted(self.interrupt, self.epoch)
+                signum = self.interrupt if self.ddp is None else self.sync_step(0.0, 0)[2]
+                if signum:
+                    raise TrainingInterrupted(signum, self.epoch)
         finally:
             progress.close()
         if self.best_state is not None:
@@ -287,34 +371,64 @@ class Trainer:
         TrainingDiverged, a signal (self.interrupt) TrainingInterrupted, after the current minibatch."""
         t0, losses = time.perf_counter(), []
         for x, y in self.batches("train"):
-            losses.append(self.hooks.training_step(self, x, y))
+            loss, rows, signum = self.hooks.training_step(self, x, y), next(iter(y.values())).shape[0], 0
+            if self.ddp is not None:  # the global minibatch's loss and rows; a signal in any process stops all
+                loss, rows, signum = self.sync_step(loss, rows)
+            losses.append(loss)
             if not math.isfinite(losses[-1]):
                 raise TrainingDiverged(self.epoch, f"the training loss is {losses[-1]} in epoch {self.epoch}, "
                                                    f"minibatch {len(losses)}")
             self.step += 1
-            self.samples_seen += next(iter(y.values())).shape[0]
+            self.samples_seen += rows
             self.hooks.after_step(self)
-            if self.interrupt:  # resumable from the last validated epoch, which has the last checkpoint
-                raise TrainingInterrupted(self.interrupt, self.validated_epoch)
+            signum = self.interrupt if self.ddp is None else signum  # several processes: all at the same step
+            if signum:  # resumable from the last validated epoch, which has the last checkpoint
+                raise TrainingInterrupted(signum, self.validated_epoch)
         self.hooks.after_epoch(self)
         self.train_seconds += time.perf_counter() - t0
         return losses
 
+    def sync_step(self, loss: float, rows: int) -> tuple[float, int, int]:
+        """(loss, rows, signal) of this process -> (the global minibatch's loss, its rows, the signal that
+        stops every process: SIGTERM before SIGINT, 0 for none), the same in every process."""
+        signals = (signal.SIGINT, signal.SIGTERM)
+        local = torch.tensor([loss, rows] + [float(self.interrupt == s) for s in signals], dtype=torch.float64)
+        total = distributed.all_sum(local).tolist()
+        caught = [s for s, n in zip(signals, total[2:]) if n > 0]
+        return total[0] / distributed.world_size(), int(total[1]), int(caught[-1]) if caught else 0
+
+    def validate(self) -> tuple[float, dict[str, float]]:
+        """(mean validation loss, {metric: mean over tasks}); with several processes rank 0 computes them
+        (or the TrainingDiverged) and every process gets its result. Non-finite weights raise TrainingDiverged."""
+        result = None
+        if distributed.is_main():
+            try:
+                if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+                    raise TrainingDiverged(self.epoch, f"the weights are not finite after epoch {self.epoch}")
+                table, val_loss = self.evaluate("val")
+                result = (val_loss, mean_over_tasks(table, self.tasks))
+            except TrainingDiverged as e:
+                result = e
+        result = distributed.broadcast(result) if self.ddp is not None else result
+        if isinstance(result, TrainingDiverged):
+            raise result
+        return result
+
     def end_epoch(self, losses: list[float]) -> dict:
         """Validate, record the epoch's row (history, log) and update early stopping -> the row. `losses`:
         the training losses since the last validation. Non-finite weights raise TrainingDiverged."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise TrainingDiverged(self.epoch, f"the weights are not finite after epoch {self.epoch}")
-        table, val_loss = self.evaluate("val")
-        means = mean_over_tasks(table, self.tasks)
+        val_loss, means = self.validate()
         row = {"epoch": self.epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
                **{f"val_{k}": v for k, v in means.items() if k != "loss"},
                "seconds": round(self.train_seconds, 3)}
         self.history.append(row)
         if self.log:
             self.log(row)
-        if val_loss < self.best_loss - self.cfg.min_delta:
-            self.best_loss, self.waited, self.best_epoch = val_loss, 0, self.epoch
+        value = val_loss if self.monitored == "val_loss" else row.get(f"val_{self.monitored}", math.nan)
+        value = -value if self.monitored != "val_loss" and HIGHER_IS_BETTER[self.monitored] else value
+        tie = self.monitored != "val_loss" and value == self.best_loss and val_loss < self.best_val_loss
+        if value < self.best_loss - self.cfg.min_delta or tie:  # NaN never improves; a metric's tie: the lower loss
+            self.best_loss, self.best_val_loss, self.waited, self.best_epoch = value, val_loss, 0, self.epoch
             if self.cfg.patience > 0:
                 self.best_state = copy.deepcopy(self.model.state_dict())
         else:
@@ -327,12 +441,13 @@ class Trainer:
         Tensors and JSON values only."""
         return {"epoch": self.epoch, "step": self.step, "samples_seen": self.samples_seen,
                 "train_seconds": self.train_seconds, "history": self.history, "best_epoch": self.best_epoch,
-                "best_loss": self.best_loss, "waited": self.waited, "stop": self.stop,
+                "best_loss": self.best_loss, "best_val_loss": self.best_val_loss, "waited": self.waited, "stop": self.stop,
                 "model": self.model.state_dict(), "best_model": self.best_state,
                 "optimizer": self.optimizer.state_dict(), "hooks": self.hooks.state_dict(),
-                "random": random_state(self.generator)}
+                "random": random_state(self.generator), **({"random_ranks": self.rank_random} if self.rank_random else {})}
 
     def load_state_dict(self, state: dict) -> None:
+        self.best_val_loss = state.get("best_val_loss", math.inf)  # absent from checkpoints of older versions
         for key in ("epoch", "step", "samples_seen", "train_seconds", "best_epoch", "best_loss", "waited", "stop"):
             setattr(self, key, state[key])
         self.history = list(state["history"])
@@ -340,11 +455,42 @@ class Trainer:
         self.best_state = state["best_model"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.hooks.load_state_dict(state["hooks"])
-        set_random_state(state["random"], self.generator)
+        ranks = state.get("random_ranks") or []  # a distributed run's: each process its own, when as many
+        same = len(ranks) == distributed.world_size()
+        set_random_state(ranks[distributed.rank()] if same else state["random"], self.generator)
+        if not same and distributed.rank() > 0:
+            torch.manual_seed(self.cfg.seed + 1_000_003 * distributed.rank() + self.epoch)
 
     @property
     def samples_per_second(self) -> float:
         return self.samples_seen / self.train_seconds if self.train_seconds else math.nan
+
+
+class Through(nn.Module):
+    """A module whose forward is any function of the wrapped model: DistributedDataParallel(Through(model))
+    synchronises the gradients of method calls other than model.forward (e.g. a reconstruction loss)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn: Callable, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
+def distributed_model(model: nn.Module, device: torch.device, unused: bool) -> nn.parallel.DistributedDataParallel:
+    """DistributedDataParallel over the trainable parameters of `model`. With `unused` (Hooks.unused_parameters),
+    over every parameter, also those frozen now (a method may train them later, e.g. MUiR's mixing scores),
+    and a parameter without a gradient in a step keeps grad None."""
+    trainable = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(p.requires_grad or unused)
+    try:
+        return nn.parallel.DistributedDataParallel(Through(model), device_ids=[device] if device.type == "cuda" else None,
+                                                   find_unused_parameters=unused)
+    finally:
+        for p, t in zip(model.parameters(), trainable):
+            p.requires_grad_(t)
 
 
 class EpochProgress:

@@ -103,3 +103,46 @@ def test_bad_key_is_one_line_exit_2_and_no_directory(tmp_path, mols, capsys, met
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("manytask: error:") and message in err[0]
     assert not (tmp_path / "runs").exists()
+
+
+def write_table(path, rows=80, seed=0):
+    """A numeric CSV: 4 features, two regression targets y, z that depend on them."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 4))
+    y, z = x @ [1.0, -0.5, 0.0, 0.2], x @ [0.0, 0.3, 1.0, -1.0]
+    lines = ["a,b,c,d,y,z"] + [",".join(f"{v:.5f}" for v in (*r, a, b)) for r, a, b in zip(x, y, z)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_compare_on_a_csv_table_with_recipes(tmp_path, capsys):
+    """compare on data.path= (the table data set): LABEL.recipe= sets one contender's keys, recipe= every
+    contender's, and a key on the command line overrides a recipe's."""
+    table = write_table(tmp_path / "t.csv")
+    stl_recipe, shared = tmp_path / "stl.json", tmp_path / "shared.json"
+    stl_recipe.write_text(json.dumps({"method": "stl", "keys": {"widths": [8], "lr": 0.004, "dropout": 0.1}}))
+    shared.write_text(json.dumps({"method": "hard_sharing", "keys": {"batch_size": 16, "lr": 0.002}}))
+    main(["compare", "table", "hard_sharing,stl", f"data.path={table}", "data.target=y,z", "seeds=0", "epochs=2",
+          "progress=false", "hard_sharing.widths=16", f"stl.recipe={stl_recipe}", f"recipe={shared}",
+          "stl.dropout=0.3", "--out", str(tmp_path / "runs")])
+    (run,) = (tmp_path / "runs").iterdir()
+    config = {c: json.loads((run / c / "seed0" / "config.json").read_text()) for c in ("hard_sharing", "stl")}
+    assert config["stl"]["method_cfg"]["widths"] == [8] and config["stl"]["method_cfg"]["dropout"] == 0.3
+    assert config["stl"]["train"]["lr"] == 0.002  # recipe= comes after stl.recipe= on the command line
+    assert config["stl"]["train"]["batch_size"] == 16 == config["hard_sharing"]["train"]["batch_size"]
+    assert config["hard_sharing"]["train"]["lr"] == 0.002 and config["hard_sharing"]["method_cfg"]["widths"] == [16]
+    assert config["hard_sharing"]["method_cfg"]["dropout"] == 0.25  # the stl recipe reaches stl only
+    records = read_results(run)
+    assert {r[2] for r in records if r[4] == "rmse"} == {"y", "z"}
+    assert set(values(records, "stl", "mean_diff")) == {-1}
+    assert "mean rmse" in (run / "table.txt").read_text()
+
+
+def test_recipe_of_another_method_is_refused(tmp_path, mols, capsys):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"method": "stl", "keys": {"widths": [8]}}))
+    with pytest.raises(SystemExit) as exit_info:
+        compare(tmp_path, "hard_sharing,stl", f"data.path={mols}", f"hard_sharing.recipe={recipe}", *TINY)
+    assert exit_info.value.code == 2
+    assert "was tuned for stl, not hard_sharing" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

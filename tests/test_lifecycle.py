@@ -199,8 +199,10 @@ def test_run_json_records_the_process(tmp_path, mols):
     assert not list(run.glob(".*tmp"))  # atomic writes leave no temporary file
     config = json.loads((run / "config.json").read_text())
     assert config["data_cfg"]["path"] == str(mols) and Path(config["data_cfg"]["path"]).is_absolute()
-    assert config["model"] == {"tasks": [{"name": "A", "kind": "binary", "outputs": 1, "input": "x", "metric": ""},
-                                         {"name": "B", "kind": "binary", "outputs": 1, "input": "x", "metric": ""}],
+    assert config["model"] == {"tasks": [{"name": "A", "kind": "binary", "outputs": 1, "input": "x", "metric": "",
+                                          "shift": 0.0, "scale": 1.0},
+                                         {"name": "B", "kind": "binary", "outputs": 1, "input": "x", "metric": "",
+                                          "shift": 0.0, "scale": 1.0}],
                                "input_shapes": {"x": [128]}}
 
 

@@ -1,5 +1,7 @@
-"""Losses and metrics skip missing labels; ROC-AUC and PRC-AUC as scikit-learn's, NaN without a warning on a
-one-class split (reported once per split by undefined_note); a task's chosen primary metric; delta-m."""
+"""Losses and metrics skip missing labels (stacked_mean_loss, many tasks in a few operations, equals
+mean_loss); a regression task's loss on the standardised target and its predictions and metrics in the
+target's units; ROC-AUC and PRC-AUC as scikit-learn's, NaN without a warning on
+a one-class split (reported once per split by undefined_note); a task's chosen primary metric; delta-m."""
 from __future__ import annotations
 
 import math
@@ -11,7 +13,7 @@ import torch
 
 from manytask.metrics import covered, delta_m, mean_over_tasks, primary, task_metrics, undefined_note
 from manytask.report import mean_label
-from manytask.tasks import Task
+from manytask.tasks import Task, mean_loss, stacked_mean_loss
 
 
 def test_binary_loss_ignores_nan_labels():
@@ -36,6 +38,65 @@ def test_multiclass_and_regression_losses():
                           torch.nn.functional.cross_entropy(pred[:1], torch.tensor([0])))
     r = Task("r", "regression")
     assert torch.allclose(r.loss(torch.tensor([[1.0], [5.0]]), torch.tensor([3.0, float("nan")])), torch.tensor(4.0))
+
+
+def test_a_regression_task_learns_the_standardised_target_and_predicts_in_its_units():
+    """shift 10, scale 2: the loss compares the output with (y - 10) / 2, predict gives output * 2 + 10, and the
+    metrics of those predictions are in the target's units, nrmse = RMSE / 2."""
+    t = Task("r", "regression", shift=10.0, scale=2.0)
+    out, y = torch.tensor([[1.0], [-1.0], [7.0]]), torch.tensor([13.0, 7.0, float("nan")])
+    assert t.loss(out, y).item() == pytest.approx(((1 - 1.5) ** 2 + (-1 + 1.5) ** 2) / 2)
+    assert t.model_target(y)[:2].tolist() == [1.5, -1.5]
+    assert t.predict(out).tolist() == [12.0, 8.0, 24.0]
+    m = task_metrics(t, t.predict(out).numpy(), y.numpy())
+    assert (m["n"], m["mse"], m["rmse"], m["nrmse"]) == (2, 1.0, 1.0, 0.5)
+    plain = Task("r", "regression")  # shift 0, scale 1: the output is the value, nrmse = rmse
+    assert plain.predict(out).tolist() == [1.0, -1.0, 7.0] and plain.loss(out, y).item() == pytest.approx(104.0)
+    assert task_metrics(plain, out[:, 0].numpy(), y.numpy())["nrmse"] == pytest.approx(math.sqrt(104.0))
+    b = Task("b", "binary")
+    assert torch.equal(b.model_target(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 1.0]))
+
+
+def test_stacked_mean_loss_is_mean_loss():
+    """stacked_mean_loss against mean_loss on random outputs: binary, regression (shift/scale) and multiclass
+    tasks, labels of two lengths, NaN labels (one task all NaN), per-task weights: the same value and the same
+    gradients, none at a missing label even where the output there is not finite."""
+    g = torch.Generator().manual_seed(0)
+    tasks = ([Task(f"b{i}", "binary") for i in range(5)] + [Task("m", "multiclass", 3), Task("b_short", "binary")]
+             + [Task(f"r{i}", "regression", shift=float(i), scale=0.5 + i) for i in range(3)])
+    n = {t.name: 5 if t.name.endswith("short") else 9 for t in tasks}
+    y = {}
+    for t in tasks:
+        raw = torch.randint(0, t.outputs if t.kind == "multiclass" else 2, (n[t.name],), generator=g).float()
+        raw = raw if t.kind != "regression" else 3 * torch.randn(n[t.name], generator=g) + t.shift
+        y[t.name] = raw.masked_fill(torch.rand(n[t.name], generator=g) < 0.3, float("nan"))
+    y["b1"] = torch.full((9,), float("nan"))
+    out = {t.name: torch.randn(n[t.name], t.outputs, generator=g) for t in tasks}
+    missing = int(torch.isnan(y["b0"]).nonzero()[0])
+    out["b0"][missing] = float("inf")
+    weights = {t.name: 0.5 + i for i, t in enumerate(tasks) if i % 2}
+    results = []
+    for fn in (mean_loss, stacked_mean_loss):
+        leaves = {k: v.clone().requires_grad_() for k, v in out.items()}
+        value = fn(tasks, leaves, y, weights)
+        value.backward()
+        results.append((value, {k: v.grad for k, v in leaves.items()}))
+    (want, want_grads), (got, got_grads) = results
+    got, want = float(got.detach()), float(want.detach())
+    assert math.isfinite(got) and abs(got - want) <= 1e-6 * abs(want)
+    for k in out:
+        assert torch.allclose(got_grads[k], want_grads[k], atol=1e-7), k
+    assert float(got_grads["b0"][missing].abs().sum()) == 0.0 and float(got_grads["b1"].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"scale": 0.0}, "scale > 0"), ({"scale": -1.0}, "scale > 0"), ({"scale": math.nan}, "finite"),
+    ({"shift": math.inf}, "finite"), ({"kind": "binary", "scale": 2.0}, "regression tasks only"),
+    ({"kind": "multiclass", "outputs": 3, "shift": 1.0}, "regression tasks only"),
+])
+def test_bad_shift_and_scale_are_rejected(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        Task("r", **{"kind": "regression", **kw})
 
 
 def test_bad_task_definitions_are_rejected():

@@ -7,10 +7,12 @@ import math
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 
 from manytask import get_method
+from manytask.config import ConfigError
 from manytask.runs import RunSpec, build
 from manytask.train import (Hooks, TrainConfig, Trainer, TrainingDiverged, TrainingInterrupted, evaluate_split,
                             stop_on_signals)
@@ -218,3 +220,55 @@ def test_every_method_resumes_where_the_straight_fit_is(method, one_thread):
     assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in straight.history]
     for (n, p), (_, q) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(p, q), n
+
+
+def test_monitor_val_metric_keeps_the_epoch_with_the_best_validation_metric():
+    """monitor=val_metric: the best weights are those of the epoch with the highest mean validation AUC (AUC:
+    higher is better; of equal AUCs, the lower validation loss), which need not be the epoch with the lowest
+    validation loss."""
+    from manytask.data.base import MultiTaskData
+    data = tiny_shared(n=96)
+    binary = MultiTaskData("bin", [data.tasks[0]], data.train, data.val, data.test)
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=12, patience=12, monitor="val_metric", lr=0.05))
+    model, hooks = build(spec, binary)
+    trainer = Trainer(model, binary, spec.train, hooks).fit()
+    aucs = [r["val_auc"] for r in trainer.history]
+    best = min((r for r in trainer.history if r["val_auc"] == max(aucs)), key=lambda r: r["val_loss"])
+    assert trainer.best_epoch == best["epoch"]
+    table, _ = trainer.evaluate("val")
+    assert table["bin"]["auc"] == pytest.approx(max(aucs))
+
+
+def test_monitor_val_metric_needs_one_primary_metric():
+    data = tiny_shared()  # binary, multiclass and regression: auc, accuracy, rmse
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, monitor="val_metric"))
+    model, hooks = build(spec, data)
+    with pytest.raises(ConfigError, match="monitor=val_metric: the tasks' primary metrics differ"):
+        Trainer(model, data, spec.train, hooks)
+
+
+def test_monitor_follows_the_loss_unless_asked_for_the_metric():
+    from manytask.tasks import Task
+    from manytask.train import monitored
+    binary, reg = [Task("a", "binary"), Task("b", "binary", metric="prc_auc")], [Task("r", "regression")]
+    assert monitored(TrainConfig(), binary[:1]) == monitored(TrainConfig(), reg) == "val_loss"
+    assert monitored(TrainConfig(monitor="val_metric"), binary[:1]) == "auc"
+    assert monitored(TrainConfig(monitor="val_metric"), binary[1:]) == "prc_auc"
+    assert monitored(TrainConfig(monitor="val_metric"), reg) == "rmse"
+
+
+def test_a_saturated_metric_still_improves_when_the_loss_drops():
+    """Validation AUC 1.0 from the first epoch on: later epochs with a lower validation loss are better."""
+    data = tiny_shared(n=96)
+    from manytask.data.base import MultiTaskData
+    binary = MultiTaskData("bin", [data.tasks[0]], data.train, data.val, data.test)
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=4, patience=2, monitor="val_metric"))
+    model, hooks = build(spec, binary)
+    trainer = Trainer(model, binary, spec.train, hooks)
+    rows = iter([(0.5, {"auc": 1.0}), (0.4, {"auc": 1.0}), (0.3, {"auc": 1.0}), (0.6, {"auc": 1.0})])
+    trainer.validate = lambda: next(rows)
+    trainer.fit()
+    assert trainer.best_epoch == 3 and trainer.epoch == 4

@@ -8,7 +8,8 @@ Labels are {task: (n_input,)} float tensors with NaN where missing, aligned with
 A model receives the single input tensor when there is one input, else the dict of inputs.
 
 An input is a float32 tensor, or a PackedRows (molecule fingerprints kept as bits or uint8 counts) that
-gives out float32 tensors when sliced or indexed by rows, one batch at a time.
+gives out float32 tensors when sliced or indexed by rows, one batch at a time, or a graphs.GraphRows
+(molecule graphs) that gives out a graphs.GraphBatch the same way: an object with .to(device) and shape[0].
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import gzip
 import math
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -157,13 +158,13 @@ def _dense(obj):
 
 
 def take_rows(x, index):
-    """x's rows at `index`: a PackedRows stays packed, a tensor is indexed."""
-    return x.rows(index) if isinstance(x, PackedRows) else x[index]
+    """x's rows at `index`: a rows container (PackedRows, graphs.GraphRows) stays one, a tensor is indexed."""
+    return x[index] if isinstance(x, (torch.Tensor, np.ndarray)) else x.rows(index)
 
 
 @dataclass
 class Split:
-    inputs: dict[str, torch.Tensor | PackedRows]  # input name -> (n_input, *shape)
+    inputs: dict[str, torch.Tensor | PackedRows]  # input name -> (n_input, *shape); or graphs.GraphRows
     labels: dict[str, torch.Tensor]  # task name -> (n_input,), NaN = missing
 
     def size(self, name: str) -> int:
@@ -220,12 +221,14 @@ def model_input(inputs: dict[str, torch.Tensor]):
 
 
 def batches(split: Split, tasks: list[Task], batch_size: int, shuffle: bool,
-            generator: torch.Generator | None = None) -> Iterator[tuple[dict, dict]]:
+            generator: torch.Generator | None = None, shard: slice = slice(None)) -> Iterator[tuple[dict, dict]]:
     """Yields (inputs, labels) batches over the split.
 
     With one input: consecutive slices of a (shuffled) order. With several inputs, each step takes
     batch_size examples from every input; the epoch lasts ceil(largest / batch_size) steps and the
     smaller inputs start over from a new order when they run out.
+    shard: the rows of each batch this process takes (several processes: slice(rank, None, world_size));
+    the order, and so the global batches, are the same in every process.
     """
     names = list(split.inputs)
     sizes = {k: split.size(k) for k in names}
@@ -243,6 +246,7 @@ def batches(split: Split, tasks: list[Task], batch_size: int, shuffle: bool,
                 orders[k], pos[k] = order(sizes[k]), 0
             idx[k] = orders[k][pos[k]:pos[k] + batch_size]
             pos[k] += batch_size
+        idx = {k: v[shard] for k, v in idx.items()}
         x = {k: split.inputs[k][idx[k]] for k in names}
         y = {t.name: split.labels[t.name][idx[t.input]] for t in tasks}
         yield x, y
@@ -268,10 +272,10 @@ def random_split_indices(n: int, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tu
 
 def split_arrays(x: np.ndarray | PackedRows, y: np.ndarray, task_names: list[str],
                  parts) -> tuple[Split, Split, Split]:
-    """Arrays x (n, ...) (or PackedRows, kept packed) and y (n, T) plus index arrays -> three Splits with
-    one input named "x"."""
+    """Arrays x (n, ...) (or a rows container: PackedRows, graphs.GraphRows, kept as it is) and y (n, T)
+    plus index arrays -> three Splits with one input named "x"."""
     def one(idx):
-        xs = x.rows(idx) if isinstance(x, PackedRows) else torch.as_tensor(x[idx], dtype=torch.float32)
+        xs = torch.as_tensor(x[idx], dtype=torch.float32) if isinstance(x, (np.ndarray, torch.Tensor)) else take_rows(x, idx)
         ys = torch.as_tensor(y[idx], dtype=torch.float32)
         return Split({"x": xs}, {name: ys[:, j].contiguous() for j, name in enumerate(task_names)})
     return tuple(one(p) for p in parts)
@@ -286,7 +290,7 @@ def combine(*datas: MultiTaskData, name: str | None = None) -> MultiTaskData:
     inputs_names = [rename(d, k) for d in datas for k in d.input_names]
     if len(set(inputs_names)) != len(inputs_names):
         raise ValueError(f"data sets to combine need distinct names, got {[d.name for d in datas]}")
-    tasks = [Task(t.name, t.kind, t.outputs, rename(d, t.input)) for d in datas for t in d.tasks]
+    tasks = [replace(t, input=rename(d, t.input)) for d in datas for t in d.tasks]
 
     def merged(split: str) -> Split:
         parts = [d.split(split) for d in datas]

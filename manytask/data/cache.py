@@ -75,14 +75,15 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def read_arrays(path: Path, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """The arrays of an .npz file, each of the expected shape; anything else raises ValueError."""
+    """The arrays of an .npz file, each of the expected shape (None: any length on that axis); anything
+    else raises ValueError."""
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in shapes}
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"{type(e).__name__}: {e}") from None
     for k, shape in shapes.items():
-        if arrays[k].shape != tuple(shape):
+        if len(arrays[k].shape) != len(shape) or any(e is not None and a != e for a, e in zip(arrays[k].shape, shape)):
             raise ValueError(f"array {k!r} has shape {arrays[k].shape}, expected {tuple(shape)}")
     return arrays
 
@@ -91,9 +92,10 @@ def cached_arrays(name: str, build: Callable[[], dict[str, np.ndarray]],
                   shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
     """The arrays stored as cache_dir()/NAME (an .npz), built by build() and stored the first time.
 
-    shapes: the expected shape of every array, checked when reading; a damaged entry is deleted (with a
-    warning naming it) and built again. One process builds an entry while others wait for it. A failed
-    write (disk full, read-only folder) only warns: the built arrays are returned uncached."""
+    shapes: the expected shape of every array (None: any length on that axis), checked when reading; a
+    damaged entry is deleted (with a warning naming it) and built again. One process builds an entry while
+    others wait for it. A failed write (disk full, read-only folder) only warns: the built arrays are
+    returned uncached."""
     path = cache_dir() / name
     with file_lock(path):
         if path.exists():

@@ -8,7 +8,8 @@ Labels are 0/1, blank (or nan) for missing; a task column without any label is d
 when the tasks are the file's columns, and an error when data.tasks names it. The CSV is parsed row by
 row, keeping only the SMILES and float32 labels. Features are cached under the cache directory
 (manytask/data/cache.py), keyed by the file's sha256, the featuriser settings and the format's version.
-Splits: seeded random 80/10/10 or the Bemis-Murcko scaffold split as MoleculeNet defines it (largest
+With data.encoder=dmpnn molecules become graphs instead (manytask/data/graphs.py), for a method's learned
+encoder. Splits: seeded random 80/10/10 or the Bemis-Murcko scaffold split as MoleculeNet defines it (largest
 scaffold groups to train first).
 
 Tox21 (7,831 molecules, 12 assays) is embedded; ToxCast, SIDER, ClinTox and MUV download on first use
@@ -36,6 +37,7 @@ from .base import (MultiTaskData, PackedRows, check_fractions, check_split_sizes
                    random_split_indices, split_arrays, stream_csv_rows)
 from .cache import cached_arrays
 from .download import fetch, file_hash
+from .graphs import GraphBatch, GraphRows, cached_graphs, graph_rows
 from .synthetic import fake_correlated_labels
 
 log = logging.getLogger("manytask")
@@ -71,7 +73,12 @@ class FingerprintConfig:
                                           low=0, high=1, min_len=3)
     workers: int = option(0, "processes that compute fingerprints: 0 = every usable core, 1 = this process only",
                           low=0)
-    cache: bool = option(True, "keep the fingerprints in the cache directory")
+    cache: bool = option(True, "keep the fingerprints (or graphs) in the cache directory")
+    encoder: Literal["fingerprint", "dmpnn"] = option(
+        "fingerprint", "molecule input: Morgan fingerprints, or graphs (chemprop's featuriser) that a method "
+                       "encodes with a learned D-MPNN (hard_sharing, soft_order; its encoder_* keys)")
+    descriptors: bool = option(False, "dmpnn only: add RDKit's 2D descriptors of each molecule to the graph, "
+                                      "standardised with the training split's mean and deviation")
 
 
 @dataclass
@@ -244,10 +251,14 @@ def scaffold_split_indices(smiles: list[str], fractions=(0.8, 0.1, 0.1), workers
     return np.array(train, dtype=int), np.array(val, dtype=int), np.array(test, dtype=int)
 
 
-def cached_features(path: Path, smiles: list[str], cfg: MoleculeNetConfig) -> tuple[PackedRows, np.ndarray]:
+def cached_features(path: Path, smiles: list[str], cfg: MoleculeNetConfig) -> tuple[PackedRows | GraphRows, np.ndarray]:
     """fingerprints(smiles, cfg) as (PackedRows (n, bits), valid (n,)), kept in the cache as
     morgan-KEY-vFORMAT.npz (KEY: the file's sha256 and the featuriser settings) unless cfg.cache is false.
-    An entry of an older format has another name: it is not read, the features are built again."""
+    An entry of an older format has another name: it is not read, the features are built again.
+    With cfg.encoder=dmpnn: the molecules' graphs (GraphRows), cached by graphs.cached_graphs."""
+    check_encoder(cfg)
+    if cfg.encoder == "dmpnn":
+        return cached_graphs(path, smiles, cfg)
     if not cfg.cache:
         x, valid = fingerprints(smiles, cfg)
         return as_rows(x, cfg), valid
@@ -263,7 +274,7 @@ def cached_features(path: Path, smiles: list[str], cfg: MoleculeNetConfig) -> tu
 
 
 def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> MultiTaskData:
-    """The CSV at cfg.path (or `default`) as a MultiTaskData with one fingerprint input "x"."""
+    """The CSV at cfg.path (or `default`) as a MultiTaskData with one input "x": fingerprints, or graphs."""
     check_fractions(cfg.fractions)
     if not cfg.path and default is None:
         raise ConfigError(f"data set {name!r} needs a file: pass data.path=my.csv")
@@ -311,7 +322,18 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
     return MultiTaskData(name, tasks, train, val, test, meta)
 
 
-def predict_features(smiles: list[str], cfg: FingerprintConfig) -> tuple[torch.Tensor, np.ndarray]:
+def check_encoder(cfg: FingerprintConfig) -> None:
+    if cfg.descriptors and cfg.encoder != "dmpnn":
+        raise ConfigError("data.descriptors=true adds descriptors to molecule graphs: pass data.encoder=dmpnn too")
+
+
+def predict_features(smiles: list[str], cfg: FingerprintConfig) -> tuple[torch.Tensor | GraphBatch, np.ndarray]:
+    """SMILES (n,) -> (model input of n rows: fingerprints (n, bits) float32, or a GraphBatch with
+    cfg.encoder=dmpnn; valid (n,) bool)."""
+    check_encoder(cfg)
+    if cfg.encoder == "dmpnn":
+        rows, valid = graph_rows(smiles, cfg)
+        return rows[:], valid
     x, valid = featurize(smiles, cfg)
     return torch.as_tensor(x), valid
 

@@ -2,10 +2,11 @@
 embedded tables (wine, breast_cancer, iris: classification; diabetes: regression), and several of those
 tables as one multi-input problem (sklearn_tables).
 
-Each target column is one task. Features are standardised with the training split's mean and std;
-regression targets too (so MSE is in units of the target's std), unless turned off; meta["target_scale"]
-holds each standardised target's (mean, std), and loading a CSV says in one line which units the
-regression metrics are in.
+Each target column is one task. Features are standardised with the training split's mean and std. A
+regression target keeps its own units in the labels, and its task carries the training split's mean and
+std (Task.shift, Task.scale): the model learns the standardised target, the loss is the MSE in std units,
+and metrics and predictions are in the target's units (nrmse beside them: RMSE / std). Loading a CSV
+says so in one line, with each target's mean and std.
 
 A CSV's first row is its header unless every cell of it is a number (or blank): then the file has no
 header, the first row is data and the columns are numbered from 1 (data.header=true or false decides
@@ -91,26 +92,31 @@ def table_data(name: str, x: np.ndarray, targets: dict[str, np.ndarray], kinds: 
         raise ConfigError(f"{source}: feature column {columns[j] if columns else j!r} has values too large to "
                           f"standardise in float32 (|value| up to {float(np.abs(raw[:, j]).max()):.3g}); rescale "
                           "it, or pass data.standardize=false")
-    tasks, ys, meta = [], {}, {"target_scale": {}}
+    tasks, ys = [], {}
     for t, y in targets.items():
-        y = y.astype(np.float32)
+        y = ys[t] = y.astype(np.float32)  # labels keep the target's units
         kind = kinds[t]
-        if kind == "regression" and standardize_target:
-            if np.isnan(y[parts[0]]).all():
-                raise ConfigError(f"{source}: target column {t!r} has no labels in the training split; add "
-                                  "labelled rows or change data.split_seed")
-            with np.errstate(over="ignore", invalid="ignore"):
-                m, s = float(np.nanmean(y[parts[0]])), float(np.nanstd(y[parts[0]]) + 1e-8)
-                y = (y - m) / s
-            if not (math.isfinite(m) and math.isfinite(s)) or np.isinf(y).any():
-                raise ConfigError(f"{source}: target column {t!r} has values too large to standardise in float32; "
-                                  "rescale it, or pass data.standardize_target=false")
-            meta["target_scale"][t] = (m, s)
+        m, s = target_scale(y, parts[0], t, source) if kind == "regression" and standardize_target else (0.0, 1.0)
         outputs = int(np.nanmax(y)) + 1 if kind == "multiclass" else 1
-        tasks.append(Task(t, kind, outputs))
-        ys[t] = y
+        tasks.append(Task(t, kind, outputs, shift=m, scale=s))
     splits = [Split({"x": torch.as_tensor(x[p])}, {t: torch.as_tensor(y[p]) for t, y in ys.items()}) for p in parts]
-    return MultiTaskData(name, tasks, *splits, meta)
+    return MultiTaskData(name, tasks, *splits)
+
+
+def target_scale(y: np.ndarray, train: np.ndarray, column: str, source: object) -> tuple[float, float]:
+    """(mean, std + 1e-8) of a regression target's labels y (n,) (NaN = missing) on the training rows `train`:
+    the shift and scale of the standardised target its model learns. A target without training labels, or
+    whose mean, std or standardised values overflow float32, is a ConfigError."""
+    if np.isnan(y[train]).all():
+        raise ConfigError(f"{source}: target column {column!r} has no labels in the training split; add "
+                          "labelled rows or change data.split_seed")
+    with np.errstate(over="ignore", invalid="ignore"):
+        m, s = float(np.nanmean(y[train])), float(np.nanstd(y[train]) + 1e-8)
+        standardised = (y - m) / s
+    if not (math.isfinite(m) and math.isfinite(s)) or np.isinf(standardised).any():
+        raise ConfigError(f"{source}: target column {column!r} has values too large to standardise in float32; "
+                          "rescale it, or pass data.standardize_target=false")
+    return m, s
 
 
 FRACTIONS_HELP = "train, val and test fractions of the rows (summing to 1)"
@@ -130,7 +136,8 @@ class TabularConfig:
                                           "sets", low=0, high=1, min_len=3)
     split_seed: int = option(0, "seed of the random split", low=0)
     standardize: bool = option(True, "standardise the features with the training split's mean and std")
-    standardize_target: bool = option(True, "standardise regression targets the same way")
+    standardize_target: bool = option(True, "the model learns each regression target standardised with the "
+                                       "training split's mean and std (metrics stay in the target's units)")
 
 
 def is_number(cell: str) -> bool:
@@ -207,16 +214,16 @@ def read_table(path: Path, targets: tuple[str, ...], header: str = "auto") -> tu
 
 def units_line(data: MultiTaskData, source: object) -> str | None:
     """One line saying which units the regression metrics of `data` are in; None without regression tasks."""
-    regression = [t.name for t in data.tasks if t.kind == "regression"]
+    regression = [t for t in data.tasks if t.kind == "regression"]
     if not regression:
         return None
-    scale = data.meta["target_scale"]
-    if not scale:
-        return f"{source}: MSE and RMSE of {column_list(regression, most=5)} are in the target's own units"
-    shown = "; ".join(f"{t}: mean {m:.4g}, std {s:.4g}" for t, (m, s) in list(scale.items())[:5])
-    return (f"{source}: MSE and RMSE are in units of the target's std, not its own units (targets standardised "
-            f"on the training split: {shown}); multiply RMSE by the std for the target's units, or pass "
-            "data.standardize_target=false")
+    names = column_list([t.name for t in regression], most=5)
+    scaled = [t for t in regression if (t.shift, t.scale) != (0.0, 1.0)]
+    if not scaled:
+        return f"{source}: MSE and RMSE of {names} are in the target's own units; the model learns the target as it is"
+    shown = "; ".join(f"{t.name}: mean {t.shift:.4g}, std {t.scale:.4g}" for t in scaled[:5])
+    return (f"{source}: MSE and RMSE of {names} are in the target's own units; the model learns the standardised "
+            f"target (training split {shown}{'; ...' if len(scaled) > 5 else ''}); nrmse is RMSE / std")
 
 
 @register_dataset("table", TabularConfig, "any numeric CSV: data.path=FILE data.target=COL[,COL]")
@@ -241,7 +248,8 @@ class SklearnTableConfig:
     fractions: tuple[float, ...] = option((0.7, 0.15, 0.15), FRACTIONS_HELP, low=0, high=1, min_len=3)
     split_seed: int = option(0, "seed of the random split", low=0)
     standardize: bool = option(True, "standardise the features with the training split's mean and std")
-    standardize_target: bool = option(True, "standardise regression targets the same way")
+    standardize_target: bool = option(True, "the model learns the regression target standardised with the "
+                                       "training split's mean and std (metrics stay in the target's units)")
 
 
 SKLEARN_TABLES = {"wine": ("load_wine", "multiclass"), "breast_cancer": ("load_breast_cancer", "binary"),

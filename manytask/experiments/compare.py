@@ -2,16 +2,19 @@
 against a baseline over the same seeds.
 
 Every method is one contender labelled by its name, so `stl.widths=16` sets a key of the stl contender only;
-the other keys are routed as compare() routes an experiment's keys. Besides compare()'s records, results.csv
+the other keys are routed as compare() routes an experiment's keys. `recipe=FILE` (a best.json of `manytask
+tune`) reads as its keys written first, `stl.recipe=FILE` as its keys written stl.KEY=value; the keys on the
+command line override them. Besides compare()'s records, results.csv
 holds, per contender against the baseline, delta-m per seed (seed = the seed) and the paired test over seeds
 (seed -1): metric delta_m, mean_diff, t_p, wilcoxon_p, all with task "mean" and split "test". compare.png
 shows each contender's mean test metric per task.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..config import ConfigError, option
 from ..metrics import delta_m, primary
@@ -35,6 +38,23 @@ def contenders_of(methods: Sequence[str]) -> list[Contender]:
     if repeated:
         raise ConfigError(f"method {repeated[0]!r} named twice; name each method once")
     return [Contender(m, m) for m in methods]
+
+
+def with_recipes(overrides: dict[str, Any], contenders: Sequence[Contender]) -> dict[str, Any]:
+    """`overrides` with recipe=FILE (every contender) and LABEL.recipe=FILE (one contender, whose method the
+    recipe must be for) replaced by the recipe's keys, placed before the other keys, which override them."""
+    from ..tune import read_recipe
+    methods = {c.label: c.method for c in contenders}
+    recipes, rest = {}, {}
+    for key, value in overrides.items():
+        label, _, last = key.rpartition(".")
+        if key == "recipe":
+            recipes.update(read_recipe(value))
+        elif last == "recipe" and label in methods:
+            recipes.update({f"{label}.{k}": v for k, v in read_recipe(value, methods[label]).items()})
+        else:
+            rest[key] = value
+    return {**recipes, **rest}
 
 
 def against_baseline(result: ExperimentResult, baseline: str) -> tuple[list[Record], str, dict]:
@@ -68,6 +88,7 @@ def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, 
     baseline = cfg.baseline or contenders[0].label
     if baseline not in methods:
         raise ConfigError(f"baseline={baseline}: not among the methods compared ({', '.join(methods)})")
+    cfg = dataclasses.replace(cfg, overrides=with_recipes(cfg.overrides, contenders))
     result = compare("compare", data_name, contenders, cfg, out, echo=echo, write=False)
     records, table, summary = against_baseline(result, baseline)
     metric = primary(result.data.tasks[0])

@@ -46,14 +46,18 @@ from ..weighting import SCHEDULES, Schedule
 @dataclass
 class EvolvingConfig:
     widths: tuple[int, ...] = option((50,), "hidden layers = the coding layers of the DAEs (the paper's NN1..NN4: "
-                                     "50 / 60,50 / 70,60,50 / 80,70,60,50)", low=1, min_len=1)
+                                     "50 / 60,50 / 70,60,50 / 80,70,60,50)", low=1, min_len=1,
+                                     search=("choice", ((50,), (60, 50), (70, 60, 50), (80, 70, 60, 50))))
     activation: str = option("sigmoid", "activation of the hidden layers", choices=tuple(ACTIVATIONS))
-    noise: float = option(0.25, "masking probability p of the DAEs' corruption", low=0, high=1, high_open=True)
+    noise: float = option(0.25, "masking probability p of the DAEs' corruption", low=0, high=1, high_open=True,
+                          search=("float", 0.0, 0.5))
     schedule: str = option("constant", "loss-weight schedule of lambda_s(t) (manytask/weighting.py)",
-                           choices=tuple(SCHEDULES))
-    t1: float = option(10.0, "stairs and lin_t1: the epoch where lambda_s reaches 1", low=0)
-    sigma: float = option(5.0, "exp: lambda_r(t) = exp(-t / sigma), t in epochs", low=0, low_open=True)
-    value: float = option(0.5, "constant: the main weight lambda_s", low=0, high=1)
+                           choices=tuple(SCHEDULES), search=("choice", tuple(SCHEDULES)))
+    t1: float = option(10.0, "stairs and lin_t1: the epoch where lambda_s reaches 1", low=0,
+                       search=("float", 1.0, 50.0))
+    sigma: float = option(5.0, "exp: lambda_r(t) = exp(-t / sigma), t in epochs", low=0, low_open=True,
+                          search=("log", 1.0, 50.0))
+    value: float = option(0.5, "constant: the main weight lambda_s", low=0, high=1, search=("float", 0.1, 1.0))
 
 
 class EvolvingNet(nn.Module):
@@ -101,7 +105,15 @@ class EvolvingNet(nn.Module):
 class EvolvingHooks(Hooks):
     """Algorithm 1: per minibatch, a step on lambda_r(t) J_r (whole batch), then on lambda_s(t) J_s
     (labelled rows), each through trainer.optimizer_step, with the weights of the schedule at
-    t = epochs completed."""
+    t = epochs completed.
+
+    Several processes (torchrun): both steps run their forward through trainer.run, so each backward
+    averages its own gradients over the processes before its optimizer step; J_r is weighted by the
+    process's share of the rows (trainer.row_weight) and J_s by its share of each task's labels, so the two
+    averages are the whole minibatch's; the J_s step is taken or skipped by every process together
+    (trainer.any_rank): a process whose share has no labelled row takes it with a zero loss."""
+
+    unused_parameters = True  # the J_r step leaves the heads without gradient, the J_s step the decoders
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
@@ -116,13 +128,13 @@ class EvolvingHooks(Hooks):
         self.last_weights = (lam_s, lam_r)
         total = 0.0
         if lam_r > 0:  # step toward J_r with the whole batch B (updates w' = w_sh + decoders)
-            j_r = lam_r * trainer.model.reconstruction_loss(x)
+            j_r = lam_r * trainer.row_weight * trainer.run(trainer.model.reconstruction_loss, x)
             trainer.optimizer_step(j_r)
             total += float(j_r.detach())
         labelled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # (batch,) rows of B_s
         for t in trainer.tasks:
             labelled |= ~torch.isnan(y[t.name])
-        if lam_s > 0 and bool(labelled.any()):  # step toward J_s with B_s (updates w = w_sh + heads)
+        if lam_s > 0 and trainer.any_rank(bool(labelled.any())):  # step toward J_s with B_s (w = w_sh + heads)
             out = self.forward(trainer, x[labelled])
             j_s = lam_s * self.loss(trainer, out, {k: v[labelled] for k, v in y.items()})
             trainer.optimizer_step(j_s)

@@ -3,7 +3,11 @@
     h = trunk(encoder_g(x_g)),  y_t = head_t(h)   for task t reading input g
 
 With one input the encoder is simply the trunk's first layer; with several inputs (digits + a table)
-each input gets its own first layer into the shared width, and the rest of the trunk is shared.
+each input gets its own first layer into the shared width, and the rest of the trunk is shared. A graph
+input (molecules with data.encoder=dmpnn) is first encoded by a learned D-MPNN (nn/dmpnn.py, the encoder_*
+keys), shared by every task that reads it: encoder_g = first layer(dmpnn(graph)). With widths=300 and
+dropout=0 this is chemprop's default model: D-MPNN, one hidden layer of 300, a linear output per task.
+Several processes (torchrun): plain data parallelism, nothing of its own.
 """
 from __future__ import annotations
 
@@ -13,32 +17,41 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..config import option
+from ..nn.dmpnn import DescriptorStats, DMPNNConfig, graph_encoder, needs_descriptor_stats
 from ..nn.mlp import Activation, mlp
 from ..registry import register_method
 from ..tasks import Task, module_key
 
 
 @dataclass
-class HardSharingConfig:
+class HardSharingConfig(DMPNNConfig):
     widths: tuple[int, ...] = option((1024, 512), "trunk widths; the first is each input's own first layer",
-                                     low=1, min_len=1)
+                                     low=1, min_len=1,
+                                     search=("choice", ((512,), (1024, 512), (2048, 1024), (512, 256, 128))))
     activation: Activation = option("relu", "activation after every hidden layer")
-    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
+    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True,
+                             search=("float", 0.0, 0.5))
 
 
 class HardSharing(nn.Module):
     """forward(x) -> {task: (batch, task.outputs)}; x is (batch, *shape) or {input: (batch, *shape)}."""
 
     def __init__(self, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], widths: tuple[int, ...],
-                 act: str = "relu", dropout: float = 0.0):
+                 act: str = "relu", dropout: float = 0.0, graphs: DMPNNConfig = DMPNNConfig()):
         super().__init__()
         if not widths:
             raise ValueError("hard_sharing needs at least one hidden width, e.g. widths=512")
         self.tasks = tasks
         used = sorted({t.input for t in tasks})
         self.inputs = used
-        self.encoders = nn.ModuleDict({module_key(g): mlp(math.prod(input_shapes[g]), widths[:1], act, dropout)
-                                       for g in used})
+
+        def encoder(g: str) -> nn.Module:
+            dmpnn = graph_encoder(g, input_shapes[g], graphs)  # None unless g is a graph input
+            if dmpnn is None:
+                return mlp(math.prod(input_shapes[g]), widths[:1], act, dropout)
+            return nn.Sequential(dmpnn, mlp(dmpnn.out_dim, widths[:1], act, dropout))
+
+        self.encoders = nn.ModuleDict({module_key(g): encoder(g) for g in used})
         self.trunk = mlp(widths[0], widths[1:], act, dropout)
         self.heads = nn.ModuleDict({module_key(t.name): nn.Linear(widths[-1], t.outputs) for t in tasks})
 
@@ -48,5 +61,6 @@ class HardSharing(nn.Module):
 
 
 @register_method("hard_sharing", HardSharingConfig, "shared MLP trunk, one linear head per task")
-def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: HardSharingConfig) -> nn.Module:
-    return HardSharing(tasks, input_shapes, tuple(cfg.widths), cfg.activation, cfg.dropout)
+def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: HardSharingConfig):
+    model = HardSharing(tasks, input_shapes, tuple(cfg.widths), cfg.activation, cfg.dropout, cfg)
+    return (model, DescriptorStats()) if needs_descriptor_stats(model) else model

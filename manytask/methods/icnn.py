@@ -36,6 +36,12 @@ copy of the root weight (W(1,i) x + sum_k W(1,k->i) x = (sum of them) x); the fi
 Magnitude pruning after training (section 6.2) and the connector heatmap (Figs. 5-7) work on a trained
 model: `prune_connectors` in nn/interconnected.py and `connector_heatmap` below; the experiments in
 experiments/icnn.py call them.
+
+Several processes (torchrun): the isolation is in each process's own backward (the connector paths'
+autograd functions in nn/interconnected.py treat the sources as detached), so each process gives task i's
+loss no gradient outside subnetwork i's roots, biases and connectors into i, and DDP's average of such
+gradients has the same zeros. The sources are chosen from the whole training split, which
+every process holds, with the seeded generator: the same connectors everywhere.
 """
 from __future__ import annotations
 
@@ -66,15 +72,18 @@ HEATMAP_UP_TO = 64  # more tasks: no connectors.png (report.heatmap's figure gro
 @dataclass
 class ICNNConfig:
     widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers "
-                                     "(scaled down at many tasks, see max_units)", low=1, min_len=2)
+                                     "(scaled down at many tasks, see max_units)", low=1, min_len=2,
+                                     search=("choice", ((64, 32), (128, 64), (256, 128))))
     max_units: int = option(20_000, "cap on N*w0, the first layer's units over all N subnetworks (its weights are "
                                     "N*w0*d): above it every width is scaled by one factor; 0 = no cap", low=0)
     activation: Activation = option("relu", "activation after every layer")
-    dropout: float = option(0.25, "dropout probability after every layer", low=0, high=1, high_open=True)
+    dropout: float = option(0.25, "dropout probability after every layer", low=0, high=1, high_open=True,
+                             search=("float", 0.0, 0.5))
     isolate: bool = option(True, "gradient isolation (the thesis's backward rule); false trains the same network "
                                  "jointly (ablation)")
     targets: tuple[str, ...] = option((), "task names that receive connectors (section 6.1); empty: every task")
-    connector_l1: float = option(0.0, "lambda of the L1 penalty on connector weights", low=0)
+    connector_l1: float = option(0.0, "lambda of the L1 penalty on connector weights", low=0,
+                                 search=("choice", (0.0, 1e-5, 1e-4, 1e-3)))
     connectors: int = option(0, f"source subnetworks feeding each subnetwork (sparse connectors, memory and time "
                                 f"O(N*k)); N-1 is the dense layer; 0 = auto: N-1 up to {DENSE_UP_TO} tasks, else "
                                 f"{AUTO_CONNECTORS}", low=0)

@@ -33,7 +33,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import ConfigError, check, option
@@ -41,7 +40,7 @@ from ..data.base import batches, model_input
 from ..nn.hyper import MuirModels, reparameterisable
 from ..nn.mlp import ACTIVATIONS, activation, mlp
 from ..registry import register_method
-from ..tasks import Task
+from ..tasks import Task, stacked_mean_loss
 from ..train import Hooks, Trainer, predict_split
 
 ARCHS = ("mlp", "conv", "lstm")
@@ -60,14 +59,17 @@ class MuirConfig:
     activation: str = option("relu", f"activation: {', '.join(ACTIVATIONS)}", choices=tuple(ACTIVATIONS))
     dropout: float = option(0.0, "MLP dropout probability", low=0.0, high=1.0, high_open=True)
     block: tuple[int, ...] = option((16, 16), "block size m,n: rows and columns of a generated block", low=1, min_len=2)
-    context: int = option(4, "c, the size of a block's context z_l", low=1)
-    challengers: int = option(1, "lambda, candidate hypermodules a location gets besides its own", low=1)
+    context: int = option(4, "c, the size of a block's context z_l", low=1, search=("int", 2, 8))
+    challengers: int = option(1, "lambda, candidate hypermodules a location gets besides its own", low=1,
+                             search=("int", 1, 3))
     challenger_mass: float = option(0.5, "initial softmax mass of all challengers together", low=0.0, high=1.0,
                                     low_open=True, high_open=True)
-    soft_lr: float = option(0.1, "learning rate of the soft weights s", low=0.0, low_open=True)
+    soft_lr: float = option(0.1, "learning rate of the soft weights s", low=0.0, low_open=True,
+                            search=("log", 0.01, 1.0))
     fraction: float = option(0.5, "share of locations that get challengers each generation", low=0.0, high=1.0,
-                             low_open=True)
-    steps_per_generation: int = option(100, "optimizer steps per generation", low=1)
+                             low_open=True, search=("float", 0.1, 1.0))
+    steps_per_generation: int = option(100, "optimizer steps per generation", low=1,
+                                      search=("choice", (25, 50, 100, 200)))
     burn_in: int = option(0, "generations of plain training before the EA", low=0)
     generations: int = option(1000, "generations of the EA (0: never change the alignment)", low=0)
     final: int = option(0, "generations with the alignment fixed after the EA, then training stops (0: train to epochs)",
@@ -166,7 +168,15 @@ class MuirHooks(Hooks):
     """The (1+lambda)-EA around the training loop: after_step counts steps; every steps_per_generation
     steps a generation ends (select) and the next begins (propose), then records the sharing. After the
     last generation of the EA, its last stage moves single misplaced tasks (`move_tasks`). The arguments
-    are MuirConfig's fields of the same names, with its valid ranges."""
+    are MuirConfig's fields of the same names, with its valid ranges.
+
+    Several processes (torchrun): the weights are the same in every process after every step (DDP), and
+    every EA decision is computed from them, the seeded EA generator and the whole data set that every
+    process holds: select reads the trained mixing scores s, the task moves refit the contexts on the
+    training split in a seeded order of their own and score them on the validation split. So every
+    process makes the same choices, and psi, a buffer, is also broadcast from rank 0 with every forward."""
+
+    unused_parameters = True  # the mixing scores s train only in generations with challengers
 
     def __init__(self, steps_per_generation: int = 100, burn_in: int = 0, generations: int = 1000, final: int = 0,
                  fraction: float = 0.5, challenger_mass: float = 0.5, soft_lr: float = 0.1, reassign: int = 5,
@@ -188,26 +198,10 @@ class MuirHooks(Hooks):
         return [{"params": others}, {"params": [soft], "lr": self.soft_lr, "weight_decay": 0.0}]
 
     def loss(self, trainer: Trainer, out, y: dict[str, torch.Tensor]) -> torch.Tensor:
-        """tasks.mean_loss, with the binary and the regression tasks of each batch size as one masked
-        (tasks, batch) operation instead of several operations per task (617 ToxCast tasks): the same
-        value up to float rounding. Multiclass tasks keep their own loss."""
-        weights, bunches, total = trainer.task_weights, {}, 0.0
-        for t in trainer.tasks:
-            if t.kind == "multiclass":
-                total = total + weights.get(t.name, 1.0) * t.loss(out[t.name], y[t.name])
-            else:
-                bunches.setdefault((t.kind, y[t.name].shape[0]), []).append(t)
-        for (kind, _), tasks in bunches.items():
-            pred = torch.stack([out[t.name].reshape(-1) for t in tasks])  # (T, batch)
-            target = torch.stack([y[t.name] for t in tasks])  # (T, batch), NaN = missing
-            known = ~torch.isnan(target)
-            target = torch.where(known, target, torch.zeros_like(target))
-            err = (F.binary_cross_entropy_with_logits(pred, target, reduction="none") if kind == "binary"
-                   else (pred - target) ** 2)  # (T, batch)
-            per_task = (err * known).sum(1) / known.sum(1).clamp(min=1)  # (T,), 0 for a task without labels
-            w = torch.tensor([weights.get(t.name, 1.0) for t in tasks], device=per_task.device)
-            total = total + (w * per_task).sum()
-        return total / len(trainer.tasks)
+        """tasks.mean_loss as tasks.stacked_mean_loss computes it: the binary and the regression tasks of
+        each batch size as one masked (tasks, batch) operation instead of several per task (617 ToxCast
+        tasks)."""
+        return stacked_mean_loss(trainer.tasks, out, y, trainer.batch_weights)
 
     def _evolving(self, generation: int) -> bool:
         return self.burn_in <= generation < self.burn_in + self.generations

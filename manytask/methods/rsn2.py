@@ -9,6 +9,9 @@ Every layer is a task-masked layer (manytask/nn/masked.py): subnetwork s compute
 with masks disjoint over s (Eq. 3), chosen once after initialisation by Algorithm 1: for each subnetwork
 in turn, |d loss_s / d W_s| on a batch of its data, positions owned by earlier subnetworks excluded, keep
 the top fraction `keep` of each layer (pruning rate = 1 - keep); `criterion=magnitude` uses |W_s| instead.
+`rounds=R` runs the same selection in R rounds, each subnetwork taking 1/R of its budget per round in
+turn, so that the positions every subnetwork scores highest (the centre of an image) are shared out
+rather than left to the first subnetworks (select_masks; rounds=1 is Algorithm 1).
 
 A subnetwork serves one task (groups=task), all tasks of one input (groups=input, e.g. the 12 Tox21 assays),
 or explicit groups (groups=name:a+b,c). The default groups=auto is groups=task up to max_subnets (16)
@@ -59,7 +62,8 @@ log = logging.getLogger("manytask")
 @dataclass
 class RSN2Config:
     widths: tuple[int, ...] = option((128, 128), "fully connected widths; widths[0] is the first layer "
-                                     "(one per input shape)", low=1, min_len=1)
+                                     "(one per input shape)", low=1, min_len=1,
+                                     search=("choice", ((128, 128), (256, 128), (256, 256))))
     conv: tuple[int, ...] = option((), "3x3 conv channels before the FC layers (image inputs); empty = fully connected",
                                    low=1)
     pool_every: int = option(2, "2x2 max pooling after every pool_every conv layers", low=1)
@@ -69,10 +73,14 @@ class RSN2Config:
                               "input, and at most 1/keep when keep is set)", low=1)
     copies: int = option(1, "disjoint subnetworks per group, their predictions averaged (an ensemble)", low=1)
     keep: float = option(0.0, "fraction of each layer a subnetwork keeps (1 - pruning rate); 0 = 1 / subnetworks "
-                         "(0.8 / subnetworks when groups=auto groups the tasks)", low=0, high=1)
+                         "(0.8 / subnetworks when groups=auto groups the tasks)", low=0, high=1,
+                         search=("choice", (0.0, 0.02, 0.04, 0.06)))
     criterion: Literal["gradient", "magnitude"] = option(
-        "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|")
+        "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|",
+        search=("choice", ("gradient", "magnitude")))
     mask_batch: int = option(512, "examples per subnetwork for the gradient criterion", low=1)
+    rounds: int = option(1, "mask selection in rounds: each round every subnetwork, in turn, takes 1/rounds of "
+                         "its share of each layer; 1 = the paper's Algorithm 1 (subnetwork after subnetwork)", low=1)
 
 
 def check_masks(model: nn.Module) -> None:
@@ -292,14 +300,22 @@ def _batch_for(data: MultiTaskData, tasks: list[Task], n: int, seed: int):
 
 
 def select_masks(model: RSN2Net, data: MultiTaskData, keep: float | dict[str, float],
-                 criterion: str = "gradient", batch: int = 512, seed: int = 0) -> None:
+                 criterion: str = "gradient", batch: int = 512, seed: int = 0, rounds: int = 1) -> None:
     """Algorithm 1, one shot after initialisation. For each subnetwork s in order: activate every
-    position no earlier subnetwork owns, score it by |d loss_s / d W_s| on `batch` examples of s's data
-    (or |W_s| for criterion=magnitude), keep the top fraction keep[s] of each layer. Checks capacity
-    (fractions sum to at most 1 on every layer) before and disjointness after; both raise ConfigError,
-    as does a layer where `keep` leaves a subnetwork no weight."""
+    position no other subnetwork owns, score it by |d loss_s / d W_s| on `batch` examples of s's data
+    (or |W_s| for criterion=magnitude), keep the top fraction keep[s] of each layer.
+
+    rounds=R > 1: the same in R rounds; in round r every subnetwork, in turn, is scored again and grows
+    its masks to r/R of its budget (its earlier picks kept), so the positions all subnetworks score
+    highest are shared out 1/R at a time instead of going to the first subnetworks (with fractions
+    summing to 1, the paper's order leaves the last one exactly the leftovers). rounds=1 is Algorithm 1.
+    Deterministic given the model, the training split and the seed (a seeded batch per subnetwork).
+    Checks capacity (fractions sum to at most 1 on every layer) before and disjointness after; both
+    raise ConfigError, as does a layer where `keep` leaves a subnetwork no weight."""
     if criterion not in ("gradient", "magnitude"):
         raise ConfigError(f"criterion={criterion}: choose gradient or magnitude")
+    if rounds < 1:
+        raise ConfigError(f"rounds={rounds}: need at least 1 round (1 = Algorithm 1)")
     names = model.subnet_names
     keeps = {n: keep for n in names} if isinstance(keep, (int, float)) else dict(keep)
     for n in names:
@@ -314,38 +330,50 @@ def select_masks(model: RSN2Net, data: MultiTaskData, keep: float | dict[str, fl
         layer.weight_mask.zero_()
         layer.bias_mask.zero_()
     device = next(model.parameters()).device
-    for s, name in enumerate(names):
-        mine = [(lname, layer, local[s]) for lname, layer, local in layers if s in local]
-        for _, layer, t in mine:  # activate everything still free for s
-            fw, fb = layer.free(t)
-            layer.weight_mask[t], layer.bias_mask[t] = fw, fb
-        if criterion == "gradient":
-            x, y = _batch_for(data, model.subnet_tasks[s], batch, seed + s)
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                out = model.forward_subnets({k: v.to(device) for k, v in x.items()}, only={s})[s]
-                loss = mean_loss(model.subnet_tasks[s], model.task_outputs(s, out), {k: v.to(device) for k, v in y.items()})
-                loss.backward()
-        for lname, layer, t in mine:
+    for r in range(1, rounds + 1):
+        for s, name in enumerate(names):
+            mine = [(lname, layer, local[s]) for lname, layer, local in layers if s in local]
+            held = []
+            for _, layer, t in mine:  # activate everything s holds or is still free for s
+                held.append((layer.weight_mask[t].clone(), layer.bias_mask[t].clone()))
+                layer.weight_mask[t], layer.bias_mask[t] = layer.free(t)
             if criterion == "gradient":
-                sw = layer.weight.grad[t].abs() if layer.weight.grad is not None else torch.zeros_like(layer.weight[t])
-                sb = layer.bias.grad[t].abs() if layer.bias.grad is not None else torch.zeros_like(layer.bias[t])
-            else:
-                sw, sb = layer.weight[t].detach().abs(), layer.bias[t].detach().abs()
-            try:
-                layer.assign(t, keeps[name], sw, sb, lname)
-            except ValueError as e:  # too few free positions, or keep too small for the layer
-                raise ConfigError(str(e)) from None
+                x, y = _batch_for(data, model.subnet_tasks[s], batch, seed + s)
+                model.zero_grad(set_to_none=True)
+                with torch.enable_grad():
+                    out = model.forward_subnets({k: v.to(device) for k, v in x.items()}, only={s})[s]
+                    loss = mean_loss(model.subnet_tasks[s], model.task_outputs(s, out),
+                                     {k: v.to(device) for k, v in y.items()})
+                    loss.backward()
+            for (lname, layer, t), (hw, hb) in zip(mine, held):
+                if criterion == "gradient":
+                    sw = layer.weight.grad[t].abs() if layer.weight.grad is not None else torch.zeros_like(layer.weight[t])
+                    sb = layer.bias.grad[t].abs() if layer.bias.grad is not None else torch.zeros_like(layer.bias[t])
+                else:
+                    sw, sb = layer.weight[t].detach().abs(), layer.bias[t].detach().abs()
+                layer.weight_mask[t], layer.bias_mask[t] = hw, hb
+                try:
+                    layer.assign(t, keeps[name], sw, sb, lname, grow=r / rounds)
+                except ValueError as e:  # too few free positions, or keep too small for the layer
+                    raise ConfigError(str(e)) from None
     model.zero_grad(set_to_none=True)
     check_masks(model)
 
 
 class RSN2Hooks(Hooks):
     """Mask selection before the first training, per-subnetwork losses, and updates confined to the
-    trainable subnetworks' masks. `frozen`: names of the subnetworks trained by earlier fits (stages)."""
+    trainable subnetworks' masks. `frozen`: names of the subnetworks trained by earlier fits (stages).
 
-    def __init__(self, keep: float, criterion: str = "gradient", mask_batch: int = 512):
-        self.keep, self.criterion, self.mask_batch = keep, criterion, mask_batch
+    Several processes (torchrun): Algorithm 1 (every round of it, with rounds > 1) scores the masks on a
+    seeded sample of the whole training split, which every process holds, from the same initial weights:
+    the masks and the ownership are the same everywhere. The gradient masks (and the masked weight decay) apply in before_optimizer_step, after
+    DDP's all-reduce, so frozen and unowned positions get exactly zero in every process and earlier
+    subnetworks stay bit for bit as they were during a later stage."""
+
+    unused_parameters = True  # a stage trains only its subnetworks' heads
+
+    def __init__(self, keep: float, criterion: str = "gradient", mask_batch: int = 512, rounds: int = 1):
+        self.keep, self.criterion, self.mask_batch, self.rounds = keep, criterion, mask_batch, rounds
         self.frozen: set[str] = set()
         self.trainable: list[int] = []  # subnetworks of the tasks this fit trains
         self.grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = []
@@ -358,7 +386,8 @@ class RSN2Hooks(Hooks):
     def before_training(self, trainer: Trainer) -> None:
         model: RSN2Net = trainer.model
         if not model.masks_selected():
-            select_masks(model, trainer.data, self.keep, self.criterion, self.mask_batch, trainer.cfg.seed)
+            select_masks(model, trainer.data, self.keep, self.criterion, self.mask_batch, trainer.cfg.seed,
+                         self.rounds)
         check_masks(model)
         wanted = {t.name for t in trainer.tasks}
         self.trainable = [s for s, ts in enumerate(model.subnet_tasks) if any(t.name in wanted for t in ts)]
@@ -379,14 +408,14 @@ class RSN2Hooks(Hooks):
 
     def forward(self, trainer: Trainer, x) -> dict[int, torch.Tensor]:
         """Only the trainable subnetworks: {subnetwork: (batch, subnet_out[s])}."""
-        return trainer.model.forward_subnets(x, only=set(self.trainable))
+        return trainer.run(trainer.model.forward_subnets, x, only=set(self.trainable))
 
     def loss(self, trainer: Trainer, out: dict[int, torch.Tensor], y: dict[str, torch.Tensor]) -> torch.Tensor:
         """Each subnetwork its own loss (the mean over its trained tasks); their sum."""
         model: RSN2Net = trainer.model
         wanted = {t.name for t in trainer.tasks}
         return sum(mean_loss([t for t in model.subnet_tasks[s] if t.name in wanted], model.task_outputs(s, out[s]),
-                             y, trainer.task_weights) for s in self.trainable)
+                             y, trainer.batch_weights) for s in self.trainable)
 
     @torch.no_grad()
     def before_optimizer_step(self, trainer: Trainer) -> None:
@@ -489,4 +518,4 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2
             raise ConfigError(f"keep={keep:g} for {len(local)} subnetworks on layer {name} sums to "
                               f"{keep * len(local):.3f} > 1; use keep <= {1 / len(local):.4f} (pruning rate = 1 - keep)")
     log.info("rsn2: %s", capacity_line(model, keep))
-    return model, RSN2Hooks(keep, cfg.criterion, cfg.mask_batch)
+    return model, RSN2Hooks(keep, cfg.criterion, cfg.mask_batch, cfg.rounds)

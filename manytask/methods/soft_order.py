@@ -17,12 +17,16 @@ ordering=parallel replaces the softmax by a one-hot on layer k at depth k (the c
 ordering=permuted by a one-hot on layer rho_t(k), with rho_t a random permutation per task drawn once from
 the seed. identity=true adds an identity candidate at every depth (s becomes (T, D, D+1)): a task may skip a
 depth ("soft order + identity"). conv=true uses 3x3 convolutions of `width` channels instead of
-dense layers, for image inputs (C, H, W).
+dense layers, for image inputs (C, H, W). A graph input (molecules with data.encoder=dmpnn) is first
+encoded by one learned D-MPNN (nn/dmpnn.py) shared by the tasks that read it; E_t follows it.
 
 The D layers of a depth are one stacked tensor (manytask.nn.soft_order): soft ordering computes all of them
 for all tasks in one product, parallel and permuted only the chosen one (D times less arithmetic).
 Tasks may read different inputs: each task's representation is padded to the largest batch and the tasks
 are stacked, (T, n_max, *feat).
+
+Several processes (torchrun): nothing of its own; the mixing scores are parameters like the others and
+their gradients are averaged by DDP with the rest.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError, option
+from ..nn.dmpnn import DescriptorStats, DMPNNConfig, graph_encoder, needs_descriptor_stats
 from ..nn.soft_order import ConvBank, DenseBank, TaskLinear
 from ..registry import register_method
 from ..report import Matrix
@@ -46,9 +51,10 @@ from ..train import Hooks
 
 
 @dataclass
-class SoftOrderConfig:
-    width: int = option(64, "units of every shared layer (channels when conv=true)", low=1)
-    depth: int = option(4, "D, the number of shared layers and of depths", low=1)
+class SoftOrderConfig(DMPNNConfig):
+    width: int = option(64, "units of every shared layer (channels when conv=true)", low=1,
+                        search=("choice", (32, 64, 128, 256)))
+    depth: int = option(4, "D, the number of shared layers and of depths", low=1, search=("int", 1, 5))
     ordering: Literal["soft", "parallel", "permuted"] = option(
         "soft", "soft: learned mixing; parallel: layer k at depth k; permuted: a random order per task")
     identity: bool = option(False, "soft only: an identity candidate at every depth")
@@ -56,7 +62,8 @@ class SoftOrderConfig:
                                   "layers and the soft mixture divided by the L2 norm of its weights (the "
                                   "soft-order recipes use it; docs/soft_order.md says why)")
     conv: bool = option(False, "3x3 convolutional layers for image inputs (C, H, W)")
-    dropout: float = option(0.2, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True)
+    dropout: float = option(0.2, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True,
+                             search=("float", 0.0, 0.5))
     scores_lr: float = option(0.0, "learning rate of the mixing scores s; 0: the training lr", low=0)
 
 
@@ -247,6 +254,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Soft
     if cfg.conv:
         check_conv_inputs(input_shapes, sorted({t.input for t in tasks}))
     w, drop = cfg.width, cfg.dropout
+    graph = {g: graph_encoder(g, input_shapes[g], cfg) for g in dict.fromkeys(t.input for t in tasks)}  # D-MPNN or None
     per_task, decoders = {}, {}  # drawn task by task, encoder then decoder: the seeded initial weights
     for t in tasks:
         shape = input_shapes[t.input]
@@ -254,12 +262,13 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Soft
             per_task[t.name] = nn.Sequential(nn.Conv2d(shape[0], w, 3, padding=1), nn.ReLU())
             decoders[t.name] = nn.Sequential(nn.Flatten(), nn.Linear(w * shape[1] * shape[2], t.outputs))
         else:  # (n, *shape) -> (n, w) -> ... -> (n, outputs)
-            per_task[t.name] = nn.Linear(math.prod(shape), w)
+            per_task[t.name] = nn.Linear(graph[t.input].out_dim if graph[t.input] else math.prod(shape), w)
             decoders[t.name] = nn.Linear(w, t.outputs)
     encoders = {}
     for g in dict.fromkeys(t.input for t in tasks):  # one encoder module per input, for all its tasks
         mods = [per_task[t.name] for t in tasks if t.input == g]
-        encoders[g] = PerTask(mods) if cfg.conv else nn.Sequential(TaskLinear.of(mods), nn.ReLU())
+        shared = [graph[g]] if graph[g] else []  # a graph input: one D-MPNN shared by its tasks, then E_t
+        encoders[g] = PerTask(mods) if cfg.conv else nn.Sequential(*shared, TaskLinear.of(mods), nn.ReLU())
     gain = math.sqrt(6.0) if cfg.preserve_scale else 1.0  # He-uniform, or nn.Linear's default bound
     bank = ConvBank(cfg.depth, w, drop, gain=gain) if cfg.conv else DenseBank(cfg.depth, w, drop, gain=gain)
     order = None
@@ -268,6 +277,10 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Soft
     elif cfg.ordering == "permuted":  # drawn from the global generator, which runs.build seeds with train.seed
         order = torch.stack([torch.randperm(cfg.depth) for _ in tasks])  # (T, D)
     model = SoftOrder(tasks, encoders, decoders, bank, order, cfg.identity, cfg.preserve_scale)
+    if needs_descriptor_stats(model):
+        if cfg.scores_lr > 0:
+            raise ConfigError("soft_order: scores_lr and data.descriptors=true cannot be combined; drop one")
+        return model, DescriptorStats()
     if cfg.scores_lr > 0 and model.scores is not None:
         return model, ScoresLR(cfg.scores_lr)
     return model

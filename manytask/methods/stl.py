@@ -8,8 +8,10 @@ signature (input, input size, hidden widths, output width) form one group whose 
 (n, in, out) per layer, so a step is one grouped GEMM per layer and group instead of N modules (a group
 whose largest stacked weight would exceed GROUP_BYTES is split into several). The networks stay
 independent: no weight is shared and the gradient of one task's loss reaches only its own network. The
-floating-point work is that of N separate networks, so batching saves the per-module overhead, which
-dominates only for small networks: see benchmarks/stl.py for the step time against N x one network.
+floating-point work is that of N separate networks, except on a mostly-zero input (a fingerprint): the
+first layers then sum the weight rows of its nonzero entries (nn.batched.SparseRows, made once per input
+for all groups) instead of a dense GEMM. The loss of all tasks is a few stacked operations (STLHooks:
+tasks.stacked_mean_loss). See benchmarks/stl.py for the step time against N x one network.
 Initial weights and dropout masks are drawn in the order N separately built mlp() modules draw
 them, so a seed gives the same initial networks (bit for bit) and the same masks as N nn.Module MLPs;
 weights saved in that per-task layout (keys nets.<task>.<i>.weight) load into this one.
@@ -20,6 +22,8 @@ N networks at the given widths would exceed it, every hidden width of every task
 factor, the largest that keeps the total within the cap (widths at least 1). At the defaults (widths=512,
 2048-bit fingerprints) the cap is reached beyond 30 tasks: Tox21 (12), SIDER (27) and MUV (17) keep width
 512, ToxCast's 617 assays get width 25 each. max_params=0 turns the cap off.
+
+Several processes (torchrun): plain data parallelism; every network's gradients are averaged by DDP.
 """
 from __future__ import annotations
 
@@ -30,10 +34,11 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
-from ..nn.batched import BatchedMLP
+from ..nn.batched import BatchedMLP, shared_input
 from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
-from ..tasks import Task, module_key
+from ..tasks import Task, module_key, stacked_mean_loss
+from ..train import Hooks, Trainer
 
 
 # Largest stacked fp32 weight of one group: bigger shape groups are split. Adam's temporaries (as large as a
@@ -45,9 +50,11 @@ GROUP_BYTES = 16 * 2**20
 
 @dataclass
 class STLConfig:
-    widths: tuple[int, ...] = option((512,), "hidden widths of every task's network", low=1, min_len=1)
+    widths: tuple[int, ...] = option((512,), "hidden widths of every task's network", low=1, min_len=1,
+                                     search=("choice", ((128,), (256,), (512,), (256, 128))))
     activation: Activation = option("relu", "activation after every hidden layer")
-    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True)
+    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True,
+                             search=("float", 0.0, 0.5))
     params_per_task: int = option(0, "> 0: every task gets len(widths) hidden layers of the one width that gives "
                                      "this many parameters; 0: the widths as given", low=0)
     max_params: int = option(32_000_000, "cap on the parameters of all tasks' networks together: above it every "
@@ -89,18 +96,21 @@ class SingleTaskNets(nn.Module):
         """Dropout multipliers per group and hidden layer, (n, batch, width), drawn task by task and layer by
         layer as N mlp() modules run one after the other would draw them (bernoulli(1-p) / (1-p))."""
         keep = 1 - self.dropout
-        draws = {}
+        masks = [[ts[0].select(x).new_empty(len(ts), ts[0].select(x).shape[0], w) for w in self.widths[ts[0].name]]
+                 for ts in self.members]
         for t in self.tasks:
-            xt = t.select(x)
-            draws[t.name] = [xt.new_empty(xt.shape[0], w).bernoulli_(keep).div_(keep) for w in self.widths[t.name]]
-        return [[torch.stack([draws[t.name][layer] for t in ts]) for layer in range(len(self.widths[ts[0].name]))]
-                for ts in self.members]
+            g, j = self.place[t.name]
+            for m in masks[g]:
+                m[j].bernoulli_(keep)
+        return [[m.div_(keep) for m in ms] for ms in masks]
 
     def forward(self, x):
         masks = self._masks(x) if self.training and self.dropout > 0 else [None] * len(self.groups)
-        out = {}
+        inputs, out = {}, {}  # inputs: each input once as the groups' first layers take it (shared_input)
         for net, ts, m in zip(self.groups, self.members, masks):
-            y = net(ts[0].select(x).flatten(1), m)  # (n, batch, outputs)
+            if ts[0].input not in inputs:
+                inputs[ts[0].input] = shared_input(ts[0].select(x).flatten(1))
+            y = net(inputs[ts[0].input], m)  # (n, batch, outputs)
             out.update(zip((t.name for t in ts), y.unbind(0)))
         return {t.name: out[t.name] for t in self.tasks}
 
@@ -169,8 +179,21 @@ def capped_widths(widths: dict[str, tuple[int, ...]], in_dims: dict[str, int], o
     return scaled(lo)
 
 
+class STLHooks(Hooks):
+    """The default training step, with the loss of all tasks in a few stacked operations
+    (tasks.stacked_mean_loss) instead of several operations per task."""
+
+    def loss(self, trainer: Trainer, out, y: dict[str, torch.Tensor]) -> torch.Tensor:
+        return stacked_mean_loss(trainer.tasks, out, y, trainer.batch_weights)
+
+
 @register_method("stl", STLConfig, "single-task baseline: one independent MLP per task")
-def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: STLConfig) -> nn.Module:
+def build_method(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
+                 cfg: STLConfig) -> tuple[SingleTaskNets, STLHooks]:
+    return build(tasks, input_shapes, cfg), STLHooks()
+
+
+def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: STLConfig) -> SingleTaskNets:
     in_dims = {t.name: math.prod(input_shapes[t.input]) for t in tasks}
     widths = {}
     for t in tasks:

@@ -3,7 +3,12 @@ task axis, every layer one grouped GEMM (torch.baddbmm) instead of n modules.
 
 BatchedLinear(n, in, out) holds n Linear layers: weight (n, in, out), bias (n, out). An input (batch, in)
 shared by all n (one data set, many tasks) is expanded to (n, batch, in) as a stride-0 view, not copied n times.
-Nothing couples the n slices: the gradient of slice i depends only on what slice i computed.
+A shared input that is mostly zeros (a molecular fingerprint: a few % ones) goes through SparseRows instead: the
+forward sums, for every network and example, the weight rows at the example's nonzero inputs, and the weight
+gradient sums, for every network and input, the output-gradient rows of the examples where that input is
+nonzero (embedding_bag both ways), work in proportion to the nonzeros instead of batch * in; the same
+x @ weight[i] up to float rounding. Nothing couples the n slices: the gradient of slice i depends only on
+what slice i computed.
 
 Initialisation is nn.Linear's default (kaiming-uniform weights with a = sqrt(5), biases uniform in
 +-1/sqrt(in)), drawn slice by slice: `reset_slice(i)` consumes the random stream exactly as constructing
@@ -19,6 +24,91 @@ import torch.nn.functional as F
 from torch import nn
 
 from .mlp import activation
+
+
+# A shared CPU input with at most this fraction of nonzero entries goes through SparseRows instead of the
+# GEMM: `benchmarks/stl.py --phases --densities 0.05,0.2,0.3,0.5` timed stl's step (2048 inputs, batch 128)
+# gathered at 0.77x, 0.60x, 0.52x the GEMM's at density 0.2 (N = 12, 100, 617 tasks; widths 512, 156, 25),
+# 0.95x, 0.71x, 0.64x at 0.3, and 1.31x (slower), 0.92x, 0.87x at 0.5.
+SPARSE_DENSITY = 0.2
+# Most (network, nonzero entry) pairs indexed at once: a layer over more networks gathers them in chunks.
+SPARSE_CHUNK = 2**22
+
+
+class SparseRows:
+    """The nonzero entries of a mostly-zero input x (batch, in) without gradient, shared by the first layers
+    of several BatchedLinear (made once per input by shared_input).
+
+    bags("row", n): embedding_bag's (indices, offsets, per-sample weights) that turn w (n, in, out), seen as
+    n * in rows, into x @ w[i] for every i: one bag per (network i, example b) over the rows i * in + k of
+    the nonzero x[b, k]. bags("col", n): those that turn g (n, batch, out) into x.T @ g[i], the weight
+    gradient: one bag per (network i, input k) over the rows i * batch + b of the nonzero x[b, k]. The
+    bags of n networks are the first of those of more networks, so each is built once, for the most."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+        rows, cols = x.nonzero(as_tuple=True)  # in row-major order: rows ascending
+        values = x[rows, cols]
+        order = torch.argsort(cols, stable=True)  # in column-major order: columns ascending
+        # by bag kind: (bag of each entry, ascending; its table row within one network; value; bags per network)
+        self.entries = {"row": (rows, cols, values, x.shape[0]),
+                        "col": (cols[order], rows[order], values[order], x.shape[1])}
+        self.ones = bool((values == 1).all())  # 0/1 input: no per-sample weights
+        self.built: dict[str, tuple[int, tuple]] = {}  # kind -> (networks, bags)
+
+    @property
+    def nnz(self) -> int:
+        return self.entries["row"][0].numel()
+
+    def bags(self, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        bag, index, values, count = self.entries[kind]
+        stride = self.x.shape[1] if kind == "row" else self.x.shape[0]  # rows of the table per network
+        if self.built.get(kind, (0,))[0] < n:
+            dtype = torch.int32 if n * max(stride, bag.numel() + 1) < 2**31 else torch.long
+            nets = torch.arange(n, dtype=dtype, device=bag.device)
+            offsets = torch.zeros(n * count + 1, dtype=dtype, device=bag.device)
+            torch.cumsum(torch.bincount(bag, minlength=count).repeat(n), 0, out=offsets[1:])
+            self.built[kind] = (n, ((nets[:, None] * stride + index.to(dtype)).reshape(-1), offsets,
+                                    None if self.ones else values.repeat(n)))
+        index, offsets, weights = self.built[kind][1]
+        nnz = bag.numel()
+        return index[:n * nnz], offsets[:n * count + 1], None if weights is None else weights[:n * nnz]
+
+    def gather(self, kind: str, table: torch.Tensor) -> torch.Tensor:
+        """table (n, rows, out) -> (n, bags, out): the bags of `kind` over its n * rows rows, in chunks of at
+        most SPARSE_CHUNK entries."""
+        n, _, out = table.shape
+        step = max(1, SPARSE_CHUNK // max(1, self.nnz))
+        parts = []
+        for start in range(0, n, step):
+            chunk = table[start:start + step]
+            index, offsets, weights = self.bags(kind, chunk.shape[0])
+            weights = None if weights is None else weights.to(table.dtype)
+            parts.append(F.embedding_bag(index, chunk.reshape(-1, out), offsets, mode="sum", per_sample_weights=weights,
+                                         include_last_offset=True).view(chunk.shape[0], -1, out))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def shared_input(x: torch.Tensor) -> torch.Tensor | SparseRows:
+    """An input (batch, in) of several BatchedLinear as they take it: SparseRows(x) when x is a floating-point
+    CPU matrix without gradient with at most SPARSE_DENSITY nonzero entries, else x itself."""
+    if (x.dim() == 2 and x.device.type == "cpu" and not x.requires_grad and x.is_floating_point()
+            and int(torch.count_nonzero(x)) <= SPARSE_DENSITY * x.numel()):
+        return SparseRows(x)
+    return x
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """(weight (n, in, out), SparseRows of x (batch, in)) -> x @ weight[i] for every i, (n, batch, out)."""
+
+    @staticmethod
+    def forward(ctx, weight, sparse):
+        ctx.sparse = sparse
+        return sparse.gather("row", weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.sparse.gather("col", grad.contiguous()), None
 
 
 class BatchedLinear(nn.Module):
@@ -47,12 +137,19 @@ class BatchedLinear(nn.Module):
         for i in range(self.n):
             self.reset_slice(i)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | SparseRows) -> torch.Tensor:
+        """x: (batch, in) shared by all n (or shared_input's SparseRows of it), or (n, batch, in)."""
+        shape = tuple((x.x if isinstance(x, SparseRows) else x).shape)
+        if len(shape) not in (2, 3) or shape[-1] != self.in_features or len(shape) == 3 and shape[0] != self.n:
+            raise ValueError(f"BatchedLinear({self.n}, {self.in_features}, {self.out_features}) takes (batch, "
+                             f"{self.in_features}) or ({self.n}, batch, {self.in_features}), got {shape}")
+        x = shared_input(x) if isinstance(x, torch.Tensor) and x.dim() == 2 else x
+        if isinstance(x, SparseRows):
+            return _SparseMatmul.apply(self.weight, x) + self.bias.unsqueeze(1)  # (n, batch, out)
         if x.dim() == 2:  # (n, batch, in): stride-0 view of one column-major copy, read fast by the weight gradient
             x = x.t().contiguous().expand(self.n, -1, -1).transpose(1, 2)  # bmm: 1.6x faster than x.expand (617x2048x25)
-        if x.dim() != 3 or x.shape[0] != self.n or x.shape[2] != self.in_features:
-            raise ValueError(f"BatchedLinear({self.n}, {self.in_features}, {self.out_features}) takes (batch, "
-                             f"{self.in_features}) or ({self.n}, batch, {self.in_features}), got {tuple(x.shape)}")
+        elif self.out_features == 1:  # n matrix-vector products: a multiply and a sum, faster than bmm both ways
+            return (x * self.weight.transpose(1, 2)).sum(2, keepdim=True) + self.bias.unsqueeze(1)
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # (n, batch, out)
 
     def extra_repr(self) -> str:
@@ -63,7 +160,8 @@ class BatchedMLP(nn.Module):
     """n independent MLPs of one shape, each like nn.mlp.mlp(in_dim, widths, act, dropout, out_dim):
     BatchedLinear-act-dropout per width, then an optional BatchedLinear to out_dim without activation.
 
-    forward(x, masks=None): x (batch, in_dim) shared by all n networks, or (n, batch, in_dim) ->
+    forward(x, masks=None): x (batch, in_dim) shared by all n networks (or shared_input's SparseRows of
+    it), or (n, batch, in_dim) ->
     (n, batch, out_dim or widths[-1]). masks: None, or one multiplier (n, batch, width) per hidden layer
     that replaces dropout (already scaled, e.g. bernoulli(1-p) / (1-p)); without masks, training applies
     dropout elementwise, so every network gets its own independent mask. reset=False leaves the weights
@@ -96,7 +194,7 @@ class BatchedMLP(nn.Module):
         """Weights and biases of one of the n networks (mlp_params of its shape)."""
         return sum(p.numel() for p in self.parameters()) // self.n
 
-    def forward(self, x: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | SparseRows, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
         if masks is not None and len(masks) != len(self.widths):
             raise ValueError(f"need one dropout mask per hidden layer ({len(self.widths)}), got {len(masks)}")
         h = x

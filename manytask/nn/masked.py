@@ -102,13 +102,21 @@ class MaskedLayer(nn.Module):
         return fw, fb
 
     @torch.no_grad()
-    def assign(self, t: int, keep: float, score_w: torch.Tensor, score_b: torch.Tensor, name: str = "") -> None:
+    def assign(self, t: int, keep: float, score_w: torch.Tensor, score_b: torch.Tensor, name: str = "",
+               grow: float | None = None) -> None:
         """Algorithm 1 for one layer and task t: among the free positions, keep the top fraction `keep`
         by score (|gradient| or |weight|, >= 0). Ties go to the lower flat index (stable sort), so zero
         scores are resolved deterministically and never into a position another task owns.
 
+        grow (selection in rounds): t keeps the positions its mask holds now and adds the best free ones
+        until it holds floor(grow * k) of its k = floor(keep * n) (per output unit for per_output layers);
+        grow=1 completes the budget. None: start from an empty mask (the one-shot call).
+
         score_w: weight slice shape; score_b: (out,). Raises ValueError when too few positions are free or
         `keep` leaves the task no weight."""
+        held_w = self.weight_mask[t].clone() if grow is not None else torch.zeros_like(self.weight_mask[t])
+        held_b = self.bias_mask[t].clone() if grow is not None else torch.zeros_like(self.bias_mask[t])
+        share = 1.0 if grow is None else grow
         self.weight_mask[t] = False
         self.bias_mask[t] = False
         fw, fb = self.free(t)
@@ -124,7 +132,11 @@ class MaskedLayer(nn.Module):
             raise ValueError(f"layer {name or type(self).__name__}: keep={keep} of {n} {what} leaves task "
                               f"{self.names[t]!r} no weight; raise keep or widen the layer")
 
-        s = torch.where(fw, score_w, torch.full_like(score_w, -1.0))
+        def ranked(score, free, held):  # held positions first, then free ones by score, taken ones last
+            return torch.where(held, torch.full_like(score, math.inf),
+                               torch.where(free, score, torch.full_like(score, -1.0)))
+
+        s = ranked(score_w, fw, held_w)
         if self.per_output:  # weight slice (in, out): the top fraction of each allowed output unit's inputs
             k = math.floor(keep * s.shape[0] + 1e-9)
             cols = self.out_limit[t]
@@ -133,6 +145,7 @@ class MaskedLayer(nn.Module):
             n_free = int(fw[:, :cols].sum(0).min())
             if k > n_free:
                 short(k, n_free, "inputs per output unit")
+            k = math.floor(share * k + 1e-9)
             order = torch.argsort(s[:, :cols], dim=0, descending=True, stable=True)[:k]  # (k, cols)
             self.weight_mask[t, :, :cols].scatter_(0, order, True)
         else:
@@ -141,16 +154,16 @@ class MaskedLayer(nn.Module):
                 none(int(aw.sum()), "weights")
             if k > int(fw.sum()):
                 short(k, int(fw.sum()), "weights")
-            order = torch.argsort(s.flatten(), descending=True, stable=True)[:k]
+            order = torch.argsort(s.flatten(), descending=True, stable=True)[:math.floor(share * k + 1e-9)]
             self.weight_mask[t].view(-1)[order] = True
         if not self.disjoint_bias:
             self.bias_mask[t] = ab
             return
-        sb = torch.where(fb, score_b, torch.full_like(score_b, -1.0))
+        sb = ranked(score_b, fb, held_b)
         k = math.floor(keep * int(ab.sum()) + 1e-9)  # may be 0 for narrow layers: no bias then
         if k > int(fb.sum()):
             short(k, int(fb.sum()), "biases")
-        self.bias_mask[t, torch.argsort(sb, descending=True, stable=True)[:k]] = True
+        self.bias_mask[t, torch.argsort(sb, descending=True, stable=True)[:math.floor(share * k + 1e-9)]] = True
 
     def check_disjoint(self, name: str = "") -> None:
         """Eq. 3 on the masks: ValueError naming the layer, the position and the tasks on any overlap."""

@@ -85,7 +85,8 @@ def test_table_errors(tmp_path, content, target, msg):
 def test_sklearn_tables_and_combine_batches():
     wine, diab = tabular.sklearn_table("wine"), tabular.sklearn_table("diabetes")
     both = combine(wine, diab)
-    assert both.tasks == [Task("wine", "multiclass", 3, "wine"), Task("diabetes", "regression", 1, "diabetes")]
+    assert both.tasks == [Task("wine", "multiclass", 3, "wine"), Task("diabetes", "regression", 1, "diabetes",
+                                                                       shift=diab.tasks[0].shift, scale=diab.tasks[0].scale)]
     steps = list(batches(both.train, both.tasks, 32, shuffle=True, generator=torch.Generator().manual_seed(0)))
     assert len(steps) == int(np.ceil(diab.train.size("x") / 32))  # the larger input sets the epoch
     for x, y in steps:
@@ -145,8 +146,7 @@ def test_headerless_csv_is_detected_and_said(tmp_path, caplog):
     assert "\n" not in said and "data.header=true" in said
     assert [t.name for t in data.tasks] == ["4"] and data.input_shapes == {"x": (3,)}
     assert sum(data.split(s).size("x") for s in ("train", "val", "test")) == len(values)  # the first row is data
-    m, s = data.meta["target_scale"]["4"]
-    labels = torch.cat([data.split(k).labels["4"] for k in ("train", "val", "test")]).numpy() * s + m
+    labels = torch.cat([data.split(k).labels["4"] for k in ("train", "val", "test")]).numpy()  # in the file's units
     np.testing.assert_allclose(np.sort(labels), np.sort(values[:, 3]), atol=1e-3)  # column 4, counted from 1
 
 
@@ -206,17 +206,18 @@ def test_table_default_split_is_80_10_10(tmp_path):
     assert tabular.TabularConfig().fractions == (0.8, 0.1, 0.1)
 
 
-def test_reported_rmse_times_the_std_is_the_rmse_in_target_units(tmp_path, caplog):
-    """What the loader says of the units holds: evaluate_split's RMSE times the target's training std equals
-    the RMSE of de-standardised predictions against the file's own values, computed here by hand."""
+def test_reported_rmse_is_in_the_target_units(tmp_path, caplog):
+    """What the loader says of the units holds: evaluate_split's RMSE equals the RMSE of the predictions in the
+    file's units, computed here by hand from the model's standardised output and the training mean and std,
+    and nrmse is that RMSE divided by the std; the loss stays the MSE of the standardised target."""
     values = numbers_csv(tmp_path / "nh.csv", n=60)
     with caplog.at_level("INFO", logger="manytask"):
         data = tabular.load_table(tabular.TabularConfig(path=str(tmp_path / "nh.csv"), target=("4",)))
     train, _, test = random_split_indices(60, (0.8, 0.1, 0.1), 0)
     m, s = values[train, 3].mean(), values[train, 3].std()
-    np.testing.assert_allclose(data.meta["target_scale"]["4"], (m, s), rtol=1e-5)
+    np.testing.assert_allclose((data.tasks[0].shift, data.tasks[0].scale), (m, s), rtol=1e-5)
     (said,) = [r.getMessage() for r in caplog.records if "units" in r.getMessage()]
-    assert "units of the target's std, not its own units" in said and f"std {s:.4g}" in said
+    assert "MSE and RMSE of 4 are in the target's own units" in said and f"std {s:.4g}" in said
 
     class Linear(torch.nn.Module):
         def __init__(self):
@@ -228,13 +229,15 @@ def test_reported_rmse_times_the_std_is_the_rmse_in_target_units(tmp_path, caplo
 
     torch.manual_seed(0)
     model = Linear()
-    reported = evaluate_split(model, data.test, data.tasks)[0]["4"]["rmse"]
+    table, loss = evaluate_split(model, data.test, data.tasks)
     xs = (values[:, :3] - values[train, :3].mean(0)) / (values[train, :3].std(0) + 1e-8)  # the loader's features
     with torch.no_grad():
-        pred = model.lin(torch.as_tensor(xs[test], dtype=torch.float32))[:, 0].double().numpy() * s + m
-    by_hand = float(np.sqrt(np.mean((pred - values[test, 3]) ** 2)))
+        out = model.lin(torch.as_tensor(xs[test], dtype=torch.float32))[:, 0].double().numpy()
+    by_hand = float(np.sqrt(np.mean((out * s + m - values[test, 3]) ** 2)))
     assert by_hand > 10  # an untrained model: far off in target units
-    assert reported * s == pytest.approx(by_hand, rel=1e-4)
+    assert table["4"]["rmse"] == pytest.approx(by_hand, rel=1e-4)
+    assert table["4"]["nrmse"] == pytest.approx(by_hand / s, rel=1e-4)
+    assert loss == pytest.approx(np.mean((out - (values[test, 3] - m) / s) ** 2), rel=1e-4)  # standardised MSE
 
 
 def test_end_to_end_on_a_headerless_csv(tmp_path, monkeypatch, capsys, caplog):
@@ -247,7 +250,7 @@ def test_end_to_end_on_a_headerless_csv(tmp_path, monkeypatch, capsys, caplog):
         cli_main([*args, "data.target=4", "--out", "runs"])
     said = [r.getMessage() for r in caplog.records]
     assert sum("nh.csv has no header row" in ln for ln in said) == 1
-    assert sum("MSE and RMSE are in units of the target's std" in ln for ln in said) == 1
+    assert sum("MSE and RMSE of 4 are in the target's own units" in ln for ln in said) == 1
     (row,) = [ln.split() for ln in capsys.readouterr().out.splitlines() if ln.startswith("4 ")]
     assert row[1] == "rmse" and len(row) == 5
     assert len(list((tmp_path / "runs").iterdir())) == 1

@@ -53,7 +53,7 @@ def test_contenders_follow_the_thesis_definitions():
     roots = ICNN(tasks, d, (16, 8)).root_params_per_subnetwork()
     assert cons["NN2_STL"].overrides["params_per_task"] == roots == mlp_params(d, (16, 8), 1)
     spec = resolve("tox21", "stl", cons["NN2_STL"].overrides)  # network B: as many parameters per task
-    nn2 = get_method("stl").fn(tasks, {"x": (d,)}, spec.method_cfg)
+    nn2, _ = get_method("stl").fn(tasks, {"x": (d,)}, spec.method_cfg)
     per_task = sum(p.numel() for p in nn2.nets["t0"].parameters())
     assert abs(per_task - roots) <= 2 * d
     # without mtl_widths NN MTL is 1024,512 scaled by N/12 (the thesis's +33% for 16 tasks)

@@ -26,14 +26,17 @@ def run(name, args, out):
 
 
 def test_settings_reject_unknown_keys_and_apply_the_recipe_defaults():
-    setup = settings(parse_experiment(RSN2SplitConfig, ["keep=0.25", "epochs=3", "data.limit=10"]), "rsn2-split")
+    setup = settings(parse_experiment(RSN2SplitConfig, ["keep=0.25", "epochs=3", "data.limit=10", "rounds=4"]),
+                     "rsn2-split")
     assert setup.method.keep == 0.25 and setup.train.epochs == 3 and setup.source.limit == 10
+    assert setup.method.rounds == 4
     assert setup.train.lr == 3e-3 and setup.method.conv == (32, 64)  # the recipe's defaults where not overridden
     assert parse_experiment(RSN2SplitConfig, ["seeds=1,2"]).seeds == (1, 2)
     bad = {"nope=1": "unknown key 'nope' for rsn2-split; valid: seeds, data.dir",
            "data.foo=1": "unknown data key 'foo'",
            "data.limit=x": "limit=x: expected an integer", "data.limit=-1": "limit=-1: must be >= 0",
-           "keep=2": "keep=2.0: must be in", "criterion=size": "criterion=size: choose one of gradient, magnitude"}
+           "keep=2": "keep=2.0: must be in", "criterion=size": "criterion=size: choose one of gradient, magnitude",
+           "rounds=0": "rounds=0: must be >= 1"}
     for arg, message in bad.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
             settings(parse_experiment(RSN2SplitConfig, [arg]), "rsn2-split")

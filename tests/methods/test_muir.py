@@ -192,3 +192,14 @@ def test_last_stage_runs_at_the_end_of_the_ea_and_is_recorded():
     hooks.move_tasks = lambda trainer: calls.append(hooks.generation) or move(trainer)
     Trainer(model, data, TrainConfig(epochs=50, batch_size=16, patience=0, progress=False), hooks).fit()
     assert calls == [2] and [set(h) >= {"moved", "subsets"} for h in hooks.history] == [True] * 4
+
+
+def test_grouped_loss_is_mean_loss_for_standardised_regression_targets():
+    from manytask.data.tabular import sklearn_table
+    from manytask.tasks import mean_loss
+    data = sklearn_table("diabetes")
+    model, hooks = get_method("muir").fn(data.tasks, data.input_shapes, get_method("muir").config())
+    trainer = Trainer(model, data, TrainConfig(epochs=1, progress=False), hooks)
+    x, y = data.train.inputs["x"][:32], {"diabetes": data.train.labels["diabetes"][:32]}
+    out = model(x)
+    torch.testing.assert_close(hooks.loss(trainer, out, y), mean_loss(data.tasks, out, y))

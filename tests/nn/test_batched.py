@@ -1,11 +1,13 @@
 """nn/batched.py: n independent networks as one batched computation equal n separate nn.Linear / mlp()
-modules (same initial weights from a seed, same outputs), and stay independent (gradients, dropout)."""
+modules (same initial weights from a seed, same outputs), also through SparseRows for a mostly-zero input
+(same outputs and gradients as the GEMM), and stay independent (gradients, dropout)."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
+from manytask.nn import batched
 from manytask.nn.batched import BatchedLinear, BatchedMLP
 from manytask.nn.mlp import mlp, mlp_params
 
@@ -122,3 +124,89 @@ def test_bad_inputs_are_value_errors():
         BatchedMLP(N, D, WIDTHS, dropout=1.0)
     with pytest.raises(ValueError, match="one dropout mask per hidden layer"):
         BatchedMLP(N, D, WIDTHS)(torch.randn(B, D), [torch.ones(N, B, WIDTHS[0])])
+
+
+def sparse_input(density=0.05, values=False, seed=0):
+    """(B, D) with about `density` nonzeros (0/1, or random values), one row all zero."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(B, D, generator=g) < density).float()
+    x[1] = 0
+    return x * torch.randn(B, D, generator=g) if values else x
+
+
+@pytest.mark.parametrize("values", [False, True])
+@pytest.mark.parametrize("chunk", [2**22, 5])
+def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values, chunk):
+    """A mostly-zero shared input goes through SparseRows (gathered rows, in chunks of networks when
+    SPARSE_CHUNK is small); outputs and every gradient match the dense GEMM's and the separate modules'."""
+    monkeypatch.setattr(batched, "SPARSE_CHUNK", chunk)
+    monkeypatch.setattr(batched, "SPARSE_DENSITY", 0.2)
+    x = sparse_input(0.15, values)
+    assert isinstance(batched.shared_input(x), batched.SparseRows)
+    refs = reference(seed=2)
+    torch.manual_seed(2)
+    net = BatchedMLP(N, D, WIDTHS, "tanh", out_dim=OUT)
+    results = []
+    for density in (0.2, 0.0):  # SparseRows, then the GEMM
+        monkeypatch.setattr(batched, "SPARSE_DENSITY", density)
+        net.zero_grad()
+        out = net(x)
+        out.square().sum().backward()
+        results.append((out, [p.grad.clone() for p in net.parameters()]))
+    (sparse, grads), (dense, dense_grads) = results
+    for i, ref in enumerate(refs):
+        assert_close(sparse[i], ref(x))
+    assert_close(sparse, dense)
+    for g, d in zip(grads, dense_grads, strict=True):
+        assert_close(g, d, atol=1e-5)
+
+
+def test_sparse_rows_serve_layers_of_any_width():
+    """One SparseRows for layers over 3, 7 and 2 networks (bags built for the most, shared by fewer)."""
+    x = sparse_input()
+    rows = batched.shared_input(x)
+    assert isinstance(rows, batched.SparseRows)
+    for n in (3, 7, 2):
+        lin = BatchedLinear(n, D, 4)
+        assert_close(lin(rows), torch.baddbmm(lin.bias.unsqueeze(1), x.expand(n, -1, -1), lin.weight))
+
+
+def test_shared_input_is_sparse_only_when_it_pays():
+    """SparseRows for a mostly-zero floating-point CPU input without gradient; the tensor itself for a dense
+    one, one that needs a gradient (the gather gives x none) or an integer one."""
+    x = sparse_input(0.05)
+    assert isinstance(batched.shared_input(x), batched.SparseRows)
+    for other in (torch.randn(B, D), x.clone().requires_grad_(), x.long()):
+        assert batched.shared_input(other) is other
+
+
+def test_gradients_stay_in_their_network_with_a_sparse_input():
+    net = BatchedMLP(N, D, WIDTHS, "relu", out_dim=OUT)
+    x = sparse_input(0.3)
+    rows = batched.SparseRows(x)
+    for i in range(N):
+        net.zero_grad()
+        net(rows)[i].square().sum().backward()
+        for p in net.parameters():
+            assert torch.count_nonzero(torch.cat([p.grad[:i].flatten(), p.grad[i + 1:].flatten()])) == 0
+            assert torch.count_nonzero(p.grad[i]) > 0
+
+
+def test_one_output_per_network_equals_separate_linears():
+    """out_features=1 on per-network inputs (a multiply and a sum instead of bmm): the outputs and gradients
+    of n separate nn.Linear(in, 1)."""
+    torch.manual_seed(6)
+    lins = [nn.Linear(D, 1) for _ in range(N)]
+    torch.manual_seed(6)
+    lin = BatchedLinear(N, D, 1)
+    xs = torch.randn(N, B, D, requires_grad=True)
+    out = lin(xs)
+    out.square().sum().backward()
+    for i, ref in enumerate(lins):
+        x = xs[i].detach().requires_grad_()
+        want = ref(x)
+        want.square().sum().backward()
+        assert_close(out[i], want)
+        assert_close(lin.weight.grad[i], ref.weight.grad.T, atol=1e-5)
+        assert_close(lin.bias.grad[i], ref.bias.grad, atol=1e-5)
+        assert_close(xs.grad[i], x.grad, atol=1e-5)

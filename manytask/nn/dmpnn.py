@@ -1,0 +1,116 @@
+"""A learned molecule encoder: the directed message-passing neural network (D-MPNN) of Yang et al.,
+"Analyzing Learned Molecular Representations for Property Prediction", 2019, built from chemprop's modules.
+
+    H_v = BondMessagePassing(graph)           (atoms, hidden)    chemprop.nn.BondMessagePassing, depth T
+    h   = aggregation(H_v, graph.batch)       (k, hidden)        chemprop's mean, sum or norm (sum / 100)
+    h   = batch_norm(h)                       optional, as chemprop's --batch-norm
+    z   = [h, standardise(descriptors)]       (k, hidden + d)    with data.descriptors=true
+
+The input is a graphs.GraphBatch (data.encoder=dmpnn). The defaults are `chemprop train`'s: hidden 300,
+depth 3, no bias in the message matrices, ReLU, norm aggregation, no batch norm, no dropout.
+Descriptors are standardised with buffers (mean, std) that set_descriptor_stats fills from the training
+rows before training; they are saved with the weights, so a run's predictions use the same statistics.
+A descriptor that is missing (NaN) becomes 0 after standardising: the training mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from ..config import ConfigError, option
+from ..data.graphs import GraphDims, graph_dims
+from ..train import Hooks
+
+AGGREGATIONS = ("norm", "mean", "sum")
+
+
+@dataclass
+class DMPNNConfig:
+    """A method's keys for the D-MPNN that encodes a graph input (data.encoder=dmpnn); unused otherwise."""
+    encoder_hidden: int = option(300, "D-MPNN (data.encoder=dmpnn): hidden size of the messages", low=1)
+    encoder_depth: int = option(3, "D-MPNN: message-passing steps", low=1)
+    encoder_aggregation: Literal["norm", "mean", "sum"] = option(
+        "norm", "D-MPNN: atoms to molecule; norm = sum / 100, chemprop's default")
+    encoder_batch_norm: bool = option(False, "D-MPNN: batch normalisation of the molecule vectors")
+    encoder_dropout: float = option(0.0, "D-MPNN: dropout inside message passing", low=0, high=1, high_open=True)
+
+
+class DMPNN(nn.Module):
+    """GraphBatch of k molecules -> (k, out_dim), out_dim = hidden + descriptors."""
+
+    def __init__(self, dims: GraphDims, hidden: int = 300, depth: int = 3, aggregation: str = "norm",
+                 batch_norm: bool = False, dropout: float = 0.0, input_name: str = "x"):
+        super().__init__()
+        self.input_name = input_name  # the data's input this encoder reads (its descriptor statistics)
+        from chemprop import nn as cnn
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
+        if hidden < 1 or depth < 1:
+            raise ValueError(f"need hidden >= 1 and depth >= 1, got hidden={hidden}, depth={depth}")
+        self.dims = dims
+        self.message_passing = cnn.BondMessagePassing(d_v=dims.atom, d_e=dims.bond, d_h=hidden, depth=depth,
+                                                      dropout=dropout)
+        self.aggregation = {"norm": cnn.NormAggregation, "mean": cnn.MeanAggregation,
+                            "sum": cnn.SumAggregation}[aggregation]()
+        self.batch_norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
+        self.register_buffer("descriptor_mean", torch.zeros(dims.descriptors))
+        self.register_buffer("descriptor_std", torch.ones(dims.descriptors))
+        self.out_dim = hidden + dims.descriptors
+
+    def set_descriptor_stats(self, descriptors: torch.Tensor) -> None:
+        """Standardise with the mean and standard deviation of `descriptors` (n, d), NaN skipped; a constant
+        or never computed descriptor gets std 1."""
+        if descriptors.shape[1] != self.dims.descriptors:
+            raise ValueError(f"{descriptors.shape[1]} descriptors, the encoder was built for {self.dims.descriptors}")
+        x = descriptors.double()
+        known = ~torch.isnan(x)
+        count = known.sum(0).clamp(min=1)
+        mean = torch.where(known, x, 0.0).sum(0) / count
+        var = torch.where(known, (x - mean) ** 2, 0.0).sum(0) / count
+        std = var.sqrt()
+        self.descriptor_mean.copy_(mean.float())
+        self.descriptor_std.copy_(torch.where(std > 0, std, 1.0).float())
+
+    def forward(self, x) -> torch.Tensor:
+        graph = x.graph
+        h = self.aggregation(self.message_passing(graph), graph.batch)  # (k, hidden)
+        h = self.batch_norm(h)
+        if self.dims.descriptors:
+            d = ((x.descriptors - self.descriptor_mean) / self.descriptor_std).nan_to_num(0.0, 0.0, 0.0)
+            h = torch.cat([h, d.to(h.dtype)], dim=1)  # (k, hidden + d)
+        return h
+
+
+def graph_encoder(name: str, shape, cfg: DMPNNConfig) -> DMPNN | None:
+    """The D-MPNN for input `name` when its example shape is a graph's (data/graphs.py), None for any other."""
+    dims = graph_dims(shape)
+    if dims is None:
+        return None
+    return DMPNN(dims, cfg.encoder_hidden, cfg.encoder_depth, cfg.encoder_aggregation, cfg.encoder_batch_norm,
+                 cfg.encoder_dropout, name)
+
+
+def needs_descriptor_stats(model: nn.Module) -> bool:
+    return any(isinstance(m, DMPNN) and m.dims.descriptors for m in model.modules())
+
+
+class DescriptorStats(Hooks):
+    """Before training, every DMPNN of the model that takes descriptors standardises them with the training
+    rows of its input (data.train.inputs[input_name].descriptors)."""
+
+    def before_training(self, trainer) -> None:
+        for module in trainer.model.modules():
+            if isinstance(module, DMPNN) and module.dims.descriptors:
+                module.set_descriptor_stats(trainer.data.train.inputs[module.input_name].descriptors)
+
+
+def check_graph_method(method: str, config: type, input_shapes: dict) -> None:
+    """A method takes graph inputs when its config declares the D-MPNN keys (inherits DMPNNConfig); a graph
+    input for any other method is a one-line ConfigError, before anything is built."""
+    graphs = [g for g, shape in input_shapes.items() if graph_dims(shape) is not None]
+    if graphs and not issubclass(config, DMPNNConfig):
+        raise ConfigError(f"method {method} cannot take molecule graphs (data.encoder=dmpnn); use "
+                          "data.encoder=fingerprint, or a method with a D-MPNN encoder: hard_sharing, soft_order")

@@ -1,0 +1,141 @@
+"""The D-MPNN encoder: shapes, agreement with chemprop's MPNN, descriptor standardisation, methods on
+graph inputs, and the command line end to end."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from manytask.config import ConfigError
+from manytask.data.graphs import GraphDims, GraphRows, featurize_graphs
+from manytask.nn.dmpnn import DMPNN, DMPNNConfig, check_graph_method
+from manytask.runs import create_model, evaluate_run
+from manytask.tasks import Task
+
+SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN", "c1ccncc1", "CCCC", "OCC(O)CO", "[Na+].[Cl-]"]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return GraphRows(featurize_graphs(SMILES, 1))
+
+
+def test_forward_shapes_and_options(rows):
+    torch.manual_seed(0)
+    x = rows[torch.arange(len(SMILES))]
+    for aggregation in ("norm", "mean", "sum"):
+        enc = DMPNN(GraphDims(72, 14, 0), hidden=32, depth=2, aggregation=aggregation, batch_norm=True)
+        assert enc(x).shape == (len(SMILES), 32) and enc.out_dim == 32
+    enc = DMPNN(GraphDims(72, 14, 0), hidden=16, aggregation="mean").eval()
+    one = enc(rows[torch.tensor([2])])
+    assert torch.allclose(enc(x)[2], one[0], atol=1e-6)  # a molecule's vector does not depend on its batch
+    with pytest.raises(ValueError, match="aggregation"):
+        DMPNN(GraphDims(72, 14, 0), aggregation="max")
+
+
+def test_encoder_is_chemprops_mpnn_fingerprint_and_hard_sharing_its_model(rows):
+    """hard_sharing with widths=300, dropout=0 on a graph input computes what chemprop's default
+    classification MPNN computes with the same weights."""
+    from chemprop import nn as cnn
+    from chemprop.models import MPNN
+    torch.manual_seed(0)
+    tasks = [Task(f"t{i}", "binary") for i in range(3)]
+    model, _ = create_model("hard_sharing", tasks, {"x": ("graph", 72, 14, 0)}, widths=(300,), dropout=0.0)
+    mpnn = MPNN(cnn.BondMessagePassing(), cnn.NormAggregation(),
+                cnn.BinaryClassificationFFN(n_tasks=3, input_dim=300, hidden_dim=300, n_layers=1))
+    dmpnn, first = model.encoders["x"][0], model.encoders["x"][1][1]
+    mpnn.message_passing.load_state_dict(dmpnn.message_passing.state_dict())
+    ffn = mpnn.predictor.ffn
+    with torch.no_grad():
+        ffn[0][0].weight.copy_(first.weight)
+        ffn[0][0].bias.copy_(first.bias)
+        ffn[1][2].weight.copy_(torch.cat([model.heads[t.name].weight for t in tasks]))
+        ffn[1][2].bias.copy_(torch.cat([model.heads[t.name].bias for t in tasks]))
+    model.eval(), mpnn.eval()
+    x = rows[torch.arange(len(SMILES))]
+    assert torch.allclose(dmpnn(x), mpnn.fingerprint(x.graph), atol=1e-5)
+    ours = torch.cat([torch.sigmoid(model(x)[t.name]) for t in tasks], 1)
+    assert torch.allclose(ours, mpnn(x.graph), atol=1e-5)
+
+
+def test_descriptors_are_standardised_with_the_training_statistics():
+    torch.manual_seed(0)
+    enc = DMPNN(GraphDims(72, 14, 3), hidden=8)
+    train = torch.tensor([[1.0, 5.0, float("nan")], [3.0, 5.0, float("nan")], [float("nan"), 5.0, float("nan")]])
+    enc.set_descriptor_stats(train)
+    assert torch.allclose(enc.descriptor_mean, torch.tensor([2.0, 5.0, 0.0]))
+    assert torch.allclose(enc.descriptor_std, torch.tensor([1.0, 1.0, 1.0]))  # constant and never known: 1
+    rows = GraphRows(featurize_graphs(["CCO", "CCN"], 1), train[:2].numpy())
+    z = enc(rows[torch.arange(2)])
+    assert z.shape == (2, 8 + 3) and enc.out_dim == 11
+    assert torch.equal(z[:, 8:], torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert "descriptor_mean" in enc.state_dict()  # saved with the weights: predictions use the same statistics
+
+
+@pytest.mark.parametrize("method", ["hard_sharing", "soft_order"])
+def test_graph_methods_train_every_parameter(rows, method):
+    torch.manual_seed(0)
+    tasks = [Task("a", "binary"), Task("b", "regression")]
+    model, hooks = create_model(method, tasks, {"x": ("graph", 72, 14, 0)}, encoder_hidden=16)
+    out = model(rows[torch.arange(5)])
+    assert out["a"].shape == (5, 1) and out["b"].shape == (5, 1)
+    sum(o.sum() for o in out.values()).backward()
+    dmpnn = [m for m in model.modules() if isinstance(m, DMPNN)]
+    assert len(dmpnn) == 1 and all(p.grad is not None for p in dmpnn[0].parameters())
+
+
+def test_only_methods_with_the_encoder_keys_take_graphs():
+    from manytask.registry import get_method
+    graph = {"x": ("graph", 72, 14, 0)}
+    check_graph_method("hard_sharing", get_method("hard_sharing").config, graph)
+    check_graph_method("soft_order", get_method("soft_order").config, graph)
+    check_graph_method("stl", get_method("stl").config, {"x": (2048,)})
+    for name in ("stl", "icnn", "rsn2", "muir", "evolving"):
+        assert not issubclass(get_method(name).config, DMPNNConfig)
+        with pytest.raises(ConfigError, match=f"method {name} cannot take molecule graphs"):
+            check_graph_method(name, get_method(name).config, graph)
+
+
+def cli(*args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "manytask.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_train_a_dmpnn_run_from_the_command_line_and_evaluate_it(tmp_path, mols):
+    r = cli("train", "moleculenet", "hard_sharing", f"data.path={mols}", "data.encoder=dmpnn", "widths=16",
+            "encoder_hidden=16", "epochs=1", "progress=false", "data.fractions=0.5,0.25,0.25", "data.workers=1",
+            "--out", "runs", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (run,) = (tmp_path / "runs").iterdir()
+    card = json.loads((run / "config.json").read_text())
+    assert card["model"]["input_shapes"] == {"x": ["graph", 72, 14, 0]}
+    assert evaluate_run(run, echo=False)[1]  # the weights rebuilt from the run directory give its results
+    pr = cli("predict", run, "CCO", "not-a-molecule", cwd=tmp_path)
+    assert pr.returncode == 0, pr.stderr
+    assert pr.stdout.splitlines()[2] == "not-a-molecule,false,,"
+
+
+def test_a_method_without_the_encoder_keys_refuses_graphs_in_one_line(tmp_path, mols):
+    r = cli("train", "moleculenet", "stl", f"data.path={mols}", "data.encoder=dmpnn", "epochs=1", "--out", "runs",
+            cwd=tmp_path)
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert r.returncode == 2 and len(errors) == 1 and "cannot take molecule graphs" in errors[0]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_training_standardises_descriptors_with_the_training_split(mols):
+    from manytask import load_dataset
+    from manytask.train import TrainConfig, Trainer
+    data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", descriptors=True, workers=1)
+    torch.manual_seed(0)
+    model, hooks = create_model("hard_sharing", data.tasks, data.input_shapes, widths=(8,), encoder_hidden=8)
+    Trainer(model, data, TrainConfig(epochs=1, progress=False, device="cpu"), hooks).fit()
+    (enc,) = [m for m in model.modules() if isinstance(m, DMPNN)]
+    train = data.train.inputs["x"].descriptors
+    known = ~torch.isnan(train).any(0)
+    assert torch.allclose(enc.descriptor_mean[known], train[:, known].double().mean(0).float(), rtol=1e-5, atol=1e-5)
