@@ -55,3 +55,10 @@ def test_cuda_matches_cpu_in_fp32():
     gpu = fit("hard_sharing", {"dropout": 0.0}, device="cuda", amp="off")
     for a, b in zip(cpu.history, gpu.history):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_with_bf16_autocast_on_the_cpu(method):
+    trainer = fit(method, amp="bf16", device="cpu")
+    assert all(math.isfinite(r["val_loss"]) for r in trainer.history)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

@@ -57,12 +57,23 @@ def _per_destination(a: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(0).expand(W.shape[0], -1, -1), W)
 
 
+def _in_float32(forward):
+    """A custom Function's forward with autocast off, in float32 at least (amp=bf16): its backward then gets
+    gradients and saved tensors of one dtype (autograd casts the gradient of a bf16 input back to bf16)."""
+    def run(ctx, a, W, *rest):
+        dtype = torch.promote_types(W.dtype, torch.float32)
+        with torch.autocast(a.device.type, enabled=False):
+            return forward(ctx, a.to(dtype), W.to(dtype), *rest)
+    return run
+
+
 class _IsolatedMatmul(torch.autograd.Function):
     """z_i = a @ W[i] over all N^2 blocks; the gradient reaches a_i only through the root block W[i, i].
 
     a: (batch, N, n), W: (N_dst, N_src, n, m) -> z: (batch, N_dst, m)."""
 
     @staticmethod
+    @_in_float32
     def forward(ctx, a, W):
         b, N, n = a.shape
         ctx.save_for_backward(a, W)
@@ -94,6 +105,7 @@ class _GatheredMatmul(torch.autograd.Function):
     for s = sources[t, j]."""
 
     @staticmethod
+    @_in_float32
     def forward(ctx, a, W, sources):
         at = a.transpose(0, 1).contiguous()  # (N, batch, n): whole rows to gather (4x faster than from the view)
         ctx.save_for_backward(at, W, sources)
