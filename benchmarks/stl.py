@@ -18,8 +18,8 @@ TrainConfig) unless said otherwise:
     dense     stl's model with every first layer a grouped GEMM (nn.batched.SPARSE_DENSITY = 0: no SparseRows)
               and tasks.mean_loss, one Task.loss per task: the step before SparseRows and the stacked loss
     stl       stl as `manytask train` runs it: the first layer gathered through SparseRows (inputs up to
-              SPARSE_DENSITY ones), STLHooks' loss (tasks.stacked_mean_loss)
-    fused     stl with torch.optim.Adam(fused=True) in place of make_optimizer's Adam
+              SPARSE_DENSITY ones), STLHooks' loss (tasks.stacked_mean_loss), make_optimizer's fused Adam
+    unfused   stl with torch.optim.Adam(fused=False), the Adam make_optimizer used before
     modules   N mlp() modules in one ModuleDict (the per-task layout), tasks.mean_loss
 
 Times are CPU time (time.process_time) of this single-threaded process per step, best of --reps blocks of
@@ -27,7 +27,7 @@ consecutive steps (>= 0.3 s each, so one small network runs warm as when trained
 the contenders taking turns in every repetition. ratio = contender / (N x one); GFLOP/s (of one and of stl)
 counts the dense GEMMs of forward and backward (2*B*in*out each for forward and weight gradient, plus the input
 gradient of every layer after the first), work that the gathered first layer skips where the input is zero.
---phases splits the steps of dense, stl and fused into forward, loss, backward and optimizer step;
+--phases splits the steps of dense, stl and unfused into forward, loss, backward and optimizer step;
 --densities times stl's step with the first layer always gathered and always the GEMM, on inputs of other
 densities (every N).
 """
@@ -69,9 +69,9 @@ class PerTaskModules(nn.Module):
         return {t.name: self.nets[module_key(t.name)](x) for t in self.tasks}
 
 
-def fused_adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """make_optimizer's Adam with fused=True: one kernel per parameter for the whole update."""
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+def unfused_adam(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """make_optimizer's Adam without fused=True (one kernel per parameter for the whole update)."""
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=False)
 
 
 @contextmanager
@@ -171,7 +171,7 @@ def main(argv=None) -> list[dict]:
           f"stl defaults (widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
           f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB, SPARSE_DENSITY={nn_batched.SPARSE_DENSITY}), "
           f"CPU time per step, best of {args.reps} blocks after a warm-up block, allocator tuned: {ALLOCATOR}")
-    names = ("dense", "stl", "fused", "modules")
+    names = ("dense", "stl", "unfused", "modules")
     head = (f"{'N':>4} {'width':>6} {'params':>11} {'one ms':>7} {'N x one':>8} "
             + " ".join(f"{n + ' ms':>10} {'ratio':>6}" for n in names) + f" {'one GF/s':>9} {'stl GF/s':>9}")
     print(head)
@@ -186,7 +186,7 @@ def main(argv=None) -> list[dict]:
         fns = [step_fn(one, tasks[:1], x, y),
                at_density(step_fn(model, tasks, x, y), 0.0),
                step_fn(model, tasks, x, y, stacked_mean_loss),
-               step_fn(model, tasks, x, y, stacked_mean_loss, fused_adam),
+               step_fn(model, tasks, x, y, stacked_mean_loss, unfused_adam),
                step_fn(modules, tasks, x, y)]
         t_one, *ts = timeit(fns, args.reps)
         flops = gemm_flops(B, (D, *widths, 1))
@@ -200,7 +200,7 @@ def main(argv=None) -> list[dict]:
         if args.phases:
             for name, density, loss_fn, opt in (("dense", 0.0, mean_loss, make_optimizer),
                                                 ("stl", nn_batched.SPARSE_DENSITY, stacked_mean_loss, make_optimizer),
-                                                ("fused", nn_batched.SPARSE_DENSITY, stacked_mean_loss, fused_adam)):
+                                                ("unfused", nn_batched.SPARSE_DENSITY, stacked_mean_loss, unfused_adam)):
                 with sparse_density(density):
                     fwd, loss, bwd, step = (1e3 * t for t in phases(model, tasks, x, y, args.reps, loss_fn, opt))
                 print(f"     {name:<6} forward {fwd:.1f} ms, loss {loss:.1f} ms, backward {bwd:.1f} ms, "
