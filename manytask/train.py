@@ -80,6 +80,9 @@ class TrainConfig:
     eval_batch_size: int = option(2048, "examples per evaluation chunk", low=1)
     val_every: int = option(1, "validate, log and checkpoint every N epochs and after the last one; patience "
                                "counts validations", low=1)
+    lr_schedule: Literal["constant", "noam"] = option(
+        "constant", "noam: chemprop's schedule, lr/10 rising linearly to lr over the first 2 epochs, then decaying "
+                    "exponentially to lr/10 at the last epoch (steps counted in minibatches)")
     amp: Literal["off", "bf16"] = option("off", "mixed precision: bf16 autocasts the training forward (fast on "
                                          "CUDA; on CPUs without bf16 units it is slower)")
     metric: Literal["auto", "auc", "prc_auc", "accuracy", "error", "mse", "rmse"] = option(
@@ -196,6 +199,21 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """None for lr_schedule=constant. noam (chemprop's NoamLR with its defaults): every group's learning rate
+    times f(step), f rising linearly from 0.1 to 1 over 2 epochs of minibatches, then 0.1 ** (the fraction of
+    the remaining minibatches done), so 0.1 at the last epoch's end."""
+    if cfg.lr_schedule == "constant":
+        return None
+    warmup, total = 2 * steps_per_epoch, cfg.epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return 0.1 + 0.9 * step / warmup
+        return 0.1 ** (min(step - warmup, total - warmup) / max(1, total - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 @torch.no_grad()
 def predict_split(model: nn.Module, split: Split, tasks: list[Task], batch_size: int = 2048,
                   device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
@@ -258,6 +276,7 @@ class Trainer:
         self.device = distributed.rank_device(resolve_device(self.cfg.device))
         self.model.to(self.device)
         self.optimizer = make_optimizer(self.hooks.parameters(self.model), self.cfg)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch)
         self.generator = torch.Generator().manual_seed(self.cfg.seed)  # the same minibatch order in every process
         self.stop = False  # a hook may set this to end training after the current epoch
         self.interrupt = 0  # a signal number: stop after the current minibatch (stop_on_signals sets it)
@@ -269,6 +288,12 @@ class Trainer:
         self.rank_random: list[dict] | None = None  # every process's random state at the last validation
         if distributed.rank() > 0:  # dropout masks of their own in the other processes
             torch.manual_seed(self.cfg.seed + 1_000_003 * distributed.rank())
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Minibatches in one epoch: the largest input's training rows over batch_size, rounded up."""
+        train = self.data.split("train")
+        return max(math.ceil(train.size(k) / self.cfg.batch_size) for k in train.inputs)
 
     def run(self, fn: Callable, *args, **kwargs):
         """fn(*args, **kwargs) as a training forward: inside DistributedDataParallel when several processes
@@ -379,6 +404,8 @@ class Trainer:
                 raise TrainingDiverged(self.epoch, f"the training loss is {losses[-1]} in epoch {self.epoch}, "
                                                    f"minibatch {len(losses)}")
             self.step += 1
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.samples_seen += rows
             self.hooks.after_step(self)
             signum = self.interrupt if self.ddp is None else signum  # several processes: all at the same step
@@ -444,6 +471,7 @@ class Trainer:
                 "best_loss": self.best_loss, "best_val_loss": self.best_val_loss, "waited": self.waited, "stop": self.stop,
                 "model": self.model.state_dict(), "best_model": self.best_state,
                 "optimizer": self.optimizer.state_dict(), "hooks": self.hooks.state_dict(),
+                **({"scheduler": self.scheduler.state_dict()} if self.scheduler is not None else {}),
                 "random": random_state(self.generator), **({"random_ranks": self.rank_random} if self.rank_random else {})}
 
     def load_state_dict(self, state: dict) -> None:
@@ -454,6 +482,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.best_state = state["best_model"]
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.hooks.load_state_dict(state["hooks"])
         ranks = state.get("random_ranks") or []  # a distributed run's: each process its own, when as many
         same = len(ranks) == distributed.world_size()

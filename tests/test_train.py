@@ -272,3 +272,22 @@ def test_a_saturated_metric_still_improves_when_the_loss_drops():
     trainer.validate = lambda: next(rows)
     trainer.fit()
     assert trainer.best_epoch == 3 and trainer.epoch == 4
+
+
+def test_noam_schedule_warms_up_then_decays_and_resumes_exactly():
+    """lr_schedule=noam: lr/10 -> lr over 2 epochs of minibatches, then down to lr/10 at the last one; a run
+    resumed from a checkpoint continues the schedule and ends with the weights of the uninterrupted run."""
+    data = tiny_shared()  # 64 training rows, batches of 16: 4 minibatches an epoch
+    spec = RunSpec("tiny", "hard_sharing", None, get_method("hard_sharing").config(widths=(8,)),
+                   TrainConfig(progress=False, batch_size=16, epochs=5, patience=0, lr=0.01, lr_schedule="noam"))
+    model, hooks = build(spec, data)
+    lrs, states = [], []
+    trainer = Trainer(model, data, spec.train, hooks, checkpoint=lambda t: states.append(copy.deepcopy(t.state_dict())))
+    step = hooks.after_step
+    hooks.after_step = lambda t: (lrs.append(t.optimizer.param_groups[0]["lr"]), step(t))
+    trainer.fit()
+    assert lrs[0] == pytest.approx(0.01 * (0.1 + 0.9 / 8)) and lrs[7] == pytest.approx(0.01)  # 8 warm-up steps
+    assert lrs[-1] == pytest.approx(0.001) and all(a > b for a, b in zip(lrs[7:], lrs[8:]))
+    model2, hooks2 = build(spec, data)
+    Trainer(model2, data, spec.train, hooks2).fit(resume=states[2])
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
