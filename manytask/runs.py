@@ -504,23 +504,23 @@ def _train(spec: RunSpec, data: MultiTaskData, model: nn.Module, hooks: Hooks, r
            on_epoch: Callable[[dict], None] | None = None) -> RunResult:
     """Fit (from `resume`, a checkpoint's state, when given), evaluate every split and write the results.
     With a run directory: metrics.jsonl and a checkpoint every epoch, SIGINT/SIGTERM caught during training,
-    and run.json's status true however the run ends. Without one (and on every process but rank 0 of a
-    distributed run), signals are caught alike and nothing is written."""
+    and run.json's status true however the run ends. Without one nothing is written; in a distributed run,
+    signals are still caught so that every process stops after the same minibatch."""
     t0 = time.perf_counter()
     trainer = Trainer(model, data, spec.train if distributed.is_main() else quiet(spec.train), hooks)
     trainer.log = on_epoch if distributed.is_main() else None
-    if run_dir is None and not distributed.active():
-        trainer.fit(resume)
-    elif run_dir is None:  # a process of a distributed run that writes nothing
-        with stop_on_signals(trainer):
-            try:
-                trainer.fit(resume)
-            except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
-                raise RunStopped(f"rank {distributed.rank()}: {e}",
-                                 128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
-        if not distributed.is_main():
-            return RunResult(None, spec, {}, {}, model, trainer)
     if run_dir is None:
+        if not distributed.active():
+            trainer.fit(resume)
+        else:  # a process of a distributed run that writes nothing: it stops with the others on a signal
+            with stop_on_signals(trainer):
+                try:
+                    trainer.fit(resume)
+                except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
+                    raise RunStopped(f"rank {distributed.rank()}: {e}",
+                                     128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
+            if not distributed.is_main():
+                return RunResult(None, spec, {}, {}, model, trainer)
         return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
     try:
         with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
