@@ -49,7 +49,10 @@ def cmd_list(args) -> None:
         print(text_table(header, describe(entry.config, "data."), left=4))
     elif kind == "method":
         print(text_table(header, describe(entry.config), left=4))
-        print("plus the training keys: manytask list train")
+        from .runs import method_training
+        own, train = getattr(entry.config, "train_defaults", {}), method_training(entry.name)
+        print("plus the training keys: manytask list train" + (
+            "; this method's own defaults of them: " + " ".join(f"{k}={getattr(train, k)}" for k in own) if own else ""))
     else:
         print(text_table(header, describe(entry.config), left=4))
         tables = entry.config.key_tables()
@@ -80,15 +83,18 @@ def launch_processes(argv: list[str], nproc: str) -> None:
 
 
 def cmd_train(args) -> None:
-    from .runs import check_run, resolve, resume_run, train_run
+    from .runs import check_run, one_process, read_spec, resolve, resume_run, train_run
     overrides = split_overrides(args.overrides)
     if "recipe" in overrides:  # recipe=best.json of manytask tune: its keys, then the command line's
         from .tune import with_recipe
         overrides = with_recipe(overrides, args.method)
     if "nproc" in overrides:  # checked here first, once: keys, data (featurised into the cache), model
-        nproc = overrides.pop("nproc")
-        if not (overrides.get("resume") or args.resume):
-            check_run(resolve(args.data, args.method, overrides))
+        nproc, resume = overrides.pop("nproc"), overrides.get("resume") or args.resume
+        spec = read_spec(Path(resume)) if resume else resolve(args.data, args.method, overrides)
+        if nproc != "1":
+            one_process(spec, f"nproc={nproc}")
+        if not resume:
+            check_run(spec)
         return launch_processes(args.argv, nproc)
     resume = overrides.pop("resume", None) or args.resume  # --resume RUN_DIR, or resume=RUN_DIR like the keys
     if resume:

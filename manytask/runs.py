@@ -19,6 +19,13 @@ A run directory holds
                     mixing weights; the figures dict goes to results.json as "artifacts"
 An existing directory is never overwritten: a name that is taken gets a -2, -3, ... suffix.
 
+An ensemble run (training key ensemble=K, seed=S) trains K members with seeds S, S+1, ..., S+K-1 on the same
+data and split (the split is a data key), one after another, each as a run of its own in members/seedS+j/ (a
+complete run directory, ensemble=1). The ensemble's directory holds run.json, config.json, results.json
+and results.csv, whose tables come from the members' averaged predictions (Ensemble); no weights of its own.
+evaluate_run, Predictor and load_run average the members; resume_run keeps the finished members and resumes
+the interrupted one from its last checkpoint.
+
 A run that ends early says so in run.json and raises RunStopped: SIGINT or SIGTERM stop it after the current
 minibatch (status interrupted; model.safetensors holds the best weights so far, and resume_run, i.e.
 `manytask train DATA METHOD --resume DIR`, continues from the last finished epoch and ends where an
@@ -98,7 +105,8 @@ class RunSpec:
 
 def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | None = None) -> RunSpec:
     """Defaults (or the configs of `base`) plus overrides. `data.k=v` sets the data config, `method.k=v` the
-    method's; a bare key goes to the training config if it has it, else to the method's config. Relative data
+    method's; a bare key goes to the training config if it has it, else to the method's config. Training keys
+    not given take the method's training defaults (method_training). Relative data
     paths (data.path, data.dir) become absolute, so that the run directory finds its data from anywhere."""
     data_cls, method_cls = get_dataset(data).config, get_method(method).config
     train_keys, method_keys = field_types(TrainConfig), field_types(method_cls)
@@ -120,7 +128,13 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
              if k in field_types(data_cls) and getattr(data_cfg, k)}
     return RunSpec(data, method, dataclasses.replace(data_cfg, **paths),
                    apply(base.method_cfg if base else method_cls(), method_values, f"{method} method"),
-                   apply(base.train if base else TrainConfig(), train_values, "training"))
+                   apply(base.train if base else method_training(method), train_values, "training"))
+
+
+def method_training(method: str) -> TrainConfig:
+    """The training defaults of `method`: TrainConfig's, with the keys its config's `train_defaults`
+    (a class attribute, if any) sets; what `manytask list METHOD` shows."""
+    return apply(TrainConfig(), getattr(get_method(method).config, "train_defaults", {}), f"{method} training")
 
 
 def load_dataset(name: str, **cfg: Any) -> MultiTaskData:
@@ -259,16 +273,16 @@ def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def start_record(run_dir: Path, previous: dict | None = None, from_epoch: int = 0) -> dict:
+def start_record(run_dir: Path, previous: dict | None = None, **resumed: Any) -> dict:
     """run.json of a run starting in this process (status running); `previous`: the run.json of the
-    attempt this one resumes (kept under "previous")."""
+    attempt this one resumes (kept under "previous"); `resumed`: where it goes on, e.g. resumed_from_epoch=3."""
     from . import __version__
     info = {"status": "running", "started": now(), "ended": None, "argv": list(sys.argv),
             "host": socket.gethostname(), "pid": os.getpid(),
             "versions": {"manytask": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()}}
     if previous is not None:
-        info.update(resumed_from_epoch=from_epoch, previous=previous.pop("previous", []) + [previous])
+        info.update(**resumed, previous=previous.pop("previous", []) + [previous])
     write_json(run_dir / RUN_FILE, info)
     return info
 
@@ -377,12 +391,16 @@ def _unpack(layout: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 @dataclass
 class RunResult:
+    """A trained run. Of an ensemble: model is the Ensemble, trainer the last member's trained in this process
+    (None when every member had completed before), members the members' RunResults (trainer None for a member
+    that had completed before: its model and tables are loaded from its directory)."""
     dir: Path | None
     spec: RunSpec
     tables: dict[str, dict[str, dict]]
     summary: dict
     model: nn.Module
-    trainer: Trainer
+    trainer: Trainer | None
+    members: list["RunResult"] = field(default_factory=list)
 
 
 class RunStopped(Exception):
@@ -401,7 +419,10 @@ def train_run(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str 
     checked first: a bad one leaves no directory), saving a checkpoint every epoch. There SIGINT and SIGTERM
     stop training after the current minibatch: RunStopped, run interrupted, resumable with resume_run.
     on_epoch(row): called with each validated epoch's metrics row (e.g. to prune a tuning trial).
-    Under torchrun every process trains its share (manytask.distributed) and only rank 0 writes."""
+    Under torchrun every process trains its share (manytask.distributed) and only rank 0 writes.
+    With ensemble=K > 1: train_ensemble."""
+    if spec.train.ensemble > 1:
+        return train_ensemble(spec, data, out, name, echo, on_epoch)
     distributed.start(spec.train.device)
     with distributed.local_main_first():  # featurise once per machine into the cache
         data = choose_metric(data or load_data(spec), spec.train.metric)
@@ -455,6 +476,9 @@ def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str,
     if changed:
         raise ConfigError(f"{changed[0]}={new[changed[0]]} differs from the run's {changed[0]}={old[changed[0]]}: a "
                           f"resumed run keeps its settings (only {', '.join(RESUME_KEYS)} may change); train a new run instead")
+    if spec.train.ensemble > 1:
+        return resume_ensemble(run_dir, spec, info, {k: v for k, v in (overrides or {}).items() if k in RESUME_KEYS},
+                               echo)
     distributed.start(spec.train.device)
     with distributed.local_main_first():
         data_set = choose_metric(load_data(spec), spec.train.metric)
@@ -470,7 +494,7 @@ def resume_run(run_dir: Path | str, data: str, method: str, overrides: dict[str,
     write_text(run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     if echo:
         print(f"resuming {run_dir} after epoch {done} of {spec.train.epochs}", file=sys.stderr)
-    info = start_record(run_dir, info, from_epoch=done)
+    info = start_record(run_dir, info, resumed_from_epoch=done)
     return _train(spec, data_set, model, hooks, run_dir, echo, info, state)
 
 
@@ -571,30 +595,211 @@ def save_best_so_far(model: nn.Module, run_dir: Path) -> bool:
 
 def _results(spec: RunSpec, data: MultiTaskData, trainer: Trainer, run_dir: Path | None, wall: float,
              echo: bool) -> RunResult:
-    model = trainer.model
+    """A trained run's weights, curves, tables and summary, written to run_dir and printed (_report)."""
+    if run_dir:
+        save_weights(trainer.model.to("cpu"), run_dir / WEIGHTS)  # evaluated on the CPU too (evaluate_all)
+        plot_history(trainer.history, run_dir / "curves.png")
+    sps = round(trainer.samples_per_second, 1)
+    how = (f"{trainer.epoch} epochs (best {trainer.best_epoch}), {wall:.1f} s, {sps:,.0f} samples/s on "
+           f"{trainer.device}")
+    return _report(spec, data, trainer.model, run_dir, wall, echo, how, trainer,
+                   epochs=trainer.epoch, best_epoch=trainer.best_epoch,
+                   train_seconds=round(trainer.train_seconds, 3), samples_per_second=sps, device=str(trainer.device))
+
+
+def _report(spec: RunSpec, data: MultiTaskData, model: nn.Module, run_dir: Path | None, wall: float, echo: bool,
+            how: str, trainer: Trainer | None, members: list[RunResult] | None = None, **details: Any) -> RunResult:
+    """Evaluate `model` on every split -> RunResult; with run_dir, write results.json (the summary: `details`
+    and the means), results.csv and the model's artifacts; with echo, print the table and one line: the
+    method, data, parameters and `how` it trained."""
     tables = evaluate_all(model, data, spec.train)
     summary = {"data": spec.data, "method": spec.method, "tasks": [dataclasses.asdict(t) for t in data.tasks],
-               "params": n_params(model), "epochs": trainer.epoch, "best_epoch": trainer.best_epoch,
-               "train_seconds": round(trainer.train_seconds, 3), "wall_seconds": round(wall, 3),
-               "samples_per_second": round(trainer.samples_per_second, 1), "device": str(trainer.device),
+               "params": n_params(model), **details, "wall_seconds": round(wall, 3),
                "mean": {s: mean_over_tasks(tables[s], data.tasks) for s in SPLITS},
                "mean_tasks": mean_coverage(tables, data.tasks)}
     if run_dir:
-        save_weights(model, run_dir / WEIGHTS)
         if hasattr(model, "artifacts"):  # optional: a model's own figures and matrices, e.g. mixing weights
             figures, matrices = model.artifacts()
             files = [p.name for m in matrices for p in write_matrix(run_dir, m)]
             summary["artifacts"] = {**figures, "files": files}
         write_json(run_dir / "results.json", {**summary, "splits": tables})
         write_results(run_dir, records(spec.method, spec.train.seed, tables))
-        plot_history(trainer.history, run_dir / "curves.png")
     if echo:
         print(task_table(data, tables))
         log_undefined(tables, data.tasks)
-        print(f"{spec.method} on {spec.data}: {summary['params']:,} parameters, {trainer.epoch} epochs "
-              f"(best {trainer.best_epoch}), {wall:.1f} s, {summary['samples_per_second']:,.0f} samples/s "
-              f"on {trainer.device}" + (f"\nrun directory: {run_dir}" if run_dir else ""))
-    return RunResult(run_dir, spec, tables, summary, model, trainer)
+        print(f"{spec.method} on {spec.data}: {summary['params']:,} parameters, {how}"
+              + (f"\nrun directory: {run_dir}" if run_dir else ""))
+    return RunResult(run_dir, spec, tables, summary, model, trainer, members or [])
+
+
+# ---- ensembles: K members with seeds S, S+1, ..., their predictions averaged ----------------------------------
+
+MEMBERS = "members"  # an ensemble run's folder of members: MEMBERS/seedS, each a run directory
+# Task.predict's inverse: a prediction (P(1) (n,); class probabilities (n, C); a value in the target's units (n,))
+# -> the model output whose Task.predict it is. Probabilities are kept off 0 and 1 so that the output is finite.
+OUTPUT_OF: dict[str, Callable[[Task, torch.Tensor], torch.Tensor]] = {
+    "binary": lambda t, p: torch.logit(p, eps=1e-15),
+    "multiclass": lambda t, p: torch.log(p.clamp_min(1e-300)),
+    "regression": lambda t, v: (v - t.shift) / t.scale,
+}
+
+
+class Ensemble(nn.Module):
+    """Models of the same tasks as one model: forward(x) -> {task: (n, outputs)} whose Task.predict is the mean
+    over the members of theirs (averaged in float64): the mean probability of a binary task and of each class
+    of a multiclass task, the mean value of a regression task, in the target's units. Evaluation (its loss is
+    that of the averaged prediction) and prediction then treat it as any model."""
+
+    def __init__(self, members: list[nn.Module], tasks: list[Task]):
+        super().__init__()
+        self.members, self.tasks = nn.ModuleList(members), list(tasks)
+
+    def forward(self, x):
+        outs = [member(x) for member in self.members]
+        return {t.name: OUTPUT_OF[t.kind](t, torch.stack([t.predict(o[t.name].double()) for o in outs]).mean(0)).float()
+                for t in self.tasks}
+
+
+def member_specs(spec: RunSpec) -> list[RunSpec]:
+    """The members of an ensemble: `spec` with ensemble=1 and seed S, S+1, ..., S+K-1 (same data and split)."""
+    return [dataclasses.replace(spec, train=dataclasses.replace(spec.train, seed=spec.train.seed + j, ensemble=1))
+            for j in range(spec.train.ensemble)]
+
+
+def member_dir(run_dir: Path, seed: int) -> Path:
+    return Path(run_dir) / MEMBERS / f"seed{seed}"
+
+
+def finished_members(run_dir: Path, seed: int, size: int) -> int:
+    """How many of an ensemble run's members have completed."""
+    return sum(shown_status(read_record(member_dir(run_dir, seed + j))) == "completed" for j in range(size))
+
+
+def ensemble_label(spec: RunSpec) -> str:
+    k, s = spec.train.ensemble, spec.train.seed
+    return f"ensemble of {k} (seeds {s}-{s + k - 1})"
+
+
+def one_process(spec: RunSpec, processes: str | None = None) -> None:
+    """An ensemble trains its members one after another in one process: with several (`processes`: how they
+    were asked for, e.g. nproc=2; default: torchrun, when this process is one of several) a ConfigError."""
+    processes = processes or ("torchrun" if distributed.launched() else None)
+    if spec.train.ensemble > 1 and processes:
+        raise ConfigError(f"ensemble={spec.train.ensemble} with {processes}: an ensemble trains its members one after "
+                          f"another in one process; drop {processes}, or train each seed with ensemble=1")
+
+
+def train_ensemble(spec: RunSpec, data: MultiTaskData | None = None, out: Path | str | None = "runs",
+                   name: str | None = None, echo: bool = True,
+                   on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+    """train_run of an ensemble (spec.train.ensemble = K > 1): every setting checked first (a bad one leaves no
+    directory), then, with `out`, a new run directory whose members train in members/seedS (_ensemble)."""
+    one_process(spec)
+    data = choose_metric(data or load_data(spec), spec.train.metric)
+    check_splits(data)
+    build(member_specs(spec)[0], data)  # a method key that does not build: before anything is written
+    resolve_device(spec.train.device)
+    if not out:
+        return _ensemble(spec, data, None, echo, None, on_epoch=on_epoch)
+    stem = f"{spec.data}-{spec.method}-ensemble{spec.train.ensemble}-seed{spec.train.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = new_run_dir(out, name or stem)
+    write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data)})
+    return _ensemble(spec, data, run_dir, echo, start_record(run_dir), on_epoch=on_epoch)
+
+
+def resume_ensemble(run_dir: Path, spec: RunSpec, info: dict, overrides: dict[str, str], echo: bool) -> RunResult:
+    """resume_run of an ensemble: the members that completed are kept, the stopped one resumes from its last
+    checkpoint, the rest train. overrides: the RESUME_KEYS given, for the member resumed."""
+    one_process(spec)
+    data = choose_metric(load_data(spec), spec.train.metric)
+    check_splits(data)
+    done = finished_members(run_dir, spec.train.seed, spec.train.ensemble)
+    write_json(run_dir / CONFIG_FILE, {**spec.to_json(), "model": model_card(data)})
+    if echo:
+        print(f"resuming {run_dir}: {done} of {spec.train.ensemble} members finished", file=sys.stderr)
+    return _ensemble(spec, data, run_dir, echo, start_record(run_dir, info, resumed_from_member=done + 1), overrides)
+
+
+def _ensemble(spec: RunSpec, data: MultiTaskData, run_dir: Path | None, echo: bool, info: dict | None,
+              overrides: dict[str, str] | None = None, on_epoch: Callable[[dict], None] | None = None) -> RunResult:
+    """Train the members one after another (_member), then evaluate and write their averaged predictions
+    (_report). A member stopped by a signal or a failure stops the ensemble (RunStopped): run.json says which
+    member and how; the members that completed stay."""
+    t0, k, members = time.perf_counter(), spec.train.ensemble, []
+    if echo:
+        print(f"{ensemble_label(spec)}: {spec.method} on {spec.data}", flush=True)
+    try:
+        for j, member in enumerate(member_specs(spec)):
+            members.append(_member(member, data, run_dir, overrides or {}, echo, on_epoch))
+            if echo:
+                done = members[-1].summary
+                print(f"member {j + 1}/{k} (seed {member.train.seed}): test {mean_summary(done)}, {done['epochs']} "
+                      f"epochs{'' if members[-1].trainer else ', completed before'}", flush=True)
+        metrics = sorted({primary(t) for t in data.tasks})
+        average = ", ".join(f"{m} {np.mean([r.summary['mean']['test'].get(m, math.nan) for r in members]):.3f}"
+                            for m in metrics)
+        details = {"ensemble": {"size": k, "seeds": [r.spec.train.seed for r in members], "members": [
+            {"seed": r.spec.train.seed, "epochs": r.summary["epochs"], "best_epoch": r.summary["best_epoch"],
+             "mean_test": r.summary["mean"]["test"]} for r in members]},
+            "epochs": sum(r.summary["epochs"] for r in members),
+            "train_seconds": round(sum(r.summary["train_seconds"] for r in members), 3)}
+        trained, wall = [r.trainer for r in members if r.trainer is not None], time.perf_counter() - t0
+        result = _report(spec, data, Ensemble([r.model for r in members], data.tasks), run_dir, wall, echo,
+                         f"{ensemble_label(spec)}, {wall:.1f} s; its members' mean test {average}",
+                         trained[-1] if trained else None, members, **details)
+    except RunStopped as e:
+        if run_dir is None:
+            raise
+        raise _member_stopped(spec, run_dir, info, len(members), e) from None
+    except (ConfigError, KeyboardInterrupt) as e:  # a member that cannot resume (the user can fix it), Ctrl-C
+        if run_dir is not None:
+            seed = spec.train.seed + len(members)
+            end_record(run_dir, info, "interrupted", interrupted={"member": len(members) + 1, "seed": seed,
+                                                                   "reason": str(e) or type(e).__name__})
+        raise
+    except BaseException as e:
+        if run_dir is not None:
+            end_record(run_dir, info, "failed", error={"member": len(members) + 1, "epoch": None,
+                                                       "reason": f"{type(e).__name__}: {e}"})
+        raise
+    if run_dir is not None:
+        end_record(run_dir, info, "completed")
+    return result
+
+
+def _member(member: RunSpec, data: MultiTaskData, run_dir: Path | None, overrides: dict[str, str], echo: bool,
+            on_epoch: Callable[[dict], None] | None) -> RunResult:
+    """One member of an ensemble: trained (in memory without run_dir; else into run_dir/members/seedS), or, in
+    a resumed ensemble, loaded when it completed before (trainer None) and resumed when it was stopped."""
+    if run_dir is None:
+        return train_run(member, data, out=None, echo=False, on_epoch=on_epoch)
+    folder = member_dir(run_dir, member.train.seed)
+    if not folder.exists():
+        return train_run(member, data, folder.parent, folder.name, echo=False, on_epoch=on_epoch)
+    if shown_status(read_record(folder)) != "completed":
+        if echo:
+            print(f"resuming member seed {member.train.seed} in {folder}", file=sys.stderr, flush=True)
+        return resume_run(folder, member.data, member.method, overrides, echo=False)
+    saved = read_json(folder / "results.json")
+    return RunResult(folder, member, saved.pop("splits"), saved, _load(folder, with_data=False)[3], None)
+
+
+def _member_stopped(spec: RunSpec, run_dir: Path, info: dict, j: int, stopped: RunStopped) -> RunStopped:
+    """The ensemble's run.json and RunStopped when member j (0-based) stopped: interrupted (resumable: the
+    members that completed are kept) or failed."""
+    seed = spec.train.seed + j
+    where, member = f"member {j + 1} of {spec.train.ensemble} (seed {seed})", read_record(member_dir(run_dir, seed))
+    if member.get("status") == "interrupted":
+        cut = member["interrupted"]
+        end_record(run_dir, info, "interrupted", interrupted={"member": j + 1, "seed": seed, **cut})
+        return RunStopped(f"interrupted by {cut['signal']} after epoch {cut['epoch']} of {where}; {run_dir} keeps its "
+                          f"{j} completed member{'' if j == 1 else 's'}; resume with: {resume_command(spec, run_dir)}",
+                          stopped.exit_status)
+    error = member.get("error", {})
+    end_record(run_dir, info, "failed", error={"member": j + 1, "seed": seed, "epoch": error.get("epoch"),
+                                               "reason": f"{where}: {error.get('reason')}"})
+    return RunStopped(f"error: {where} failed: {error.get('reason')}; {run_dir} is marked failed and holds no "
+                      "trained ensemble", stopped.exit_status)
 
 
 # ---- using a run: evaluate, predict, list -------------------------------------------------------------------
@@ -614,7 +819,8 @@ def load_run(run_dir: Path | str, with_data: bool = True,
              data_path: str | None = None) -> tuple[RunSpec, MultiTaskData | None, nn.Module]:
     """Rebuild a run's model from its directory and load its weights -> (spec, data, model). The model needs
     no data (config.json holds its tasks and input shapes); with_data loads the run's data too (None
-    otherwise), from `data_path` when the file has moved."""
+    otherwise), from `data_path` when the file has moved. An ensemble run's model is the Ensemble of its
+    members."""
     spec, data, _, model = _load(Path(run_dir), with_data, data_path)
     return spec, data, model
 
@@ -627,7 +833,12 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
         error = info.get("error", {})
         raise ConfigError(f"{run_dir} failed in epoch {error.get('epoch')} ({error.get('reason')}); it holds no "
                           "trained model")
-    if not weights.exists():
+    ensemble = spec.train.ensemble > 1
+    if ensemble and info.get("status") != "completed":
+        done = finished_members(run_dir, spec.train.seed, spec.train.ensemble)
+        raise ConfigError(f"{run_dir} is an unfinished ensemble ({done} of {spec.train.ensemble} members completed)"
+                          + (f"; resume it with {resume_command(spec, run_dir)}" if shown_status(info) in ("interrupted", "dead") else ""))
+    if not ensemble and not weights.exists():
         raise ConfigError(f"{run_dir} is not a finished run directory: {WEIGHTS} is missing"
                           + (f"; resume it with {resume_command(spec, run_dir)}" if shown_status(info) in ("interrupted", "dead") else ""))
     if info.get("status") == "interrupted":
@@ -647,6 +858,9 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
         data = choose_metric(load_data(spec), spec.train.metric)
     tasks = data.tasks if card is None else [Task(**t) for t in card["tasks"]]
     shapes = data.input_shapes if card is None else {k: tuple(v) for k, v in card["input_shapes"].items()}
+    if ensemble:
+        members = [_load(member_dir(run_dir, m.train.seed), with_data=False)[3] for m in member_specs(spec)]
+        return spec, data, tasks, Ensemble(members, tasks)
     model, _ = build_model(spec, tasks, shapes)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
@@ -799,7 +1013,8 @@ def mean_summary(results: dict) -> str:
 
 def list_runs(folder: Path | str) -> list[dict]:
     """Every run directory under `folder` (an experiment's runs too), newest first: {started, status, epochs,
-    data, method, test (the mean test primary metric of a completed run), path}; status as shown_status."""
+    data, method, test (the mean test primary metric of a completed run), path}; status as shown_status. An
+    ensemble is one row (method "M (ensemble of K)", epochs: its members completed), its members none."""
     rows = []
     for config_file in Path(folder).rglob(CONFIG_FILE):
         run_dir = config_file.parent
@@ -808,8 +1023,8 @@ def list_runs(folder: Path | str) -> list[dict]:
             results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").exists() else None
         except (OSError, ValueError):
             continue
-        if "method" not in config:
-            continue
+        if "method" not in config or (run_dir.parent.name == MEMBERS and (run_dir.parent.parent / CONFIG_FILE).exists()):
+            continue  # not a run; an ensemble's member, listed as the ensemble
         if info:
             status = shown_status(info)
         else:  # written before run.json existed
@@ -822,6 +1037,10 @@ def list_runs(folder: Path | str) -> list[dict]:
         else:
             path = run_dir / "metrics.jsonl"
             done = len(path.read_text().splitlines()) if path.exists() else 0
-        rows.append({"started": started, "status": status, "epochs": f"{done}/{config['train']['epochs']}",
-                     "data": config["data"], "method": config["method"], "test": test, "path": str(run_dir)})
+        size, method, epochs = config["train"].get("ensemble", 1), config["method"], f"{done}/{config['train']['epochs']}"
+        if size > 1:
+            method += f" (ensemble of {size})"
+            epochs = f"{finished_members(run_dir, config['train']['seed'], size)}/{size} members"
+        rows.append({"started": started, "status": status, "epochs": epochs, "data": config["data"],
+                     "method": method, "test": test, "path": str(run_dir)})
     return sorted(rows, key=lambda r: datetime.fromisoformat(r["started"]), reverse=True)

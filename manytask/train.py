@@ -75,6 +75,8 @@ class TrainConfig:
                 "(the mean validation primary metric, ties broken by the loss; every task needs the same one); "
                 "auto: val_loss, as measured for every kind of task (docs/tuning-tox21.md)")
     seed: int = option(0, "seed of the initial weights, minibatch order and dropout", low=0)
+    ensemble: int = option(1, "train this many models, with seeds seed, seed+1, ..., on the same split and report "
+                              "their averaged predictions (docs/ensembles.md); not searched by tune", low=1)
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     progress: bool = option(True, "progress: a bar on a terminal, else one line per epoch on stderr")
     eval_batch_size: int = option(2048, "examples per evaluation chunk", low=1)

@@ -142,7 +142,10 @@ def plan(data: str, method: str, args: Sequence[str], out: str | Path) -> Plan:
     own = set(field_types(TuneConfig))
     cfg = apply(TuneConfig(), {k: v for k, v in kv.items() if k in own}, "tune")
     fixed = {"progress": "false", **{k: v for k, v in kv.items() if k not in own}}
-    resolve(data, method, fixed)  # a bad fixed key or value
+    if resolve(data, method, fixed).train.ensemble > 1:  # (and a bad fixed key or value)
+        raise ConfigError(f"ensemble={fixed['ensemble']}: tune trains and scores single models; tune without it, "
+                          f"then train the best keys as an ensemble: manytask train {data} {method} recipe=BEST.json "
+                          f"ensemble={fixed['ensemble']}")
     searchable = search_space(method)
     given = {k.removeprefix("method.") for k in fixed}
     for key in cfg.space:
