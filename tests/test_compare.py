@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from manytask.cli import main
+from manytask.methods.hard_sharing import HardSharingConfig
 from manytask.report import read_results
 
 
@@ -131,7 +132,7 @@ def test_compare_on_a_csv_table_with_recipes(tmp_path, capsys):
     assert config["stl"]["train"]["lr"] == 0.002  # recipe= comes after stl.recipe= on the command line
     assert config["stl"]["train"]["batch_size"] == 16 == config["hard_sharing"]["train"]["batch_size"]
     assert config["hard_sharing"]["train"]["lr"] == 0.002 and config["hard_sharing"]["method_cfg"]["widths"] == [16]
-    assert config["hard_sharing"]["method_cfg"]["dropout"] == 0.25  # the stl recipe reaches stl only
+    assert config["hard_sharing"]["method_cfg"]["dropout"] == HardSharingConfig().dropout  # the stl recipe: stl only
     records = read_results(run)
     assert {r[2] for r in records if r[4] == "rmse"} == {"y", "z"}
     assert set(values(records, "stl", "mean_diff")) == {-1}

@@ -30,8 +30,14 @@ CASES = [(m, "shared") for m in sorted(METHODS)] + [(m, "multi") for m in sorted
 STEPS, EPOCHS = 20, 10
 # Beyond the defaults, so that the pinned run exercises the loop's bookkeeping: evolving's lin schedule
 # reads tr.epoch and cfg.epochs (constant reads neither); muir changes its alignment every
-# steps_per_generation steps in after_step (default 100 > STEPS), 5 gives 4 selections.
-METHOD_OVERRIDES = {"evolving": {"schedule": "lin"}, "muir": {"steps_per_generation": 5}}
+# steps_per_generation steps in after_step (default 100 > STEPS), 5 gives 4 selections. The other keys are
+# the method defaults of the day the values were pinned, so that a new default does not move them.
+METHOD_OVERRIDES = {"evolving": {"schedule": "lin", "widths": (50,), "noise": 0.25, "t1": 10.0},
+                    "hard_sharing": {"widths": (1024, 512), "dropout": 0.25},
+                    "icnn": {"dropout": 0.25}, "muir": {"steps_per_generation": 5},
+                    "rsn2": {"widths": (128, 128), "criterion": "gradient"},
+                    "soft_order": {"width": 64, "depth": 4, "dropout": 0.2},
+                    "stl": {"widths": (512,), "dropout": 0.25}}
 
 GOLDEN = {
     ('evolving', 'shared'): 6.113956868648529,

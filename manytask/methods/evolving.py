@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -45,19 +46,22 @@ from ..weighting import SCHEDULES, Schedule
 
 @dataclass
 class EvolvingConfig:
-    widths: tuple[int, ...] = option((50,), "hidden layers = the coding layers of the DAEs (the paper's NN1..NN4: "
+    widths: tuple[int, ...] = option((60, 50), "hidden layers = the coding layers of the DAEs (the paper's NN1..NN4: "
                                      "50 / 60,50 / 70,60,50 / 80,70,60,50)", low=1, min_len=1,
                                      search=("choice", ((50,), (60, 50), (70, 60, 50), (80, 70, 60, 50))))
     activation: str = option("sigmoid", "activation of the hidden layers", choices=tuple(ACTIVATIONS))
-    noise: float = option(0.25, "masking probability p of the DAEs' corruption", low=0, high=1, high_open=True,
+    noise: float = option(0.212, "masking probability p of the DAEs' corruption", low=0, high=1, high_open=True,
                           search=("float", 0.0, 0.5))
-    schedule: str = option("constant", "loss-weight schedule of lambda_s(t) (manytask/weighting.py)",
+    schedule: str = option("lin_t1", "loss-weight schedule of lambda_s(t) (manytask/weighting.py)",
                            choices=tuple(SCHEDULES), search=("choice", tuple(SCHEDULES)))
-    t1: float = option(10.0, "stairs and lin_t1: the epoch where lambda_s reaches 1", low=0,
+    t1: float = option(40.0, "stairs and lin_t1: the epoch where lambda_s reaches 1", low=0,
                        search=("float", 1.0, 50.0))
     sigma: float = option(5.0, "exp: lambda_r(t) = exp(-t / sigma), t in epochs", low=0, low_open=True,
                           search=("log", 1.0, 50.0))
     value: float = option(0.5, "constant: the main weight lambda_s", low=0, high=1, search=("float", 0.1, 1.0))
+    # the defaults (these and the keys above) are the recipe `manytask tune tox21 evolving` chose: docs/tuning-tox21.md
+    # (t1 = the 40 epochs: the supervised weight rises until the last epoch); the digit experiments set the paper's
+    train_defaults: ClassVar[dict] = {"epochs": 40, "batch_size": 32, "lr": 4.63e-3, "weight_decay": 1e-5}
 
 
 class EvolvingNet(nn.Module):

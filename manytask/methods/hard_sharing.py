@@ -3,7 +3,8 @@
     h = trunk(encoder_g(x_g)),  y_t = head_t(h)   for task t reading input g
 
 With one input the encoder is simply the trunk's first layer; with several inputs (digits + a table)
-each input gets its own first layer into the shared width, and the rest of the trunk is shared. A graph
+each input gets its own first layer into the shared width, and the rest of the trunk is shared (with one
+width, the default 512, tasks of different inputs share nothing, and a warning says so). A graph
 input (molecules with data.encoder=dmpnn) is first encoded by a learned D-MPNN (nn/dmpnn.py, the encoder_*
 keys), shared by every task that reads it: encoder_g = first layer(dmpnn(graph)). With widths=300 and
 dropout=0 this is chemprop's default model: D-MPNN, one hidden layer of 300, a linear output per task.
@@ -11,8 +12,10 @@ Several processes (torchrun): plain data parallelism, nothing of its own.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -25,12 +28,14 @@ from ..tasks import Task, module_key
 
 @dataclass
 class HardSharingConfig(DMPNNConfig):
-    widths: tuple[int, ...] = option((1024, 512), "trunk widths; the first is each input's own first layer",
+    widths: tuple[int, ...] = option((512,), "trunk widths; the first is each input's own first layer",
                                      low=1, min_len=1,
                                      search=("choice", ((512,), (1024, 512), (2048, 1024), (512, 256, 128))))
     activation: Activation = option("relu", "activation after every hidden layer")
-    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True,
+    dropout: float = option(0.288, "dropout probability after every hidden layer", low=0, high=1, high_open=True,
                              search=("float", 0.0, 0.5))
+    # the defaults (these and the keys above) are the recipe `manytask tune tox21 hard_sharing` chose: docs/tuning-tox21.md
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 2.71e-3, "weight_decay": 1e-4}
 
 
 class HardSharing(nn.Module):
@@ -44,6 +49,10 @@ class HardSharing(nn.Module):
         self.tasks = tasks
         used = sorted({t.input for t in tasks})
         self.inputs = used
+        if len(used) > 1 and len(widths) == 1:
+            logging.getLogger("manytask").warning(
+                "hard_sharing: widths=%d is only each input's own first layer, so the tasks of the %d inputs share "
+                "nothing; give a shared layer too, e.g. widths=%d,%d", widths[0], len(used), widths[0], widths[0])
 
         def encoder(g: str) -> nn.Module:
             dmpnn = graph_encoder(g, input_shapes[g], graphs)  # None unless g is a graph input

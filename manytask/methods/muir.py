@@ -50,14 +50,16 @@ ARCHS = ("mlp", "conv", "lstm")
 class MuirConfig:
     arch: tuple[str, ...] = option((), "INPUT:ARCH pairs, ARCH one of mlp, conv, lstm; an input not named gets "
                                    "conv for (C, H, W) or (C, L), else mlp")
-    widths: tuple[int, ...] = option((64, 64), "MLP hidden widths (the conv net's dense layer: the first)", low=1)
+    widths: tuple[int, ...] = option((64, 64), "MLP hidden widths (the conv net's dense layer: the first)", low=1,
+                                     search=("choice", ((64, 64), (128, 64), (256, 128))))
     channels: tuple[int, ...] = option((16, 32), "conv channels", low=1)
     hidden: int = option(32, "LSTM hidden size", low=1)
     embed: int = option(16, "LSTM token embedding size", low=1)
     vocab: int = option(64, "LSTM token ids are 0..vocab-1 (0 = padding)", low=2)
     bias: bool = option(True, "biases in the default models")
     activation: str = option("relu", f"activation: {', '.join(ACTIVATIONS)}", choices=tuple(ACTIVATIONS))
-    dropout: float = option(0.0, "MLP dropout probability", low=0.0, high=1.0, high_open=True)
+    dropout: float = option(0.0, "MLP dropout probability", low=0.0, high=1.0, high_open=True,
+                            search=("float", 0.0, 0.5))
     block: tuple[int, ...] = option((16, 16), "block size m,n: rows and columns of a generated block", low=1, min_len=2)
     context: int = option(4, "c, the size of a block's context z_l", low=1, search=("int", 2, 8))
     challengers: int = option(1, "lambda, candidate hypermodules a location gets besides its own", low=1,

@@ -41,7 +41,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +61,7 @@ log = logging.getLogger("manytask")
 
 @dataclass
 class RSN2Config:
-    widths: tuple[int, ...] = option((128, 128), "fully connected widths; widths[0] is the first layer "
+    widths: tuple[int, ...] = option((256, 256), "fully connected widths; widths[0] is the first layer "
                                      "(one per input shape)", low=1, min_len=1,
                                      search=("choice", ((128, 128), (256, 128), (256, 256))))
     conv: tuple[int, ...] = option((), "3x3 conv channels before the FC layers (image inputs); empty = fully connected",
@@ -76,11 +76,14 @@ class RSN2Config:
                          "(0.8 / subnetworks when groups=auto groups the tasks)", low=0, high=1,
                          search=("choice", (0.0, 0.02, 0.04, 0.06)))
     criterion: Literal["gradient", "magnitude"] = option(
-        "gradient", "mask score: |gradient| of the subnetwork's loss or |weight|",
+        "magnitude", "mask score: |gradient| of the subnetwork's loss or |weight|",
         search=("choice", ("gradient", "magnitude")))
     mask_batch: int = option(512, "examples per subnetwork for the gradient criterion", low=1)
     rounds: int = option(1, "mask selection in rounds: each round every subnetwork, in turn, takes 1/rounds of "
                          "its share of each layer; 1 = the paper's Algorithm 1 (subnetwork after subnetwork)", low=1)
+    # the defaults (these and the keys above) are the recipe `manytask tune tox21 rsn2` chose: docs/tuning-tox21.md
+    # but keep: the tuned 0.06 of each layer suits 12 subnetworks only; 0 fits any number of them
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 5.34e-4, "weight_decay": 1e-5}
 
 
 def check_masks(model: nn.Module) -> None:

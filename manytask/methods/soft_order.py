@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -52,9 +52,9 @@ from ..train import Hooks
 
 @dataclass
 class SoftOrderConfig(DMPNNConfig):
-    width: int = option(64, "units of every shared layer (channels when conv=true)", low=1,
+    width: int = option(256, "units of every shared layer (channels when conv=true)", low=1,
                         search=("choice", (32, 64, 128, 256)))
-    depth: int = option(4, "D, the number of shared layers and of depths", low=1, search=("int", 1, 5))
+    depth: int = option(2, "D, the number of shared layers and of depths", low=1, search=("int", 1, 5))
     ordering: Literal["soft", "parallel", "permuted"] = option(
         "soft", "soft: learned mixing; parallel: layer k at depth k; permuted: a random order per task")
     identity: bool = option(False, "soft only: an identity candidate at every depth")
@@ -62,9 +62,11 @@ class SoftOrderConfig(DMPNNConfig):
                                   "layers and the soft mixture divided by the L2 norm of its weights (the "
                                   "soft-order recipes use it; docs/soft_order.md says why)")
     conv: bool = option(False, "3x3 convolutional layers for image inputs (C, H, W)")
-    dropout: float = option(0.2, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True,
+    dropout: float = option(0.092, "dropout after every shared layer and the encoder", low=0, high=1, high_open=True,
                              search=("float", 0.0, 0.5))
     scores_lr: float = option(0.0, "learning rate of the mixing scores s; 0: the training lr", low=0)
+    # the defaults (these and the keys above) are the recipe `manytask tune tox21 soft_order` chose: docs/tuning-tox21.md
+    train_defaults: ClassVar[dict] = {"lr": 2.27e-3, "weight_decay": 1e-5}
 
 
 class PerTask(nn.Module):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -50,16 +51,18 @@ GROUP_BYTES = 16 * 2**20
 
 @dataclass
 class STLConfig:
-    widths: tuple[int, ...] = option((512,), "hidden widths of every task's network", low=1, min_len=1,
+    widths: tuple[int, ...] = option((128,), "hidden widths of every task's network", low=1, min_len=1,
                                      search=("choice", ((128,), (256,), (512,), (256, 128))))
     activation: Activation = option("relu", "activation after every hidden layer")
-    dropout: float = option(0.25, "dropout probability after every hidden layer", low=0, high=1, high_open=True,
+    dropout: float = option(0.288, "dropout probability after every hidden layer", low=0, high=1, high_open=True,
                              search=("float", 0.0, 0.5))
     params_per_task: int = option(0, "> 0: every task gets len(widths) hidden layers of the one width that gives "
                                      "this many parameters; 0: the widths as given", low=0)
     max_params: int = option(32_000_000, "cap on the parameters of all tasks' networks together: above it every "
-                                         "hidden width is scaled down by one common factor (ToxCast's 617 tasks "
-                                         "at widths=512: width 25); 0: no cap", low=0)
+                                         "hidden width is scaled down by one common factor (ToxCast's 617 tasks: "
+                                         "width 25); 0: no cap", low=0)
+    # the defaults (these and the keys above) are the recipe `manytask tune tox21 stl` chose: docs/tuning-tox21.md
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 2.71e-3, "weight_decay": 1e-4}
 
 
 class SingleTaskNets(nn.Module):

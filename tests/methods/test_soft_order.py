@@ -121,7 +121,7 @@ def test_permutations_come_from_the_seed_and_differ_between_tasks():
 
     def order(seed):
         torch.manual_seed(seed)
-        return build(tasks, {"x": (12,)}, SoftOrderConfig(ordering="permuted")).order
+        return build(tasks, {"x": (12,)}, SoftOrderConfig(ordering="permuted", depth=4)).order
 
     a, b = order(3), order(3)
     assert torch.equal(a, b)
@@ -135,7 +135,7 @@ def test_mixing_starts_uniform_and_distance_measures_disagreement():
     soft = built(data, depth=4)
     torch.testing.assert_close(soft.mixing(), torch.full((3, 4, 4), 0.25))
     assert ordering_distance(soft.mixing().detach().numpy()) == 0.0
-    assert ordering_distance(built(data, ordering="parallel").mixing().numpy()) == 0.0
+    assert ordering_distance(built(data, ordering="parallel", depth=4).mixing().numpy()) == 0.0
     perm = built(data, ordering="permuted", depth=4)
     o = perm.order.numpy()
     differ = np.mean([(o[a] != o[b]).mean() for a in range(3) for b in range(a + 1, 3)])
@@ -181,7 +181,8 @@ def test_conv_variant_trains_on_images_and_matches_its_equation():
 
 def test_learned_orderings_differ_between_tasks(tmp_path):
     spec = resolve("digit_pairs", "soft_order", {"data.tasks": "3", "data.n_train": "20", "epochs": "10",
-                                                 "patience": "0", "lr": "0.01", "progress": "false", "width": "16"})
+                                                 "patience": "0", "lr": "0.01", "progress": "false", "width": "16",
+                                                 "depth": "4"})
     run = train_run(spec, out=tmp_path, name="run", echo=False)
     mix = run.model.mixing().detach().numpy()  # (3, 4, 4)
     assert not np.allclose(mix, 0.25, atol=1e-3)  # moved away from uniform
@@ -256,7 +257,8 @@ def depth_spread(d: int, ordering: str, preserve_scale: bool, seed: int) -> tupl
     from manytask.tasks import Task
     torch.manual_seed(seed)
     tasks = [Task(f"t{i}", "binary") for i in range(3)]
-    model = build(tasks, {"x": (d,)}, SoftOrderConfig(ordering=ordering, preserve_scale=preserve_scale, dropout=0.0))
+    model = build(tasks, {"x": (d,)}, SoftOrderConfig(ordering=ordering, preserve_scale=preserve_scale, width=64, depth=4,
+                                                      dropout=0.0))
     x = torch.rand(256, d) * (torch.rand(256, d) < 0.3)  # digit-like: non-negative, mostly dark
     with torch.no_grad():
         h, _ = model.eval().encode(x)
