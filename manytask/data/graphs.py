@@ -9,7 +9,7 @@ offsets of each molecule. With data.descriptors=true every molecule also gets RD
 standard deviation.
 
 GraphRows holds n molecules; x[index] gives a GraphBatch (a chemprop BatchMolGraph and the descriptors of
-those rows) that .to(device) moves, as PackedRows gives float32 rows. The shape of one example is
+those rows) that .to(device) moves, as PackedRows gives float32 rows; batch[mask] keeps some molecules. The shape of one example is
 ("graph", atom features, bond features, descriptors): what a method reads to build a graph encoder
 (graph_dims); a method that cannot take graphs must refuse it.
 """
@@ -165,6 +165,27 @@ class GraphBatch:
     @property
     def device(self) -> torch.device:
         return self.graph.V.device
+
+    def __getitem__(self, keep: torch.Tensor) -> "GraphBatch":
+        """The molecules where the bool mask keep (k,) is true, in their order: their atoms and edges,
+        renumbered (as a method selects the labelled rows of a batch, x[labelled])."""
+        g = keep.to(self.graph.V.device)
+        if g.dtype != torch.bool or g.shape != (len(self),):
+            raise ValueError(f"a GraphBatch of {len(self)} molecules takes a bool mask ({len(self)},), "
+                             f"got {g.dtype} {tuple(g.shape)}")
+        if not bool(g.any()):
+            raise IndexError("a batch of graphs needs at least one molecule")
+        old = self.graph
+        atoms = g[old.batch]  # (atoms,) kept atoms
+        edges = atoms[old.edge_index[0]]  # (edges,) kept edges: those of kept molecules
+        atom_id, edge_id, mol_id = (m.long().cumsum(0) - 1 for m in (atoms, edges, g))  # new numbers
+        graph = copy.copy(old)
+        graph.V, graph.E = old.V[atoms], old.E[edges]
+        graph.edge_index = atom_id[old.edge_index[:, edges]]
+        graph.rev_edge_index = edge_id[old.rev_edge_index[edges]]
+        graph.batch = mol_id[old.batch[atoms]]
+        object.__setattr__(graph, "_BatchMolGraph__size", int(g.sum()))  # len(graph): chemprop's private count
+        return GraphBatch(graph, self.descriptors[g.to(self.descriptors.device)])
 
     def to(self, device, non_blocking: bool = False) -> "GraphBatch":
         graph = copy.copy(self.graph)  # BatchMolGraph.to moves in place: move a copy

@@ -76,7 +76,7 @@ class FingerprintConfig:
     cache: bool = option(True, "keep the fingerprints (or graphs) in the cache directory")
     encoder: Literal["fingerprint", "dmpnn"] = option(
         "fingerprint", "molecule input: Morgan fingerprints, or graphs (chemprop's featuriser) that a method "
-                       "encodes with a learned D-MPNN (hard_sharing, soft_order; its encoder_* keys)")
+                       "encodes with a learned D-MPNN (hard_sharing, soft_order, icnn, stl, evolving; its encoder_* keys)")
     descriptors: bool = option(False, "dmpnn only: add RDKit's 2D descriptors of each molecule to the graph, "
                                       "standardised with the training split's mean and deviation")
 

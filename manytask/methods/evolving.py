@@ -22,6 +22,16 @@ Belharbi, Hérault, Chatelain & Adam, "Deep multi-task learning with evolving we
 - The paper trains with plain SGD (lr 0.01); with Adam, lambda only rescales a gradient that Adam
   normalises away, so use optimizer=sgd for the paper's schedules to mean what they say.
 
+A molecule graph input (data.encoder=dmpnn): a learned D-MPNN (nn/dmpnn.py, the encoder_* keys) comes
+first, x_0 = dmpnn(graph) (batch, encoder_hidden [+ standardised descriptors with data.descriptors=true]),
+and M and the DAEs work on x_0 as on a fingerprint. So DAE 1 reconstructs the D-MPNN's embedding (with the
+descriptors when it has them), taken as a constant like every x_{k-1}: J_r trains no encoder weight, J_s
+trains the encoder. This is the same rule as for every layer ("the representation entering layer k"), and
+it keeps J_r from pulling the encoder towards an embedding that is trivially reconstructed (a constant).
+The target moves as J_s trains the encoder, so J_r can grow while J_s falls. Reconstructing the
+descriptors alone was not chosen: they exist only with data.descriptors=true, and layer 1 reads
+[embedding, descriptors], so they would be only part of its input.
+
 The default schedule is `constant` with value 0.5 (the static weighting of Eq. 3): both steps are taken
 from the first minibatch. The paper's schedules are schedule=stairs|lin|lin_t1|exp with t1 and sigma in
 epochs (see manytask/weighting.py).
@@ -37,6 +47,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
+from ..nn.dmpnn import DMPNN, DMPNNConfig, graph_encoder, standardise_descriptors
 from ..nn.mlp import ACTIVATIONS, activation
 from ..registry import register_method
 from ..tasks import Task, module_key
@@ -45,7 +56,7 @@ from ..weighting import SCHEDULES, Schedule
 
 
 @dataclass
-class EvolvingConfig:
+class EvolvingConfig(DMPNNConfig):
     widths: tuple[int, ...] = option((60, 50), "hidden layers = the coding layers of the DAEs (the paper's NN1..NN4: "
                                      "50 / 60,50 / 70,60,50 / 80,70,60,50)", low=1, min_len=1,
                                      search=("choice", ((50,), (60, 50), (70, 60, 50), (80, 70, 60, 50))))
@@ -65,11 +76,15 @@ class EvolvingConfig:
 
 
 class EvolvingNet(nn.Module):
-    """forward(x) -> {task: (batch, task.outputs)}; x is (batch, *shape), flattened to (batch, d0)."""
+    """forward(x) -> {task: (batch, task.outputs)}; x is (batch, *shape), flattened to (batch, d0), or with
+    `encoder` (a DMPNN, out_dim = in_dim) a GraphBatch of `batch` molecules that it encodes to (batch, d0)."""
 
     def __init__(self, tasks: list[Task], in_dim: int, widths: tuple[int, ...], act: str = "sigmoid",
-                 noise: float = 0.25):
+                 noise: float = 0.25, encoder: DMPNN | None = None):
         super().__init__()
+        if encoder is not None and encoder.out_dim != in_dim:
+            raise ValueError(f"in_dim={in_dim}, but the encoder gives {encoder.out_dim} features")
+        self.encoder = encoder
         dims = (in_dim, *widths)
         self.tasks, self.noise = tasks, noise
         self.act = activation(act)
@@ -80,7 +95,7 @@ class EvolvingNet(nn.Module):
 
     def representations(self, x: torch.Tensor) -> list[torch.Tensor]:
         """[x_0 (batch, d0), x_1 (batch, widths[0]), ..., x_K (batch, widths[-1])]."""
-        reps = [x.reshape(x.shape[0], -1)]  # (batch, d0)
+        reps = [x.reshape(x.shape[0], -1) if self.encoder is None else self.encoder(x)]  # (batch, d0)
         for layer in self.layers:
             reps.append(self.act(layer(reps[-1])))
         return reps
@@ -98,7 +113,7 @@ class EvolvingNet(nn.Module):
         summed over units and averaged over the batch's rows."""
         with torch.no_grad():
             reps = self.representations(x)  # inputs and targets of the DAEs, constants
-        total = x.new_zeros(())
+        total = reps[0].new_zeros(())
         for k, (enc, dec) in enumerate(zip(self.layers, self.decoders)):
             target = reps[k]  # (batch, d_{k}) the representation entering layer k+1
             code = self.act(enc(self.corrupt(target)))  # (batch, d_{k+1})
@@ -124,6 +139,7 @@ class EvolvingHooks(Hooks):
         self.last_weights = (math.nan, math.nan)
 
     def before_training(self, trainer: Trainer) -> None:
+        standardise_descriptors(trainer.model, trainer.data)  # a D-MPNN's descriptors: the training split's
         # the schedule's length is the run's: lin ends at the last epoch of this training
         self.schedule = dataclasses.replace(self.schedule, epochs=trainer.cfg.epochs)
 
@@ -151,7 +167,9 @@ class EvolvingHooks(Hooks):
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: EvolvingConfig):
     if len(input_shapes) != 1 or len({t.input for t in tasks}) != 1:
         raise ConfigError(f"evolving needs one input shared by every task, got inputs {sorted(input_shapes)}")
-    (shape,) = input_shapes.values()
-    model = EvolvingNet(tasks, math.prod(shape), tuple(cfg.widths), cfg.activation, cfg.noise)
+    ((name, shape),) = input_shapes.items()
+    encoder = graph_encoder(name, shape, cfg)  # a D-MPNN for a graph input, else None
+    model = EvolvingNet(tasks, encoder.out_dim if encoder else math.prod(shape), tuple(cfg.widths), cfg.activation,
+                        cfg.noise, encoder)
     # the schedule's epochs are set from the run's training config in before_training
     return model, EvolvingHooks(Schedule(cfg.schedule, t1=cfg.t1, sigma=cfg.sigma, value=cfg.value))

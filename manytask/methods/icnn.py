@@ -30,6 +30,14 @@ tasks on N * w0 is kept within max_units (20,000): above it every width is scale
 w -> max(1, floor(w * max_units / (N * w0))), which gives widths=32,16 for ToxCast's 617 tasks (docs/icnn.md
 has the measured peak memory); up to 156 tasks the default widths are unchanged.
 
+A molecule graph input (data.encoder=dmpnn) is first encoded by ONE learned D-MPNN (nn/dmpnn.py, the
+encoder_* keys) below the subnetworks: x = dmpnn(graph), (batch, encoder_hidden [+ descriptors]), and the
+subnetworks read x as they read a fingerprint. Gradient isolation starts above the encoder: every task's
+loss trains the encoder, as it trains hard sharing's trunk, and isolation holds for everything from the
+first layer up. Ramabaja (2018) isolates the task-specific layers over a shared input; a D-MPNN inside each
+isolated subnetwork would multiply the encoder (its parameters and its message passing) N times, which is
+single-task learning's cost (stl with data.encoder=dmpnn builds exactly that).
+
 (*) every subnetwork's input layer is the same x, so connectors from the input would only add a second
 copy of the root weight (W(1,i) x + sum_k W(1,k->i) x = (sum of them) x); the first layer has roots only.
 
@@ -54,6 +62,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
+from ..nn.dmpnn import DMPNN, DMPNNConfig, graph_encoder, needs_descriptor_stats, standardise_descriptors
 from ..nn.interconnected import InterLayer, connector_l1, connector_matrices, interlayers, random_sources, top_sources
 from ..nn.mlp import Activation, activation, mlp_params
 from ..registry import register_method
@@ -70,7 +79,7 @@ HEATMAP_UP_TO = 64  # more tasks: no connectors.png (report.heatmap's figure gro
 
 
 @dataclass
-class ICNNConfig:
+class ICNNConfig(DMPNNConfig):
     widths: tuple[int, ...] = option((128, 64), "units per subnetwork; the second and later widths are inter-layers "
                                      "(scaled down at many tasks, see max_units)", low=1, min_len=2,
                                      search=("choice", ((64, 32), (128, 64), (256, 128))))
@@ -97,14 +106,19 @@ class ICNNConfig:
 
 
 class ICNN(nn.Module):
-    """forward(x: (batch, *shape)) -> {task: (batch, task.outputs)}; every task reads the same input."""
+    """forward(x: (batch, *shape)) -> {task: (batch, task.outputs)}; every task reads the same input.
+    encoder: a DMPNN for a graph input (x a GraphBatch of `batch` molecules), shared by every subnetwork and
+    outside the isolation; in_dim is then its out_dim."""
 
     def __init__(self, tasks: list[Task], in_dim: int, widths: tuple[int, ...], act: str = "relu",
                  dropout: float = 0.0, isolate: bool = True, targets: list[int] | None = None,
-                 connectors: int | None = None):
+                 connectors: int | None = None, encoder: DMPNN | None = None):
         super().__init__()
         self.tasks, self.widths = tasks, tuple(widths)
         N = len(tasks)
+        if encoder is not None and encoder.out_dim != in_dim:
+            raise ValueError(f"in_dim={in_dim}, but the encoder gives {encoder.out_dim} features")
+        self.encoder = encoder
         self.first = nn.Linear(in_dim, N * widths[0])  # N root weights from the shared input, side by side
         self.inter = nn.ModuleList(InterLayer(N, a, b, isolate, targets, connectors)
                                    for a, b in zip(widths[:-1], widths[1:]))
@@ -113,7 +127,7 @@ class ICNN(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(widths[-1], t.outputs) for t in tasks)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = x.flatten(1)  # (batch, d)
+        x = x.flatten(1) if self.encoder is None else self.encoder(x)  # (batch, d)
         a = self.drop(self.act(self.first(x))).reshape(x.shape[0], len(self.tasks), self.widths[0])  # (batch, N, w0)
         for layer in self.inter:
             a = self.drop(self.act(layer(a)))  # (batch, N, w_j)
@@ -130,16 +144,20 @@ class ICNN(nn.Module):
     def root_params_per_subnetwork(self, task: int = 0) -> int:
         """Root weights and biases of one subnetwork (first layer, inter-layer roots, head): the size of
         the thesis's NN2 STL network."""
-        d = self.first.in_features
+        d = self.first.in_features  # with a graph input: the shared encoder's out_dim (the encoder not counted)
         return mlp_params(d, self.widths, self.tasks[task].outputs)
 
 
 class ConnectorL1(Hooks):
     """The loss is the mean task loss plus lam * sum |connector weights| (nn/interconnected.connector_l1);
-    the logged train loss therefore includes the penalty."""
+    the logged train loss therefore includes the penalty. Before training, a graph encoder that takes
+    descriptors standardises them with the training split (nn.dmpnn.standardise_descriptors)."""
 
     def __init__(self, lam: float):
         self.lam = lam
+
+    def before_training(self, trainer) -> None:
+        standardise_descriptors(trainer.model, trainer.data)
 
     def loss(self, trainer, out, y) -> torch.Tensor:
         if self.lam == 0:
@@ -173,6 +191,7 @@ class SourceRule(ConnectorL1):
         self.rule, self.dense_twin, self.learn_epochs = rule, dense_twin, learn_epochs
 
     def before_training(self, trainer) -> None:
+        super().before_training(trainer)
         layers = interlayers(trainer.model)
         N, k = layers[0].n_tasks, layers[0].sources.shape[1]
         names = [t.name for t in trainer.model.tasks]
@@ -230,15 +249,19 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNN
     widths = capped_widths(tuple(cfg.widths), N, cfg.max_units)
 
     def make(connectors: int | None) -> ICNN:
-        return ICNN(tasks, math.prod(input_shapes[inputs[0]]), widths, cfg.activation, cfg.dropout,
-                    cfg.isolate, targets, connectors)
+        shape = input_shapes[inputs[0]]
+        encoder = graph_encoder(inputs[0], shape, cfg)  # a D-MPNN for a graph input, else None
+        return ICNN(tasks, encoder.out_dim if encoder else math.prod(shape), widths, cfg.activation, cfg.dropout,
+                    cfg.isolate, targets, connectors, encoder)
     try:
         model = make(k)
     except ValueError as e:  # e.g. targets= with a single task: no other subnetwork to connect from
         raise ConfigError(str(e)) from None
     if k is not None:
         return model, SourceRule(cfg.connector_l1, cfg.sources, lambda: make(None), cfg.learn_epochs)
-    return (model, ConnectorL1(cfg.connector_l1)) if cfg.connector_l1 > 0 else model
+    if cfg.connector_l1 > 0 or needs_descriptor_stats(model):
+        return model, ConnectorL1(cfg.connector_l1)
+    return model
 
 
 def strongest_sources(model: nn.Module, task_names: list[str], k: int = AUTO_CONNECTORS) -> dict[str, dict[str, float]]:

@@ -23,10 +23,18 @@ factor, the largest that keeps the total within the cap (widths at least 1). At 
 2048-bit fingerprints) the cap is reached beyond 30 tasks: Tox21 (12), SIDER (27) and MUV (17) keep width
 512, ToxCast's 617 assays get width 25 each. max_params=0 turns the cap off.
 
+Molecule graphs (data.encoder=dmpnn): single-task networks share nothing, so every task gets its own
+learned D-MPNN (nn/dmpnn.py, the encoder_* keys) below its own MLP: y_t = mlp_t(dmpnn_t(graph)), plain
+modules (SingleTaskGraphNets), not the batched path above, which stays the path of every other input. That
+is N encoders: N times the encoder's parameters (0.23 M each at encoder_hidden=300) and N message passings
+per step where hard_sharing and icnn run one. A build says so in one line; above GRAPH_ENCODERS_UP_TO tasks it
+is a ConfigError naming the alternatives (one shared D-MPNN, or fingerprints).
+
 Several processes (torchrun): plain data parallelism; every network's gradients are averaged by DDP.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -35,7 +43,9 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
+from ..data.graphs import graph_dims
 from ..nn.batched import BatchedMLP, shared_input
+from ..nn.dmpnn import DMPNNConfig, graph_encoder, standardise_descriptors
 from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
 from ..tasks import Task, module_key, stacked_mean_loss
@@ -47,10 +57,13 @@ from ..train import Hooks, Trainer
 # page-faulted in every step: `benchmarks/stl.py --sizes 100 --phases --group-mib 1000` (one 128 MB weight)
 # measured an Adam step of 385 ms, 77 ms with the default 16 MiB groups (one thread).
 GROUP_BYTES = 16 * 2**20
+GRAPH_ENCODERS_UP_TO = 32  # data.encoder=dmpnn: one D-MPNN per task; more tasks are refused (see the docstring)
+
+log = logging.getLogger("manytask")
 
 
 @dataclass
-class STLConfig:
+class STLConfig(DMPNNConfig):
     widths: tuple[int, ...] = option((128,), "hidden widths of every task's network", low=1, min_len=1,
                                      search=("choice", ((128,), (256,), (512,), (256, 128))))
     activation: Activation = option("relu", "activation after every hidden layer")
@@ -182,22 +195,69 @@ def capped_widths(widths: dict[str, tuple[int, ...]], in_dims: dict[str, int], o
     return scaled(lo)
 
 
+class SingleTaskGraphNets(nn.Module):
+    """N independent networks, one per task, for inputs that include molecule graphs: a task reading a
+    graph input has its own D-MPNN, nets[task] = Sequential(dmpnn_t, mlp(dmpnn_t.out_dim, widths, outputs));
+    a task reading any other input has mlp(d, widths, outputs) alone.
+
+    forward(x) -> {task: (batch, task.outputs)}; x is a GraphBatch or {input: GraphBatch or (batch, *shape)}.
+    """
+
+    def __init__(self, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], widths: dict[str, tuple[int, ...]],
+                 act: str, dropout: float, graphs: DMPNNConfig):
+        super().__init__()
+        self.tasks = tasks
+
+        def net(t: Task) -> nn.Sequential:
+            encoder = graph_encoder(t.input, input_shapes[t.input], graphs)  # a new D-MPNN, or None
+            if encoder is None:
+                return mlp(math.prod(input_shapes[t.input]), widths[t.name], act, dropout, out_dim=t.outputs)
+            return nn.Sequential(encoder, mlp(encoder.out_dim, widths[t.name], act, dropout, out_dim=t.outputs))
+        self.nets = nn.ModuleDict({module_key(t.name): net(t) for t in tasks})
+
+    def forward(self, x):
+        return {t.name: self.nets[module_key(t.name)](t.select(x)) for t in self.tasks}
+
+
 class STLHooks(Hooks):
     """The default training step, with the loss of all tasks in a few stacked operations
-    (tasks.stacked_mean_loss) instead of several operations per task."""
+    (tasks.stacked_mean_loss) instead of several operations per task. Before training, every task's
+    D-MPNN that takes descriptors standardises them with the training split."""
+
+    def before_training(self, trainer: Trainer) -> None:
+        standardise_descriptors(trainer.model, trainer.data)
 
     def loss(self, trainer: Trainer, out, y: dict[str, torch.Tensor]) -> torch.Tensor:
         return stacked_mean_loss(trainer.tasks, out, y, trainer.batch_weights)
 
 
-@register_method("stl", STLConfig, "single-task baseline: one independent MLP per task")
+@register_method("stl", STLConfig, "single-task baseline: one independent MLP per task (and D-MPNN for graphs)")
 def build_method(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
-                 cfg: STLConfig) -> tuple[SingleTaskNets, STLHooks]:
+                 cfg: STLConfig) -> tuple[SingleTaskNets | SingleTaskGraphNets, STLHooks]:
     return build(tasks, input_shapes, cfg), STLHooks()
 
 
-def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: STLConfig) -> SingleTaskNets:
-    in_dims = {t.name: math.prod(input_shapes[t.input]) for t in tasks}
+def check_graph_encoders(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: DMPNNConfig) -> None:
+    """One line on what the per-task D-MPNNs cost; a ConfigError above GRAPH_ENCODERS_UP_TO of them."""
+    graph_tasks = [t for t in tasks if graph_dims(input_shapes[t.input]) is not None]
+    n = len(graph_tasks)
+    with torch.random.fork_rng(devices=[]):  # one encoder built to count its parameters, the random stream kept
+        size = sum(p.numel() for p in graph_encoder(graph_tasks[0].input, input_shapes[graph_tasks[0].input],
+                                                    cfg).parameters())
+    cost = f"{n} D-MPNN encoders, one per task ({n * size / 1e6:.2f} M parameters, {n} message passings per step)"
+    if n > GRAPH_ENCODERS_UP_TO:
+        raise ConfigError(f"stl with data.encoder=dmpnn: {cost}, above the {GRAPH_ENCODERS_UP_TO} it builds; use "
+                          "hard_sharing or icnn (one shared D-MPNN), or data.encoder=fingerprint")
+    log.warning("stl: %s; hard_sharing and icnn share one", cost)
+
+
+def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
+          cfg: STLConfig) -> SingleTaskNets | SingleTaskGraphNets:
+    graphs = {t.input: graph_dims(input_shapes[t.input]) for t in tasks}  # GraphDims of a graph input, else None
+    if any(graphs.values()):
+        check_graph_encoders(tasks, input_shapes, cfg)
+    in_dims = {t.name: cfg.encoder_hidden + graphs[t.input].descriptors if graphs[t.input]
+               else math.prod(input_shapes[t.input]) for t in tasks}  # the input of each task's MLP
     widths = {}
     for t in tasks:
         if cfg.params_per_task > 0:
@@ -206,4 +266,6 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: STLC
         else:
             widths[t.name] = tuple(cfg.widths)
     widths = capped_widths(widths, in_dims, {t.name: t.outputs for t in tasks}, cfg.max_params)
+    if any(graphs.values()):
+        return SingleTaskGraphNets(tasks, input_shapes, widths, cfg.activation, cfg.dropout, cfg)
     return SingleTaskNets(tasks, input_shapes, widths, cfg.activation, cfg.dropout)

@@ -97,14 +97,27 @@ def needs_descriptor_stats(model: nn.Module) -> bool:
     return any(isinstance(m, DMPNN) and m.dims.descriptors for m in model.modules())
 
 
+def standardise_descriptors(model: nn.Module, data) -> None:
+    """Every DMPNN of `model` that takes descriptors standardises them with the training rows of its input
+    (data.train.inputs[input_name].descriptors); nothing for a model without one."""
+    for module in model.modules():
+        if isinstance(module, DMPNN) and module.dims.descriptors:
+            module.set_descriptor_stats(data.train.inputs[module.input_name].descriptors)
+
+
 class DescriptorStats(Hooks):
-    """Before training, every DMPNN of the model that takes descriptors standardises them with the training
-    rows of its input (data.train.inputs[input_name].descriptors)."""
+    """Before training: standardise_descriptors(trainer.model, trainer.data). A method with hooks of its own
+    calls standardise_descriptors in its before_training instead."""
 
     def before_training(self, trainer) -> None:
-        for module in trainer.model.modules():
-            if isinstance(module, DMPNN) and module.dims.descriptors:
-                module.set_descriptor_stats(trainer.data.train.inputs[module.input_name].descriptors)
+        standardise_descriptors(trainer.model, trainer.data)
+
+
+def graph_methods() -> list[str]:
+    """The registered methods that take graph inputs: those whose config inherits DMPNNConfig."""
+    from ..registry import METHODS, load_all
+    load_all()
+    return sorted(name for name, entry in METHODS.items() if entry.config and issubclass(entry.config, DMPNNConfig))
 
 
 def check_graph_method(method: str, config: type, input_shapes: dict) -> None:
@@ -113,4 +126,4 @@ def check_graph_method(method: str, config: type, input_shapes: dict) -> None:
     graphs = [g for g, shape in input_shapes.items() if graph_dims(shape) is not None]
     if graphs and not issubclass(config, DMPNNConfig):
         raise ConfigError(f"method {method} cannot take molecule graphs (data.encoder=dmpnn); use "
-                          "data.encoder=fingerprint, or a method with a D-MPNN encoder: hard_sharing, soft_order")
+                          f"data.encoder=fingerprint, or a method with a D-MPNN encoder: {', '.join(graph_methods())}")

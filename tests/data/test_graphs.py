@@ -42,7 +42,8 @@ def test_graphs_are_chemprops_molgraphs_and_invalid_smiles_are_dropped(csv_file,
         np.testing.assert_array_equal(g.rev_edge_index, ref.rev_edge_index)
 
 
-def test_graphs_are_cached_and_read_back_without_featurising(csv_file, monkeypatch):
+def test_graphs_are_cached_and_read_back_without_featurising(csv_file, monkeypatch, tmp_path):
+    monkeypatch.setenv("MANYTASK_CACHE", str(tmp_path / "cache"))  # empty: other tests may have cached this file
     first = load_dataset("moleculenet", path=str(csv_file), encoder="dmpnn", workers=1)
     (entry,) = cache_dir().glob("graphs-*.npz")
     assert f"-v{graphs.FORMAT}.npz" in entry.name

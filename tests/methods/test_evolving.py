@@ -14,7 +14,7 @@ from manytask.data.base import MultiTaskData, Split, hide_labels
 from manytask.methods.evolving import EvolvingConfig, EvolvingNet, build
 from manytask.runs import RunSpec, create_model
 from manytask.runs import build as build_run
-from manytask.tasks import Task
+from manytask.tasks import Task, mean_loss
 from manytask.train import Hooks, TrainConfig, Trainer
 
 from ..conftest import tiny_multi
@@ -283,3 +283,60 @@ def test_two_inputs_are_refused():
     data = tiny_multi()
     with pytest.raises(ConfigError, match="one input"):
         build(data.tasks, data.input_shapes, EvolvingConfig())
+
+
+GRAPH_SMILES = ["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN", "c1ccncc1", "OCC(O)CO"]
+
+
+def test_graph_input_dae_1_reconstructs_the_dmpnn_embedding_as_a_constant():
+    """data.encoder=dmpnn: x_0 is the D-MPNN's embedding; DAE 1 reconstructs it (Eq. 5 written out with
+    x_0 = encoder(x)), and J_r gives the encoder no gradient while J_s does."""
+    from manytask.data.graphs import GraphRows, featurize_graphs
+    torch.manual_seed(0)
+    rows = GraphRows(featurize_graphs(GRAPH_SMILES), torch.randn(len(GRAPH_SMILES), 3).numpy())
+    model, _ = create_model("evolving", [Task("a", "binary"), Task("b", "binary")], {"x": ("graph", 72, 14, 3)},
+                            widths=(6, 5), noise=0.0, encoder_hidden=8)
+    x = rows[torch.arange(len(GRAPH_SMILES))]
+    assert model.encoder.out_dim == 8 + 3 and model.layers[0].in_features == 11
+    j_r = model.reconstruction_loss(x)
+    with torch.no_grad():
+        x0 = model.encoder(x)  # (6, 11): the embedding and the standardised descriptors
+        x1 = torch.sigmoid(model.layers[0](x0))
+        x2 = torch.sigmoid(model.layers[1](x1))
+        expected = sum((dec(torch.sigmoid(enc(t))) - t).pow(2).sum(1).mean()
+                       for enc, dec, t in zip(model.layers, model.decoders, (x0, x1)))
+    assert torch.allclose(j_r, expected) and x2.shape == (6, 5)
+    j_r.backward()
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert model.layers[0].weight.grad is not None and model.decoders[0].weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    sum(o.sum() for o in model(x).values()).backward()
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in model.encoder.parameters())
+
+
+def test_graph_input_selects_the_labelled_molecules_and_trains(mols):
+    """Algorithm 1 on molecule graphs: J_s is computed on the labelled molecules of a batch (x[labelled] of a
+    GraphBatch), the encoder and the coding layers change, and the supervised loss goes down (J_r need
+    not: its target, the embedding, moves and grows as J_s trains the encoder)."""
+    from manytask import load_dataset
+    data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", workers=1)
+    data.train.labels["A"][::3] = float("nan")
+    data.train.labels["B"][::3] = float("nan")  # every third molecule unlabelled: only the J_r step sees it
+    torch.manual_seed(0)
+    spec = RunSpec("moleculenet", "evolving", None,
+                   EvolvingConfig(widths=(16,), activation="relu", noise=0.1, schedule="constant", value=0.5,
+                                  encoder_hidden=32),
+                   TrainConfig(epochs=20, batch_size=16, patience=0, progress=False, lr=1e-2, device="cpu"))
+    model, hooks = build_run(spec, data)
+    x, y = data.train.inputs["x"][torch.arange(len(data.train.inputs["x"]))], data.train.labels
+
+    def supervised_loss():  # J_s on the whole training split
+        model.eval()
+        with torch.no_grad():
+            return float(mean_loss(data.tasks, model(x), y))
+    before, j_s = copy.deepcopy(model.state_dict()), supervised_loss()
+    Trainer(model, data, spec.train, hooks).fit()
+    assert supervised_loss() < 0.85 * j_s, (j_s, supervised_loss())
+    after = model.state_dict()
+    for key in ("encoder.message_passing.W_h.weight", "layers.0.weight", "decoders.0.weight"):
+        assert not torch.equal(before[key], after[key]), key

@@ -58,10 +58,17 @@ def test_task_loss_updates_only_its_subnetwork_end_to_end(task):
     model = ICNN(tasks(N), d, w)
     out = model(torch.randn(6, d))
     out[f"t{task}"].pow(2).sum().backward()
-    first = model.first.weight.grad.reshape(N, w[0], d)  # (N, w0, d)
+    assert_gradient_only_in_subnetwork(model, task)
+
+
+def assert_gradient_only_in_subnetwork(model: ICNN, task: int) -> None:
+    """After a backward of task `task`'s output alone: subnetwork `task`'s first layer, biases, weights into
+    it and head all have a nonzero gradient, every other subnetwork's none."""
+    N, w0 = len(model.tasks), model.widths[0]
+    first = model.first.weight.grad.reshape(N, w0, -1)  # (N, w0, d)
     for k in range(N):
         own = k == task
-        grads = [first[k], model.first.bias.grad.reshape(N, w[0])[k]]
+        grads = [first[k], model.first.bias.grad.reshape(N, w0)[k]]
         for lay in model.inter:
             grads += [lay.weight.grad[k], lay.bias.grad[k]]  # everything INTO subnetwork k (N_dst first)
         head = model.heads[k].weight.grad
@@ -327,3 +334,52 @@ def test_built_model_follows_max_units():
     model = build(tasks, {"x": (16,)}, ICNNConfig(widths=(128, 64)))
     model = model[0] if isinstance(model, tuple) else model
     assert model.widths == (100, 50)  # 20,000 / (200 * 128) = 0.78
+
+
+GRAPH = {"x": ("graph", 72, 14, 0)}  # a molecule graph input (data.encoder=dmpnn), no descriptors
+
+
+def test_graph_input_one_shared_encoder_trained_by_every_task_isolation_above_it():
+    """data.encoder=dmpnn: one D-MPNN below the subnetworks; each task's loss reaches the whole encoder,
+    and above it only its own subnetwork (the isolation of the fingerprint model)."""
+    from manytask.data.graphs import GraphRows, featurize_graphs
+    from manytask.nn.dmpnn import DMPNN
+    from manytask.runs import create_model
+    torch.manual_seed(0)
+    model, _ = create_model("icnn", tasks(3), GRAPH, widths=(5, 4, 3), dropout=0.0, encoder_hidden=16)
+    encoders = [m for m in model.modules() if isinstance(m, DMPNN)]
+    assert encoders == [model.encoder] and model.first.in_features == 16
+    x = GraphRows(featurize_graphs(["CCO", "c1ccccc1O", "CCN", "c1ccncc1", "OCC(O)CO", "CC(=O)O"]))[torch.arange(6)]
+    for task in range(3):
+        model.zero_grad(set_to_none=True)
+        model(x)[f"t{task}"].pow(2).sum().backward()
+        assert_gradient_only_in_subnetwork(model, task)
+        assert all(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in model.encoder.parameters())
+
+
+def test_icnn_trains_on_molecule_graphs(mols):
+    from manytask import load_dataset
+    data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", workers=1)
+    torch.manual_seed(0)
+    spec = RunSpec("moleculenet", "icnn", None, ICNNConfig(widths=(16, 8), dropout=0.0, encoder_hidden=32),
+                   TrainConfig(epochs=20, batch_size=16, patience=0, progress=False, lr=1e-2, device="cpu"))
+    model, hooks = build_run(spec, data)
+    before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    losses = [row["train_loss"] for row in Trainer(model, data, spec.train, hooks).fit().history]
+    assert losses[-1] < 0.9 * losses[0], losses
+    assert all(not torch.equal(before[k], v) for k, v in model.encoder.state_dict().items() if k in dict(
+        model.encoder.named_parameters()))
+
+
+def test_graph_input_with_descriptors_standardises_them_and_keeps_sparse_sources(mols):
+    """With descriptors, the hooks (ConnectorL1, or SourceRule for sparse connectors) fill the encoder's
+    descriptor statistics from the training split before training."""
+    from manytask import load_dataset
+    data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", descriptors=True, workers=1)
+    for cfg in (ICNNConfig(widths=(4, 4), encoder_hidden=8), ICNNConfig(widths=(4, 4), encoder_hidden=8, connectors=1)):
+        torch.manual_seed(0)
+        spec = RunSpec("moleculenet", "icnn", None, cfg, TrainConfig(epochs=1, progress=False, device="cpu"))
+        model, hooks = build_run(spec, data)
+        assert isinstance(hooks, ConnectorL1)
+        Trainer(model, data, spec.train, hooks).fit()
+        assert torch.count_nonzero(model.encoder.descriptor_mean) > 0

@@ -12,7 +12,7 @@ import torch
 
 from manytask.config import ConfigError
 from manytask.data.graphs import GraphDims, GraphRows, featurize_graphs
-from manytask.nn.dmpnn import DMPNN, DMPNNConfig, check_graph_method
+from manytask.nn.dmpnn import DMPNN, DMPNNConfig, check_graph_method, graph_methods
 from manytask.runs import create_model, evaluate_run
 from manytask.tasks import Task
 
@@ -35,6 +35,20 @@ def test_forward_shapes_and_options(rows):
     assert torch.allclose(enc(x)[2], one[0], atol=1e-6)  # a molecule's vector does not depend on its batch
     with pytest.raises(ValueError, match="aggregation"):
         DMPNN(GraphDims(72, 14, 0), aggregation="max")
+
+
+def test_a_mask_keeps_molecules_of_a_batch(rows):
+    """GraphBatch[mask] (a method's x[labelled]) is the batch of those rows, atoms and edges renumbered."""
+    x = rows[torch.arange(len(SMILES))]
+    keep = torch.tensor([False, True, True, False, True, False, True, True])
+    sub, ref = x[keep], rows[keep]
+    assert len(sub) == 5 and sub.shape == ref.shape
+    for field in ("V", "E", "edge_index", "rev_edge_index", "batch"):
+        assert torch.equal(getattr(sub.graph, field), getattr(ref.graph, field)), field
+    enc = DMPNN(GraphDims(72, 14, 0), hidden=8).eval()
+    assert torch.allclose(enc(sub), enc(x)[keep], atol=1e-6)
+    with pytest.raises(ValueError, match="bool mask"):
+        x[torch.tensor([0, 1])]
 
 
 def test_encoder_is_chemprops_mpnn_fingerprint_and_hard_sharing_its_model(rows):
@@ -76,7 +90,7 @@ def test_descriptors_are_standardised_with_the_training_statistics():
     assert "descriptor_mean" in enc.state_dict()  # saved with the weights: predictions use the same statistics
 
 
-@pytest.mark.parametrize("method", ["hard_sharing", "soft_order"])
+@pytest.mark.parametrize("method", ["hard_sharing", "soft_order", "icnn", "evolving"])
 def test_graph_methods_train_every_parameter(rows, method):
     torch.manual_seed(0)
     tasks = [Task("a", "binary"), Task("b", "regression")]
@@ -91,13 +105,72 @@ def test_graph_methods_train_every_parameter(rows, method):
 def test_only_methods_with_the_encoder_keys_take_graphs():
     from manytask.registry import get_method
     graph = {"x": ("graph", 72, 14, 0)}
-    check_graph_method("hard_sharing", get_method("hard_sharing").config, graph)
-    check_graph_method("soft_order", get_method("soft_order").config, graph)
-    check_graph_method("stl", get_method("stl").config, {"x": (2048,)})
-    for name in ("stl", "icnn", "rsn2", "muir", "evolving"):
+    takers = ["evolving", "hard_sharing", "icnn", "soft_order", "stl"]
+    for name in takers:
+        check_graph_method(name, get_method(name).config, graph)
+    check_graph_method("rsn2", get_method("rsn2").config, {"x": (2048,)})
+    assert set(takers) <= set(graph_methods()) and not {"rsn2", "muir"} & set(graph_methods())
+    for name in ("rsn2", "muir"):
         assert not issubclass(get_method(name).config, DMPNNConfig)
-        with pytest.raises(ConfigError, match=f"method {name} cannot take molecule graphs"):
+        with pytest.raises(ConfigError, match=f"method {name} cannot take molecule graphs") as e:
             check_graph_method(name, get_method(name).config, graph)
+        assert str(e.value).endswith(", ".join(graph_methods()))  # the message lists the methods that take them
+
+
+def test_stl_gives_every_task_its_own_encoder_and_shares_nothing(rows):
+    """stl on a graph input: one D-MPNN per task; task a's loss leaves task b's encoder and MLP without
+    gradient, and an optimizer step on it leaves them unchanged."""
+    from manytask.methods.stl import SingleTaskGraphNets, SingleTaskNets
+    torch.manual_seed(0)
+    tasks = [Task("a", "binary"), Task("b", "regression"), Task("c", "binary")]
+    model, _ = create_model("stl", tasks, {"x": ("graph", 72, 14, 0)}, widths=(8,), encoder_hidden=16, dropout=0.0)
+    assert isinstance(model, SingleTaskGraphNets)
+    encoders = [m for m in model.modules() if isinstance(m, DMPNN)]
+    assert len(encoders) == 3 and len({id(p) for m in encoders for p in m.parameters()}) == 3 * len(
+        list(encoders[0].parameters()))
+    x = rows[torch.arange(len(SMILES))]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(x)["a"].pow(2).sum().backward()
+    for key, net in model.nets.items():
+        grads = [p.grad for p in net.parameters()]
+        assert all(g is not None and torch.count_nonzero(g) > 0 for g in grads) if key == "a" else \
+            all(g is None for g in grads), key
+    opt.step()
+    changed = {k.split(".")[1] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"a"}
+    fingerprint, _ = create_model("stl", tasks, {"x": (64,)}, widths=(8,))
+    assert isinstance(fingerprint, SingleTaskNets)  # the batched path of other inputs is unchanged
+    mixed, _ = create_model("stl", [Task("a", "binary", input="g"), Task("b", "binary", input="t")],
+                            {"g": ("graph", 72, 14, 0), "t": (5,)}, widths=(8,), encoder_hidden=16)
+    out = mixed({"g": x, "t": torch.randn(len(SMILES), 5)})  # a graph task and a table task side by side
+    assert out["a"].shape == out["b"].shape == (len(SMILES), 1)
+    assert len([m for m in mixed.nets["b"].modules() if isinstance(m, DMPNN)]) == 0
+
+
+def test_stl_trains_on_graphs_and_refuses_too_many_encoders(mols, caplog):
+    from manytask import load_dataset
+    from manytask.methods.stl import GRAPH_ENCODERS_UP_TO
+    from manytask.tasks import mean_loss
+    from manytask.train import TrainConfig, Trainer
+    data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", workers=1)
+    torch.manual_seed(0)
+    model, hooks = create_model("stl", data.tasks, data.input_shapes, widths=(16,), dropout=0.0, encoder_hidden=32)
+    assert "stl: 2 D-MPNN encoders, one per task" in caplog.text  # the cost, said at build time
+    x, y = data.train.inputs["x"][torch.arange(len(data.train.inputs["x"]))], data.train.labels
+
+    def loss():
+        model.eval()
+        with torch.no_grad():
+            return float(mean_loss(data.tasks, model(x), y))
+    start = loss()
+    Trainer(model, data, TrainConfig(epochs=20, batch_size=16, lr=1e-2, patience=0, progress=False, device="cpu"),
+            hooks).fit()
+    assert loss() < 0.8 * start, (start, loss())
+    many = [Task(f"t{i}", "binary") for i in range(GRAPH_ENCODERS_UP_TO + 1)]
+    with pytest.raises(ConfigError, match=f"stl with data.encoder=dmpnn: {len(many)} D-MPNN encoders.*use "
+                                          "hard_sharing or icnn"):
+        create_model("stl", many, {"x": ("graph", 72, 14, 0)})
 
 
 def cli(*args, cwd):
@@ -121,7 +194,7 @@ def test_train_a_dmpnn_run_from_the_command_line_and_evaluate_it(tmp_path, mols)
 
 
 def test_a_method_without_the_encoder_keys_refuses_graphs_in_one_line(tmp_path, mols):
-    r = cli("train", "moleculenet", "stl", f"data.path={mols}", "data.encoder=dmpnn", "epochs=1", "--out", "runs",
+    r = cli("train", "moleculenet", "muir", f"data.path={mols}", "data.encoder=dmpnn", "epochs=1", "--out", "runs",
             cwd=tmp_path)
     errors = [line for line in r.stderr.splitlines() if "error" in line]
     assert r.returncode == 2 and len(errors) == 1 and "cannot take molecule graphs" in errors[0]
