@@ -70,7 +70,7 @@ def test_ensemble_averages_the_members_predictions(tmp_path):
         torch.testing.assert_close(t.predict(out[t.name]), mean, atol=1e-6, rtol=0)
         expected = task_metrics(t, mean.numpy(), data.test.labels[t.name].numpy())
         got = {k: v for k, v in saved["splits"]["test"][t.name].items() if k != "loss"}
-        assert got == pytest.approx(expected, abs=1e-6, nan_ok=True)
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-6, nan_ok=True)  # float32 sums
     bin_task = data.tasks[0]
     mean_p = torch.stack([bin_task.predict(o[bin_task.name]) for o in member_outs]).mean(0).double()
     y = data.test.labels[bin_task.name]
@@ -200,13 +200,13 @@ def test_compare_passes_ensemble_to_one_contender(tmp_path, mols):
 
 @pytest.mark.slow
 def test_tox21_hard_sharing_ensemble_of_5_figure(tmp_path):
-    """docs/ensembles.md: `manytask train tox21 hard_sharing seed=0 ensemble=5` -> mean test ROC-AUC 0.821,
-    its members' 0.816 on average (about 5 minutes on 2 cores)."""
+    """docs/ensembles.md: `manytask train tox21 hard_sharing seed=0 ensemble=5` -> mean test ROC-AUC 0.835,
+    its members' 0.825 on average (about 5 minutes on 2 cores)."""
     result = runs.train_run(runs.resolve("tox21", "hard_sharing", {"seed": "0", "ensemble": "5", "progress": "false"}),
                             out=tmp_path, echo=False)
     members = [m["mean_test"]["auc"] for m in result.summary["ensemble"]["members"]]
-    assert result.summary["mean"]["test"]["auc"] == pytest.approx(0.8206, abs=5e-4)
-    assert np.mean(members) == pytest.approx(0.816, abs=5e-4) and result.summary["mean"]["test"]["auc"] > max(members)
+    assert result.summary["mean"]["test"]["auc"] == pytest.approx(0.8353, abs=5e-4)
+    assert np.mean(members) == pytest.approx(0.8248, abs=5e-4) and result.summary["mean"]["test"]["auc"] > max(members)
 
 
 def test_an_ensemble_under_torchrun_is_refused_before_anything_is_written(tmp_path, mols, monkeypatch):
