@@ -3,16 +3,20 @@ against N x the step time of ONE task's network (an nn.Module mlp(), as the per-
 N such modules in one ModuleDict (the per-task layout itself), all measured in this run.
 
     .venv/bin/python benchmarks/stl.py [--sizes 12,100,617] [--in-dim 2048] [--batch 128] [--density 0.05]
-                                       [--reps 3] [--threads 1] [--group-mib 16] [--phases]
+                                       [--widths 256,128] [--dropout 0.4] [--reps 3] [--threads 1]
+                                       [--group-mib 16]
+                                       [--contenders dense,stl,unfused,modules] [--phases]
                                        [--densities 0.01,0.05,0.1,0.2,0.4]
 
 A step is what Trainer does per minibatch: forward, the loss over the N binary tasks (labels 0/1, 10% missing),
-zero_grad, backward and an Adam step, in training mode with the default dropout. Widths are stl's defaults at
-each N: widths=512 capped by max_params (32 M parameters in all), so N=12 keeps 512 and larger N get narrower
-networks. Inputs are 0/1 fingerprint-like rows with --density ones (default 5%; a minibatch of the `scale`
-data set's 2048-bit radius-2 Morgan fingerprints has about 1.4%, and at such densities many weight rows of the
-first layer get no gradient in a step). The contenders, each with make_optimizer's Adam (the default
-TrainConfig) unless said otherwise:
+zero_grad, backward and an Adam step, in training mode with stl's dropout. Widths are stl's at each N: its
+widths (the default, or --widths) capped by max_params (32 M parameters in all), so small N keep them and
+larger N get narrower networks (617 tasks: width 25 from widths 128 or 512; 25,12 from 256,128). --widths and --dropout
+replace stl's defaults for every contender, the one-network reference included (always the network stl
+builds for one task at that N). Inputs are 0/1 fingerprint-like rows with --density ones (default 5%; a
+minibatch of the `scale` data set's 2048-bit radius-2 Morgan fingerprints has about 1.4%, and at such
+densities many weight rows of the first layer get no gradient in a step). The contenders, each with
+make_optimizer's Adam (the default TrainConfig) unless said otherwise:
 
     one       one task's mlp() module, tasks.mean_loss: its step time times N is the reference
     dense     stl's model with every first layer a grouped GEMM (nn.batched.SPARSE_DENSITY = 0: no SparseRows)
@@ -21,6 +25,8 @@ TrainConfig) unless said otherwise:
               SPARSE_DENSITY ones), STLHooks' loss (tasks.stacked_mean_loss), make_optimizer's fused Adam
     unfused   stl with torch.optim.Adam(fused=False), the Adam make_optimizer used before
     modules   N mlp() modules in one ModuleDict (the per-task layout), tasks.mean_loss
+
+--contenders times only those named (one is always timed).
 
 Times are CPU time (time.process_time) of this single-threaded process per step, best of --reps blocks of
 consecutive steps (>= 0.3 s each, so one small network runs warm as when trained alone) after a warm-up block,
@@ -155,10 +161,14 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--in-dim", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--density", type=float, default=0.05, help="fraction of ones in the inputs")
+    ap.add_argument("--widths", default="", help="stl's hidden widths, e.g. 256,128 (default: stl's default)")
+    ap.add_argument("--dropout", type=float, default=None, help="stl's dropout (default: stl's default)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--group-mib", type=float, default=stl.GROUP_BYTES / 2**20,
                     help="stl's GROUP_BYTES in MiB: largest stacked weight of one batched group")
+    ap.add_argument("--contenders", default="dense,stl,unfused,modules",
+                    help="which of dense, stl, unfused, modules to time against N x one")
     ap.add_argument("--phases", action="store_true", help="also print forward/loss/backward/optimizer times")
     ap.add_argument("--densities", default="", help="input densities at which to time the first layer gathered "
                                                      "against the GEMM (every N), e.g. 0.01,0.05,0.1,0.2,0.4")
@@ -167,13 +177,20 @@ def main(argv=None) -> list[dict]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, D, cfg = args.batch, args.in_dim, STLConfig()
+    if args.widths:
+        cfg.widths = tuple(int(w) for w in args.widths.split(","))
+    if args.dropout is not None:
+        cfg.dropout = args.dropout
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, {D} inputs ({args.density:g} ones), "
-          f"stl defaults (widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
+          f"stl (widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
           f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB, SPARSE_DENSITY={nn_batched.SPARSE_DENSITY}), "
           f"CPU time per step, best of {args.reps} blocks after a warm-up block, allocator tuned: {ALLOCATOR}")
-    names = ("dense", "stl", "unfused", "modules")
+    names = [n for n in args.contenders.split(",") if n]
+    if not names or set(names) - {"dense", "stl", "unfused", "modules"}:
+        ap.error(f"--contenders: a comma-separated subset of dense,stl,unfused,modules, got {args.contenders!r}")
     head = (f"{'N':>4} {'width':>6} {'params':>11} {'one ms':>7} {'N x one':>8} "
-            + " ".join(f"{n + ' ms':>10} {'ratio':>6}" for n in names) + f" {'one GF/s':>9} {'stl GF/s':>9}")
+            + " ".join(f"{n + ' ms':>10} {'ratio':>6}" for n in names) + f" {'one GF/s':>9}"
+            + (f" {'stl GF/s':>9}" if "stl" in names else ""))
     print(head)
     print("-" * len(head))
     rows = []
@@ -182,13 +199,11 @@ def main(argv=None) -> list[dict]:
         model = build(tasks, {"x": (D,)}, cfg)
         widths = model.widths[tasks[0].name]
         one = PerTaskModules(tasks[:1], D, widths, cfg)
-        modules = PerTaskModules(tasks, D, widths, cfg)
-        fns = [step_fn(one, tasks[:1], x, y),
-               at_density(step_fn(model, tasks, x, y), 0.0),
-               step_fn(model, tasks, x, y, stacked_mean_loss),
-               step_fn(model, tasks, x, y, stacked_mean_loss, unfused_adam),
-               step_fn(modules, tasks, x, y)]
-        t_one, *ts = timeit(fns, args.reps)
+        steps = {"dense": lambda: at_density(step_fn(model, tasks, x, y), 0.0),
+                 "stl": lambda: step_fn(model, tasks, x, y, stacked_mean_loss),
+                 "unfused": lambda: step_fn(model, tasks, x, y, stacked_mean_loss, unfused_adam),
+                 "modules": lambda: step_fn(PerTaskModules(tasks, D, widths, cfg), tasks, x, y)}
+        t_one, *ts = timeit([step_fn(one, tasks[:1], x, y)] + [steps[n]() for n in names], args.reps)
         flops = gemm_flops(B, (D, *widths, 1))
         row = {"N": N, "width": widths, "params": sum(p.numel() for p in model.parameters()), "one_s": t_one,
                **{f"{n}_s": t for n, t in zip(names, ts)}, **{f"{n}_ratio": t / (N * t_one) for n, t in zip(names, ts)}}
@@ -196,7 +211,8 @@ def main(argv=None) -> list[dict]:
         print(f"{N:>4} {','.join(map(str, widths)):>6} {row['params']:>11,} {1e3 * t_one:>7.2f} "
               f"{1e3 * N * t_one:>8.1f} "
               + " ".join(f"{1e3 * t:>10.1f} {t / (N * t_one):>6.3f}" for t in ts)
-              + f" {flops / t_one / 1e9:>9.1f} {N * flops / ts[1] / 1e9:>9.1f}")
+              + f" {flops / t_one / 1e9:>9.1f}"
+              + (f" {N * flops / ts[names.index('stl')] / 1e9:>9.1f}" if "stl" in names else ""))
         if args.phases:
             for name, density, loss_fn, opt in (("dense", 0.0, mean_loss, make_optimizer),
                                                 ("stl", nn_batched.SPARSE_DENSITY, stacked_mean_loss, make_optimizer),
@@ -205,7 +221,7 @@ def main(argv=None) -> list[dict]:
                     fwd, loss, bwd, step = (1e3 * t for t in phases(model, tasks, x, y, args.reps, loss_fn, opt))
                 print(f"     {name:<6} forward {fwd:.1f} ms, loss {loss:.1f} ms, backward {bwd:.1f} ms, "
                       f"optimizer step {step:.1f} ms")
-        del model, one, modules
+        del model, one, steps
     for N in map(int, args.sizes.split(",")) if args.densities else ():
         print(f"\nstl's step (N={N}) with the first layer gathered (SPARSE_DENSITY=1) or the GEMM (0), "
               "by input density")

@@ -127,12 +127,45 @@ def mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[str, torc
     return total / len(tasks)
 
 
+def _flat_rows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.stack([t.reshape(-1) for t in tensors]), (T, numel). A run of consecutive rows of one tensor, in
+    order (its unbind, as a batched model's per-task outputs are), is read as that tensor's slice: no copy
+    per row, and in the backward one step into that tensor instead of one per row. A tensor counts as row j
+    only when it is exactly base[j] (a view of the same memory, shape, strides and dtype whose gradient
+    flows to base)."""
+    parts, i = [], 0
+    while i < len(tensors):
+        t, base = tensors[i], tensors[i]._base
+        j, run = _row_of(t, base), 1
+        if j is not None:  # the rows after it: the same checks, each against the first
+            shape, stride, offset, grad = t.shape, t.stride(), t.storage_offset(), t.requires_grad
+            for u in tensors[i + 1:i + base.shape[0] - j]:
+                if not (u._base is base and u.storage_offset() == offset + run * base.stride(0) and u.shape == shape
+                        and u.stride() == stride and u.requires_grad == grad and (not grad or u.grad_fn is not None)):
+                    break
+                run += 1
+        parts.append(t.reshape(1, -1) if j is None else base[j:j + run].reshape(run, -1))
+        i += run
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def _row_of(t: torch.Tensor, base: torch.Tensor | None) -> int | None:
+    """j where t is base[j] (a view of base's row j, not a leaf detached from it), else None."""
+    if (base is None or base.dim() != t.dim() + 1 or base.shape[1:] != t.shape or base.stride()[1:] != t.stride()
+            or base.dtype != t.dtype or base.requires_grad != t.requires_grad or (t.requires_grad and t.grad_fn is None)
+            or base.stride(0) == 0):
+        return None
+    j, rest = divmod(t.storage_offset() - base.storage_offset(), base.stride(0))
+    return j if rest == 0 and 0 <= j < base.shape[0] else None
+
+
 def stacked_mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
                       weights: dict[str, float] | None = None) -> torch.Tensor:
     """mean_loss (same arguments, same value up to float rounding) in a few operations for many tasks: the
     binary tasks, and the regression tasks, whose labels have one length are stacked into (tasks, n) outputs
     and model targets (Task.model_target), with one masked loss whose mean over each task's labelled rows
-    is that task's loss (0 without labels, as Task.loss). Multiclass tasks keep Task.loss."""
+    is that task's loss (0 without labels, as Task.loss). Multiclass tasks keep Task.loss. Outputs that are
+    consecutive rows of one tensor (a batched model's (tasks, n, 1) output, unbound) are read as its slices."""
     weights, total, bunches = weights or {}, 0.0, {}
     for t in tasks:
         if t.kind == "multiclass":
@@ -140,7 +173,7 @@ def stacked_mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[s
         else:
             bunches.setdefault((t.kind, y[t.name].shape[0]), []).append(t)
     for (kind, _), ts in bunches.items():
-        pred = torch.stack([out[t.name].reshape(-1) for t in ts])  # (T, n)
+        pred = _flat_rows([out[t.name] for t in ts])  # (T, n)
         target = torch.stack([t.model_target(y[t.name]) for t in ts])  # (T, n), NaN where missing
         known = ~torch.isnan(target)
         pred, target = torch.where(known, pred, 0.0), torch.where(known, target, 0.0)  # no gradient where missing

@@ -109,16 +109,20 @@ class SingleTaskNets(nn.Module):
         self.register_load_state_dict_pre_hook(_from_per_task_layout)
 
     def _masks(self, x) -> list[list[torch.Tensor]]:
-        """Dropout multipliers per group and hidden layer, (n, batch, width), drawn task by task and layer by
-        layer as N mlp() modules run one after the other would draw them (bernoulli(1-p) / (1-p))."""
+        """Dropout multipliers per group and hidden layer, (n, batch, width): bernoulli(1-p) / (1-p), the values
+        N mlp() modules run one after the other would draw, task by task and layer by layer, in one draw for
+        all tasks (on the CPU, torch.rand in float64 below 1-p is bernoulli_(1-p) draw for draw)."""
         keep = 1 - self.dropout
-        masks = [[ts[0].select(x).new_empty(len(ts), ts[0].select(x).shape[0], w) for w in self.widths[ts[0].name]]
-                 for ts in self.members]
-        for t in self.tasks:
-            g, j = self.place[t.name]
-            for m in masks[g]:
-                m[j].bernoulli_(keep)
-        return [[m.div_(keep) for m in ms] for ms in masks]
+        shapes = {t.name: (t.select(x).shape[0], self.widths[t.name]) for t in self.tasks}  # task -> batch, widths
+        sizes = [b * sum(ws) for b, ws in shapes.values()]
+        device = self.tasks[0].select(x).device
+        kept = dict(zip(shapes, (torch.rand(sum(sizes), dtype=torch.float64, device=device) < keep).split(sizes)))
+        masks = []
+        for ts in self.members:
+            b, ws = shapes[ts[0].name]
+            rows = torch.stack([kept[t.name] for t in ts]).to(ts[0].select(x).dtype).div_(keep)  # (n, b * sum(ws))
+            masks.append([m.view(len(ts), b, w) for m, w in zip(rows.split([b * w for w in ws], 1), ws)])
+        return masks
 
     def forward(self, x):
         masks = self._masks(x) if self.training and self.dropout > 0 else [None] * len(self.groups)

@@ -98,17 +98,20 @@ def shared_input(x: torch.Tensor) -> torch.Tensor | SparseRows:
     return x
 
 
-class _SparseMatmul(torch.autograd.Function):
-    """(weight (n, in, out), SparseRows of x (batch, in)) -> x @ weight[i] for every i, (n, batch, out)."""
+class _SparseLinear(torch.autograd.Function):
+    """(weight (n, in, out), bias (n, out), SparseRows of x (batch, in)) -> x @ weight[i] + bias[i] for every
+    i, (n, batch, out): the bias added in place to the gathered rows, its gradient the sum over the batch."""
 
     @staticmethod
-    def forward(ctx, weight, sparse):
+    def forward(ctx, weight, bias, sparse):
         ctx.sparse = sparse
-        return sparse.gather("row", weight)
+        return sparse.gather("row", weight).add_(bias.unsqueeze(1))
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.sparse.gather("col", grad.contiguous()), None
+        grad = grad.contiguous()
+        weight_grad, bias_grad = ctx.needs_input_grad[:2]
+        return ctx.sparse.gather("col", grad) if weight_grad else None, grad.sum(1) if bias_grad else None, None
 
 
 class BatchedLinear(nn.Module):
@@ -145,7 +148,7 @@ class BatchedLinear(nn.Module):
                              f"{self.in_features}) or ({self.n}, batch, {self.in_features}), got {shape}")
         x = shared_input(x) if isinstance(x, torch.Tensor) and x.dim() == 2 else x
         if isinstance(x, SparseRows):
-            return _SparseMatmul.apply(self.weight, x) + self.bias.unsqueeze(1)  # (n, batch, out)
+            return _SparseLinear.apply(self.weight, self.bias, x)  # (n, batch, out)
         if x.dim() == 2:  # (n, batch, in): stride-0 view of one column-major copy, read fast by the weight gradient
             x = x.t().contiguous().expand(self.n, -1, -1).transpose(1, 2)  # bmm: 1.6x faster than x.expand (617x2048x25)
         elif self.out_features == 1:  # n matrix-vector products: a multiply and a sum, faster than bmm both ways
@@ -163,9 +166,10 @@ class BatchedMLP(nn.Module):
     forward(x, masks=None): x (batch, in_dim) shared by all n networks (or shared_input's SparseRows of
     it), or (n, batch, in_dim) ->
     (n, batch, out_dim or widths[-1]). masks: None, or one multiplier (n, batch, width) per hidden layer
-    that replaces dropout (already scaled, e.g. bernoulli(1-p) / (1-p)); without masks, training applies
-    dropout elementwise, so every network gets its own independent mask. reset=False leaves the weights
-    uninitialised (for a caller that calls reset_task in its own order).
+    that replaces dropout (already scaled, e.g. bernoulli(1-p) / (1-p)); without masks, training draws
+    that multiplier for all n networks at once, one (n, batch, width) draw per layer, so every network gets
+    its own independent mask (the same distribution as F.dropout's, not its random stream). reset=False
+    leaves the weights uninitialised (for a caller that calls reset_task in its own order).
     """
 
     def __init__(self, n: int, in_dim: int, widths: tuple[int, ...], act: str = "relu", dropout: float = 0.0,
@@ -204,6 +208,7 @@ class BatchedMLP(nn.Module):
                 h = self.act(h)
                 if masks is not None:
                     h = h * masks[j]
-                elif self.training and self.dropout > 0:
-                    h = F.dropout(h, self.dropout, True)
+                elif self.training and self.dropout > 0:  # F.dropout's multiplier, bernoulli(1-p) / (1-p), as
+                    keep = 1 - self.dropout  # rand < 1-p: on the CPU 3x faster than F.dropout's bernoulli_
+                    h = h * torch.rand_like(h).lt_(keep).div_(keep)
         return h

@@ -1,6 +1,7 @@
 """nn/batched.py: n independent networks as one batched computation equal n separate nn.Linear / mlp()
 modules (same initial weights from a seed, same outputs), also through SparseRows for a mostly-zero input
-(same outputs and gradients as the GEMM), and stay independent (gradients, dropout)."""
+(same outputs and gradients as the GEMM), and stay independent (gradients, dropout). Their outputs, unbound
+per task, go into tasks.stacked_mean_loss as slices of the stacked output."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,7 @@ from torch import nn
 from manytask.nn import batched
 from manytask.nn.batched import BatchedLinear, BatchedMLP
 from manytask.nn.mlp import mlp, mlp_params
+from manytask.tasks import Task, mean_loss, stacked_mean_loss
 
 N, D, WIDTHS, OUT, B = 4, 10, (7, 5), 2, 6
 
@@ -107,6 +109,63 @@ def test_dropout_is_independent_per_network():
     assert all(torch.equal(out[0], out[i]) for i in range(1, N))
 
 
+def test_dropout_without_masks_keeps_1_minus_p_scaled():
+    """Without masks, training multiplies every hidden unit by 0 or 1/(1-p), kept with probability 1-p: with
+    zero weights and bias 1 the hidden output is the multiplier itself."""
+    net = BatchedMLP(N, D, (64,), "relu", dropout=0.4)
+    with torch.no_grad():
+        net.layers[0].weight.zero_()
+        net.layers[0].bias.fill_(1.0)
+    mult = net(torch.randn(500, D))  # (N, 500, 64)
+    kept = mult != 0
+    assert torch.equal(mult[kept], torch.full_like(mult[kept], 1 / 0.6))
+    assert abs(float(kept.float().mean()) - 0.6) < 0.01  # 128,000 draws: 7 standard deviations
+
+
+def graph_nodes(t: torch.Tensor) -> set[str]:
+    """Names of the autograd nodes behind t."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo.extend(f for f, _ in node.next_functions)
+    return {type(node).__name__ for node in seen}
+
+
+def test_stacked_loss_reads_unbound_outputs_as_slices():
+    """Per-task outputs that are a batched output's rows (unbind, in task order) go into stacked_mean_loss
+    as slices of it: no per-row stack or unbind in the graph; the value and the gradients are mean_loss's.
+    Rows out of order, rows of another tensor and a copy are stacked as before, with the same result."""
+    tasks = [Task(f"t{i}", "binary") for i in range(N)] + [Task("r", "regression", shift=1.0, scale=2.0)]
+    net = BatchedMLP(N + 1, D, WIDTHS, "relu", out_dim=1)
+    x = torch.randn(B, D)
+    y = {t.name: torch.randint(0, 2, (B,)).float().masked_fill(torch.rand(B) < 0.3, float("nan")) for t in tasks}
+    y["r"] = torch.randn(B)
+    weights = {"t1": 2.0, "r": 0.5}
+    orders = {"in order": list(range(N + 1)), "mixed": [1, 0, 2, 3, 4]}
+    for name, order in orders.items():
+        results = []
+        for fn in (mean_loss, stacked_mean_loss):
+            net.zero_grad()
+            rows = net(x).unbind(0)  # (B, 1) each
+            out = {t.name: rows[j] for t, j in zip(tasks, order)}
+            if name == "mixed":
+                out["t2"], out["t3"] = net(x).unbind(0)[2], out["t3"].clone()  # another forward's row, a copy
+            loss = fn(tasks, out, y, weights)
+            loss.backward()
+            results.append((loss, [p.grad.clone() for p in net.parameters()]))
+        (want, want_grads), (got, got_grads) = results
+        assert abs(float(got.detach()) - float(want.detach())) <= 1e-6 * abs(float(want.detach()))
+        for g, w in zip(got_grads, want_grads, strict=True):
+            assert_close(g, w, atol=1e-7)
+        nodes = graph_nodes(got)
+        if name == "in order":
+            assert not nodes & {"StackBackward0", "UnbindBackward0", "CatBackward0"}, nodes
+        else:
+            assert "StackBackward0" in nodes or "CatBackward0" in nodes
+
+
 def test_parameter_count_is_n_networks():
     net = BatchedMLP(N, D, WIDTHS, out_dim=OUT)
     assert sum(p.numel() for p in net.parameters()) == N * mlp_params(D, WIDTHS, OUT) == N * net.params_per_network()
@@ -140,14 +199,15 @@ def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values,
     """A mostly-zero shared input goes through SparseRows (gathered rows, in chunks of networks when
     SPARSE_CHUNK is small); outputs and every gradient match the dense GEMM's and the separate modules'."""
     monkeypatch.setattr(batched, "SPARSE_CHUNK", chunk)
-    monkeypatch.setattr(batched, "SPARSE_DENSITY", 0.2)
-    x = sparse_input(0.15, values)
-    assert isinstance(batched.shared_input(x), batched.SparseRows)
+    monkeypatch.setattr(batched, "SPARSE_DENSITY", 0.5)
+    x = sparse_input(0.3, values)
+    rows = batched.shared_input(x)
+    assert isinstance(rows, batched.SparseRows) and rows.nnz >= D
     refs = reference(seed=2)
     torch.manual_seed(2)
     net = BatchedMLP(N, D, WIDTHS, "tanh", out_dim=OUT)
     results = []
-    for density in (0.2, 0.0):  # SparseRows, then the GEMM
+    for density in (0.5, 0.0):  # SparseRows, then the GEMM
         monkeypatch.setattr(batched, "SPARSE_DENSITY", density)
         net.zero_grad()
         out = net(x)
@@ -159,6 +219,20 @@ def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values,
     assert_close(sparse, dense)
     for g, d in zip(grads, dense_grads, strict=True):
         assert_close(g, d, atol=1e-5)
+
+
+def test_sparse_layer_with_a_frozen_weight():
+    """A gathered first layer whose weight takes no gradient still gives its bias the GEMM's gradient."""
+    x = sparse_input(0.1)
+    lin = BatchedLinear(N, D, 3)
+    lin.weight.requires_grad_(False)
+    grads = []
+    for rows in (batched.SparseRows(x), x.expand(N, -1, -1)):
+        lin.bias.grad = None
+        lin(rows).square().sum().backward()
+        grads.append(lin.bias.grad)
+    assert lin.weight.grad is None
+    assert_close(grads[0], grads[1], atol=1e-5)
 
 
 def test_sparse_rows_serve_layers_of_any_width():
