@@ -340,3 +340,13 @@ def test_graph_input_selects_the_labelled_molecules_and_trains(mols):
     after = model.state_dict()
     for key in ("encoder.message_passing.W_h.weight", "layers.0.weight", "decoders.0.weight"):
         assert not torch.equal(before[key], after[key]), key
+
+
+def test_graph_input_normalises_the_embedding_that_dae_1_reconstructs():
+    """With a graph input the D-MPNN's molecule vectors are batch-normalised by default (the target of DAE 1;
+    unnormalised it grew without bound on Tox21); the key still turns it off."""
+    shapes, tasks = {"x": ("graph", 72, 14, 3)}, [Task("a", "binary")]
+    model, _ = create_model("evolving", tasks, shapes, encoder_hidden=8)
+    assert isinstance(model.encoder.batch_norm, torch.nn.BatchNorm1d)
+    model, _ = create_model("evolving", tasks, shapes, encoder_hidden=8, encoder_batch_norm=False)
+    assert isinstance(model.encoder.batch_norm, torch.nn.Identity)
