@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
-from ..nn.dmpnn import DMPNN, DMPNNConfig, graph_encoder, standardise_descriptors
+from ..nn.dmpnn import DMPNN, DMPNNConfig, encoded_input, standardise_descriptors
 from ..nn.mlp import ACTIVATIONS, activation
 from ..registry import register_method
 from ..tasks import Task, module_key
@@ -172,8 +172,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Evol
     if len(input_shapes) != 1 or len({t.input for t in tasks}) != 1:
         raise ConfigError(f"evolving needs one input shared by every task, got inputs {sorted(input_shapes)}")
     ((name, shape),) = input_shapes.items()
-    encoder = graph_encoder(name, shape, cfg)  # a D-MPNN for a graph input, else None
-    model = EvolvingNet(tasks, encoder.out_dim if encoder else math.prod(shape), tuple(cfg.widths), cfg.activation,
-                        cfg.noise, encoder)
+    encoder, in_dim = encoded_input(name, shape, cfg)  # a D-MPNN for a graph input, else None
+    model = EvolvingNet(tasks, in_dim, tuple(cfg.widths), cfg.activation, cfg.noise, encoder)
     # the schedule's epochs are set from the run's training config in before_training
     return model, EvolvingHooks(Schedule(cfg.schedule, t1=cfg.t1, sigma=cfg.sigma, value=cfg.value))

@@ -13,14 +13,13 @@ Several processes (torchrun): plain data parallelism, nothing of its own.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
 from ..config import option
-from ..nn.dmpnn import DescriptorStats, DMPNNConfig, graph_encoder, needs_descriptor_stats
+from ..nn.dmpnn import DescriptorStats, DMPNNConfig, needs_descriptor_stats, with_encoder
 from ..nn.mlp import Activation, mlp
 from ..registry import register_method
 from ..tasks import Task, module_key
@@ -54,13 +53,9 @@ class HardSharing(nn.Module):
                 "hard_sharing: widths=%d is only each input's own first layer, so the tasks of the %d inputs share "
                 "nothing; give a shared layer too, e.g. widths=%d,%d", widths[0], len(used), widths[0], widths[0])
 
-        def encoder(g: str) -> nn.Module:
-            dmpnn = graph_encoder(g, input_shapes[g], graphs)  # None unless g is a graph input
-            if dmpnn is None:
-                return mlp(math.prod(input_shapes[g]), widths[:1], act, dropout)
-            return nn.Sequential(dmpnn, mlp(dmpnn.out_dim, widths[:1], act, dropout))
-
-        self.encoders = nn.ModuleDict({module_key(g): encoder(g) for g in used})
+        self.encoders = nn.ModuleDict({module_key(g): with_encoder(g, input_shapes[g], graphs,
+                                                                   lambda d: mlp(d, widths[:1], act, dropout))
+                                       for g in used})
         self.trunk = mlp(widths[0], widths[1:], act, dropout)
         self.heads = nn.ModuleDict({module_key(t.name): nn.Linear(widths[-1], t.outputs) for t in tasks})
 

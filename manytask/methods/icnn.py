@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
-from ..nn.dmpnn import DMPNN, DMPNNConfig, graph_encoder, needs_descriptor_stats, standardise_descriptors
+from ..nn.dmpnn import DMPNN, DMPNNConfig, encoded_input, needs_descriptor_stats, standardise_descriptors
 from ..nn.interconnected import InterLayer, connector_l1, connector_matrices, interlayers, random_sources, top_sources
 from ..nn.mlp import Activation, activation, mlp_params
 from ..registry import register_method
@@ -249,10 +249,8 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNN
     widths = capped_widths(tuple(cfg.widths), N, cfg.max_units)
 
     def make(connectors: int | None) -> ICNN:
-        shape = input_shapes[inputs[0]]
-        encoder = graph_encoder(inputs[0], shape, cfg)  # a D-MPNN for a graph input, else None
-        return ICNN(tasks, encoder.out_dim if encoder else math.prod(shape), widths, cfg.activation, cfg.dropout,
-                    cfg.isolate, targets, connectors, encoder)
+        encoder, in_dim = encoded_input(inputs[0], input_shapes[inputs[0]], cfg)  # a D-MPNN for a graph input
+        return ICNN(tasks, in_dim, widths, cfg.activation, cfg.dropout, cfg.isolate, targets, connectors, encoder)
     try:
         model = make(k)
     except ValueError as e:  # e.g. targets= with a single task: no other subnetwork to connect from

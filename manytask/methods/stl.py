@@ -45,7 +45,7 @@ from torch import nn
 from ..config import ConfigError, option
 from ..data.graphs import graph_dims
 from ..nn.batched import BatchedMLP, shared_input
-from ..nn.dmpnn import DMPNNConfig, graph_encoder, standardise_descriptors
+from ..nn.dmpnn import DMPNNConfig, graph_encoder, standardise_descriptors, with_encoder
 from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
 from ..tasks import Task, module_key, stacked_mean_loss
@@ -212,12 +212,9 @@ class SingleTaskGraphNets(nn.Module):
         super().__init__()
         self.tasks = tasks
 
-        def net(t: Task) -> nn.Sequential:
-            encoder = graph_encoder(t.input, input_shapes[t.input], graphs)  # a new D-MPNN, or None
-            if encoder is None:
-                return mlp(math.prod(input_shapes[t.input]), widths[t.name], act, dropout, out_dim=t.outputs)
-            return nn.Sequential(encoder, mlp(encoder.out_dim, widths[t.name], act, dropout, out_dim=t.outputs))
-        self.nets = nn.ModuleDict({module_key(t.name): net(t) for t in tasks})
+        self.nets = nn.ModuleDict({module_key(t.name): with_encoder(  # a new D-MPNN per graph task
+            t.input, input_shapes[t.input], graphs, lambda d, t=t: mlp(d, widths[t.name], act, dropout, out_dim=t.outputs))
+            for t in tasks})
 
     def forward(self, x):
         return {t.name: self.nets[module_key(t.name)](t.select(x)) for t in self.tasks}

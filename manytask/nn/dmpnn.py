@@ -14,8 +14,9 @@ A descriptor that is missing (NaN) becomes 0 after standardising: the training m
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -91,6 +92,20 @@ def graph_encoder(name: str, shape, cfg: DMPNNConfig) -> DMPNN | None:
         return None
     return DMPNN(dims, cfg.encoder_hidden, cfg.encoder_depth, cfg.encoder_aggregation, cfg.encoder_batch_norm,
                  cfg.encoder_dropout, name)
+
+
+def encoded_input(name: str, shape, cfg: DMPNNConfig) -> tuple[DMPNN | None, int]:
+    """(the D-MPNN for input `name` or None, as graph_encoder; the width of the features a layer above it
+    reads: the D-MPNN's out_dim, or the flattened size of any other input)."""
+    encoder = graph_encoder(name, shape, cfg)
+    return encoder, encoder.out_dim if encoder is not None else math.prod(shape)
+
+
+def with_encoder(name: str, shape, cfg: DMPNNConfig, above: Callable[[int], nn.Module]) -> nn.Module:
+    """above(width) read from input `name`: behind a new D-MPNN for a graph input (Sequential(dmpnn,
+    above(out_dim))), alone for any other input (above(flattened size))."""
+    encoder, width = encoded_input(name, shape, cfg)
+    return above(width) if encoder is None else nn.Sequential(encoder, above(width))
 
 
 def needs_descriptor_stats(model: nn.Module) -> bool:
