@@ -117,8 +117,9 @@ class _Generate(torch.autograd.Function):
         out = hyper.new_zeros(index.shape[0], hyper.shape[1])  # (R, m*n)
         for a in range(0, index.shape[0], CHUNK):
             rows = slice(a, a + CHUNK)
+            z = context[rows, :, None]  # (r, c, 1)
             for i in range(index.shape[1]):
-                b = torch.einsum("rpc,rc->rp", hyper[index[rows, i]], context[rows])  # (r, m*n)
+                b = torch.bmm(hyper.index_select(0, index[rows, i]), z).squeeze(2)  # (r, m*n)
                 out[rows] += b if weight is None else weight[rows, i:i + 1] * b
         return out
 
@@ -137,13 +138,13 @@ class _Generate(torch.autograd.Function):
                 idx = index[rows, i]
                 gw = g if weight is None else weight[rows, i:i + 1] * g  # (r, m*n)
                 if need_h:
-                    g_h.index_add_(0, idx, torch.einsum("rp,rc->rpc", gw, z))
+                    g_h.index_add_(0, idx, gw[:, :, None] * z[:, None, :])  # (r, m*n, c)
                 if need_z or need_w:
-                    h = hyper[idx]  # (r, m*n, c)
+                    h = hyper.index_select(0, idx)  # (r, m*n, c)
                     if need_z:
-                        g_z[rows] += torch.einsum("rpc,rp->rc", h, gw)
+                        g_z[rows] += torch.bmm(gw[:, None, :], h).squeeze(1)
                     if need_w:
-                        g_w[rows, i] = (torch.einsum("rpc,rc->rp", h, z) * g).sum(1)
+                        g_w[rows, i] = (torch.bmm(h, z[:, :, None]).squeeze(2) * g).sum(1)
         return g_h, g_z, None, g_w
 
 
