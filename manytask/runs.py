@@ -635,13 +635,6 @@ def _report(spec: RunSpec, data: MultiTaskData, model: nn.Module, run_dir: Path 
 # ---- ensembles: K members with seeds S, S+1, ..., their predictions averaged ----------------------------------
 
 MEMBERS = "members"  # an ensemble run's folder of members: MEMBERS/seedS, each a run directory
-# Task.predict's inverse: a prediction (P(1) (n,); class probabilities (n, C); a value in the target's units (n,))
-# -> the model output whose Task.predict it is. Probabilities are kept off 0 and 1 so that the output is finite.
-OUTPUT_OF: dict[str, Callable[[Task, torch.Tensor], torch.Tensor]] = {
-    "binary": lambda t, p: torch.logit(p, eps=1e-15),
-    "multiclass": lambda t, p: torch.log(p.clamp_min(1e-300)),
-    "regression": lambda t, v: (v - t.shift) / t.scale,
-}
 
 
 class Ensemble(nn.Module):
@@ -656,7 +649,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x):
         outs = [member(x) for member in self.members]
-        return {t.name: OUTPUT_OF[t.kind](t, torch.stack([t.predict(o[t.name].double()) for o in outs]).mean(0)).float()
+        return {t.name: t.output_of(torch.stack([t.predict(o[t.name].double()) for o in outs]).mean(0)).float()
                 for t in self.tasks}
 
 
@@ -861,7 +854,12 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
     if ensemble:
         members = [_load(member_dir(run_dir, m.train.seed), with_data=False)[3] for m in member_specs(spec)]
         return spec, data, tasks, Ensemble(members, tasks)
-    model, _ = build_model(spec, tasks, shapes)
+    manytask_log, level = logging.getLogger("manytask"), logging.getLogger("manytask").level
+    manytask_log.setLevel(logging.ERROR)  # the build's warnings were shown when the run was trained
+    try:
+        model, _ = build_model(spec, tasks, shapes)
+    finally:
+        manytask_log.setLevel(level)
     try:
         missing, unexpected = load_model(model, str(weights), strict=False)
     except RuntimeError as e:  # the first line names only the model; the next the first mismatch

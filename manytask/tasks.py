@@ -119,6 +119,15 @@ class Task:
             return torch.softmax(pred, dim=1)
         return pred[:, 0] * self.scale + self.shift
 
+    def output_of(self, pred: torch.Tensor) -> torch.Tensor:
+        """predict's inverse: P(1) (n,), class probabilities (n, C) or a value in the target's units (n,) ->
+        the model output whose predict it is. Probabilities are kept off 0 and 1, so the output is finite."""
+        if self.kind == "binary":
+            return torch.logit(pred, eps=1e-15)
+        if self.kind == "multiclass":
+            return torch.log(pred.clamp_min(1e-300))
+        return (pred - self.shift) / self.scale
+
 
 def mean_loss(tasks: list[Task], out: dict[str, torch.Tensor], y: dict[str, torch.Tensor],
               weights: dict[str, float] | None = None) -> torch.Tensor:

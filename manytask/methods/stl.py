@@ -45,7 +45,7 @@ from torch import nn
 from ..config import ConfigError, option
 from ..data.graphs import graph_dims
 from ..nn.batched import BatchedMLP, shared_input
-from ..nn.dmpnn import DMPNNConfig, graph_encoder, standardise_descriptors, with_encoder
+from ..nn.dmpnn import DMPNNConfig, encoded_width, graph_encoder, standardise_descriptors, with_encoder
 from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
 from ..tasks import Task, module_key, stacked_mean_loss
@@ -257,8 +257,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
     graphs = {t.input: graph_dims(input_shapes[t.input]) for t in tasks}  # GraphDims of a graph input, else None
     if any(graphs.values()):
         check_graph_encoders(tasks, input_shapes, cfg)
-    in_dims = {t.name: cfg.encoder_hidden + graphs[t.input].descriptors if graphs[t.input]
-               else math.prod(input_shapes[t.input]) for t in tasks}  # the input of each task's MLP
+    in_dims = {t.name: encoded_width(input_shapes[t.input], cfg) for t in tasks}  # the input of each task's MLP
     widths = {}
     for t in tasks:
         if cfg.params_per_task > 0:

@@ -94,11 +94,16 @@ def graph_encoder(name: str, shape, cfg: DMPNNConfig) -> DMPNN | None:
                  cfg.encoder_dropout, name)
 
 
+def encoded_width(shape, cfg: DMPNNConfig) -> int:
+    """The width of the features a layer above an input of example shape `shape` reads: the D-MPNN's
+    out_dim (hidden + descriptors) for a graph, the flattened size of any other input."""
+    dims = graph_dims(shape)
+    return math.prod(shape) if dims is None else cfg.encoder_hidden + dims.descriptors
+
+
 def encoded_input(name: str, shape, cfg: DMPNNConfig) -> tuple[DMPNN | None, int]:
-    """(the D-MPNN for input `name` or None, as graph_encoder; the width of the features a layer above it
-    reads: the D-MPNN's out_dim, or the flattened size of any other input)."""
-    encoder = graph_encoder(name, shape, cfg)
-    return encoder, encoder.out_dim if encoder is not None else math.prod(shape)
+    """(the D-MPNN for input `name` or None, as graph_encoder; encoded_width(shape, cfg))."""
+    return graph_encoder(name, shape, cfg), encoded_width(shape, cfg)
 
 
 def with_encoder(name: str, shape, cfg: DMPNNConfig, above: Callable[[int], nn.Module]) -> nn.Module:
