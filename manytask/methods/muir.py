@@ -13,8 +13,11 @@ is optimised by a decomposed (1+lambda)-EA interleaved with backpropagation:
         select:  every location keeps the candidate with the largest softmax mass
     last stage of the EA: single tasks move (MuirHooks.move_tasks): a task may take the alignment of
         another task of the same architecture, scored on its validation loss after its contexts alone are
-        refit; a task left in a wrong group by the generations moves to its own group
-    then `final` generations with the alignment fixed; training then stops.
+        refit; a task left in a wrong group by the generations moves to its own group. One round right
+        after the last generation, then one after each further generation of training (the hypermodules
+        of the groups that tasks joined learn from them) while tasks still move, up to `reassign` rounds
+    then `final` generations after the EA (the alignment changes only by those task moves); training then
+    stops.
 
 At many tasks (617 ToxCast assays) the bank dominates memory: K = L hypermodules of m*n*c floats, c times
 the weights of all task models, plus their gradient and Adam's two moments. `max_bank` halves the default
@@ -74,14 +77,17 @@ class MuirConfig:
                                       search=("choice", (25, 50, 100, 200)))
     burn_in: int = option(0, "generations of plain training before the EA", low=0)
     generations: int = option(1000, "generations of the EA (0: never change the alignment)", low=0)
-    final: int = option(0, "generations with the alignment fixed after the EA, then training stops (0: train to epochs)",
+    final: int = option(0, "generations after the EA, its alignment changed only by the task moves, then training stops "
+                        "(0: train to epochs)",
                         low=0)
     move_candidates: int = option(8, "task moves: the most used alignments a task may move to", low=1)
     max_bank: float = option(100.0, "the most hypermodule floats, in millions, the default models may need (the bank "
                              "is c x their reparameterised weights, trained with Adam: 16 c bytes a weight); beyond it "
                              "their hidden widths are halved until it fits (0: no limit)", low=0.0)
-    reassign: int = option(5, "rounds of the EA's last stage, task moves: every task of a repeated architecture may "
-                           "take the alignment of another task, kept when its validation loss drops (0: none)", low=0)
+    reassign: int = option(10, "rounds of the EA's last stage, task moves: every task of a repeated architecture may "
+                           "take the alignment of another task, kept when its validation loss drops; one round after "
+                           "the last generation of the EA and one after each further generation while tasks still "
+                           "move (0: none)", low=0)
     move_tolerance: float = option(0.0, "task moves: of the alignments scoring better than its own, a task takes the "
                                    "most used one whose validation loss is within this fraction of the best", low=0.0)
     refit_steps: int = option(200, "steps that fit a moved task's contexts z before its move is scored", low=1)
@@ -169,7 +175,9 @@ class MuirNet(nn.Module):
 class MuirHooks(Hooks):
     """The (1+lambda)-EA around the training loop: after_step counts steps; every steps_per_generation
     steps a generation ends (select) and the next begins (propose), then records the sharing. After the
-    last generation of the EA, its last stage moves single misplaced tasks (`move_tasks`). The arguments
+    last generation of the EA, its last stage moves single misplaced tasks (`move_tasks`): one round then,
+    and one after each of the next generations of training while the previous round moved a task, up to
+    `reassign` rounds and never at the step training stops. The arguments
     are MuirConfig's fields of the same names, with its valid ranges.
 
     Several processes (torchrun): the weights are the same in every process after every step (DDP), and
@@ -188,6 +196,7 @@ class MuirHooks(Hooks):
         self.reassign, self.refit_steps, self.refit_lr = reassign, refit_steps, refit_lr
         self.move_candidates, self.move_tolerance = move_candidates, move_tolerance
         self.generation, self.steps = 0, 0
+        self.moving = True  # the last stage's rounds go on while each moves a task
         self.history: list[dict] = []  # one row per finished generation
 
     @staticmethod
@@ -217,12 +226,13 @@ class MuirHooks(Hooks):
     def state_dict(self) -> dict:
         """The EA's progress and random generator, for a resumed run."""
         return {"generation": self.generation, "steps": self.steps, "history": self.history,
-                "rng": self.rng.get_state()}
+                "rng": self.rng.get_state(), "moving": self.moving}
 
     def load_state_dict(self, state: dict) -> None:
         """After the model's state (Trainer.load_state_dict loads it first): the EA's progress, and the
         mixing scores s train exactly when the loaded generation has challengers, as propose/select left it."""
         self.generation, self.steps, self.history = state["generation"], state["steps"], list(state["history"])
+        self.moving = state.get("moving", True)
         self.rng.set_state(state["rng"])
         self.bank.soft.requires_grad_(bool(self.bank.active.any()))
 
@@ -239,21 +249,23 @@ class MuirHooks(Hooks):
         muir = self._muir(trainer.model)
         changed = muir.select() if bool(muir.active.any()) else 0
         self.generation += 1
-        moved = []
-        if self.generations and self.generation == self.burn_in + self.generations:  # the EA's last stage
-            before = muir.psi.clone()
+        moved, end = [], self.burn_in + self.generations
+        stopping = bool(self.final) and self.generation >= end + self.final
+        if self.generations and self.moving and end <= self.generation < end + self.reassign and not stopping:
+            before = muir.psi.clone()  # the EA's last stage: one round of task moves
             moved = self.move_tasks(trainer)
+            self.moving = bool(moved)
             changed += int((muir.psi != before).sum())
         self.record(trainer, changed, moved)
-        if self.final and self.generation >= self.burn_in + self.generations + self.final:
+        if stopping:
             trainer.stop = True
             return
         self._begin(trainer)
 
     # ---- the EA's last stage: single tasks move to another task's alignment ----------------------------
     def move_tasks(self, trainer: Trainer) -> list[str]:
-        """Up to `reassign` rounds, until no task moves, over every class of tasks whose models share one
-        structure (MuirModels.alike). A round scores every task of the class under its own alignment and
+        """One round of task moves over every class of tasks whose models share one structure
+        (MuirModels.alike). A round scores every task of the class under its own alignment and
         under each of the `move_candidates` alignments most used in the class (a task's alignment: the
         hypermodule of each of its block locations). Under each, the contexts z start from their current
         values and take `refit_steps` Adam steps on the training loss, the hypermodules and every other
@@ -264,17 +276,14 @@ class MuirHooks(Hooks):
         in a wrong group scores many times worse there than in its own).
         Every task that keeps its alignment keeps its contexts as they were (a round that moves nothing
         leaves the model bit for bit as it was). A task without validation labels stays.
-        Models of a structure no other model has never move. -> the names of the tasks moved."""
+        Models of a structure no other model has never move. The hypermodules are scored as they are: a
+        group split over several hypermodules, each fitted to few tasks, can score worse for its own task
+        than a well-fitted wrong group, which is why after_step trains a generation between rounds.
+        -> the names of the tasks moved."""
         net = trainer.model
         if not isinstance(net, MuirNet):
             return []
-        moved: list[str] = []
-        for _ in range(self.reassign):
-            now = [net.tasks[i].name for members in self.bank.alike for i in self._move_round(trainer, members)]
-            moved += now
-            if not now:
-                break
-        return moved
+        return [net.tasks[i].name for members in self.bank.alike for i in self._move_round(trainer, members)]
 
     def _move_round(self, trainer: Trainer, members: list[int]) -> list[int]:
         """One round over the models `members` (one structure) -> the model indices that moved."""

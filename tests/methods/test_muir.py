@@ -183,7 +183,8 @@ def test_last_stage_moves_a_planted_misplaced_task_and_nothing_else():
 
 
 def test_last_stage_runs_at_the_end_of_the_ea_and_is_recorded():
-    """The stage runs once, after the last EA generation; its moves are in that generation's history row."""
+    """The stage runs after the last EA generation, not at the step training stops; its moves are in that
+    generation's history row."""
     data = tiny_multi()
     cfg = get_method("muir").config(steps_per_generation=2, generations=2, final=1, refit_steps=3)
     model, hooks = get_method("muir").fn(data.tasks, data.input_shapes, cfg)
@@ -192,6 +193,20 @@ def test_last_stage_runs_at_the_end_of_the_ea_and_is_recorded():
     hooks.move_tasks = lambda trainer: calls.append(hooks.generation) or move(trainer)
     Trainer(model, data, TrainConfig(epochs=50, batch_size=16, patience=0, progress=False), hooks).fit()
     assert calls == [2] and [set(h) >= {"moved", "subsets"} for h in hooks.history] == [True] * 4
+
+
+@pytest.mark.parametrize("moves, rounds", [(["t"], [2, 3, 4]), ([], [2])])
+def test_last_stage_rounds_follow_generations_of_training_while_tasks_move(moves, rounds):
+    """One round after the last EA generation, then one after each further generation while the previous
+    round moved a task, at most `reassign` rounds; a round that moves nothing ends the stage."""
+    data = tiny_multi()
+    cfg = get_method("muir").config(steps_per_generation=2, generations=2, final=6, reassign=3, refit_steps=3)
+    model, hooks = get_method("muir").fn(data.tasks, data.input_shapes, cfg)
+    calls = []
+    hooks.move_tasks = lambda trainer: calls.append(hooks.generation) or list(moves)
+    Trainer(model, data, TrainConfig(epochs=50, batch_size=16, patience=0, progress=False), hooks).fit()
+    assert calls == rounds
+    assert [h["moved"] for h in hooks.history[2:5]] == [moves if g in rounds else [] for g in (2, 3, 4)]
 
 
 def test_grouped_loss_is_mean_loss_for_standardised_regression_targets():
