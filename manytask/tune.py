@@ -30,6 +30,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import warnings
@@ -386,17 +387,21 @@ def tune(data: str, method: str, args: Sequence[str], out: str | Path = "runs") 
 
 def run_workers(p: Plan, study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
     """p.cfg.workers worker processes on this host; one that is killed loses its running trial only (marked
-    FAIL at once), the others take over its remaining trials. One that fails with an error ends the tune."""
+    FAIL at once), the others take over its remaining trials. One that fails with an error ends the tune.
+    Ctrl-C or a SIGTERM of this process ends the workers too (their running trials are marked FAIL by the
+    next tune), rather than leaving them to train on."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that has torch's threads running
     procs = [ctx.Process(target=work, args=(p, i, p.cfg.workers), name=f"tune-worker-{i}")
              for i in range(p.cfg.workers)]
     for proc in procs:
         proc.start()
     print(f"tune: {len(procs)} workers, pids {', '.join(str(proc.pid) for proc in procs)}", file=sys.stderr, flush=True)
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # kill PID ends them too
     try:
         for proc in procs:
             proc.join()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for proc in procs:
             if proc.is_alive():
                 proc.terminate()

@@ -248,3 +248,37 @@ def test_two_workers_share_the_study_and_a_killed_worker_loses_only_its_trial(tm
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 6  # no two trials drew the same keys
     assert len({t.user_attrs["pid"] for t in trials}) == 2 and killed[1] in {t.user_attrs["pid"] for t in trials}
     assert len(read_csv(folder / "trials.csv")) == 6
+
+
+def test_terminating_the_tune_ends_its_workers(tmp_path, mols):
+    """kill PID of a tune with workers=2 ends the worker processes too, instead of leaving them training."""
+    command = [sys.executable, "-m", "manytask", "tune", "moleculenet", "hard_sharing", f"data.path={mols}",
+               *TINY[:2], "epochs=1000000", "patience=0", "widths=16", "trials=4", "workers=2", "prune=false",
+               "--out", str(tmp_path / "runs")]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def running(pid: int) -> bool:  # a process that has ended may stay a zombie until its new parent reaps it
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    pids, deadline = [], time.monotonic() + 120
+    try:
+        while not pids and time.monotonic() < deadline:  # the line "tune: 2 workers, pids A, B"
+            line = proc.stderr.readline()
+            if "workers, pids" in line:
+                pids = [int(p) for p in line.split("pids")[1].split(",")]
+        assert len(pids) == 2
+        time.sleep(2)  # the workers are training
+        assert all(map(running, pids))
+        proc.terminate()
+        assert proc.wait(timeout=60) != 0
+        deadline = time.monotonic() + 30
+        while any(map(running, pids)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(map(running, pids))
+    finally:
+        for pid in [proc.pid, *pids]:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
