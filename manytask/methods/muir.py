@@ -99,7 +99,8 @@ class MuirConfig:
 
 class TokenLSTM(nn.Module):
     """Token ids (batch, length), 0 = padding on the left -> (batch, outputs): embedding, one LSTM layer,
-    the last hidden state, a linear head."""
+    the last hidden state, a linear head. Values that are not ids below vocab (features given to an lstm
+    arch) are a ConfigError, not an index error."""
 
     def __init__(self, vocab: int, embed: int, hidden: int, outputs: int):
         super().__init__()
@@ -108,7 +109,12 @@ class TokenLSTM(nn.Module):
         self.head = nn.Linear(hidden, outputs)
 
     def forward(self, x):
-        h = self.lstm(self.embed(x.long()))[0]  # (batch, length, hidden)
+        ids = x.long()
+        if bool((ids != x).any() or (ids < 0).any() or (ids >= self.embed.num_embeddings).any()):
+            raise ConfigError(f"muir: arch=INPUT:lstm reads token ids 0..{self.embed.num_embeddings - 1} (vocab="
+                              f"{self.embed.num_embeddings}), this input has values in {float(x.min()):g}.."
+                              f"{float(x.max()):g}; use arch=INPUT:mlp for features, or a larger vocab")
+        h = self.lstm(self.embed(ids))[0]  # (batch, length, hidden)
         return self.head(h[:, -1])  # (batch, outputs)
 
 

@@ -14,7 +14,7 @@ from manytask.runs import resolve, train_run
 from manytask.tasks import Task
 from manytask.train import TrainConfig, Trainer
 
-from ..conftest import tiny_multi
+from ..conftest import tiny_multi, tiny_shared
 
 
 def test_schedule_burn_in_generations_final_and_soft_reset():
@@ -218,3 +218,10 @@ def test_grouped_loss_is_mean_loss_for_standardised_regression_targets():
     x, y = data.train.inputs["x"][:32], {"diabetes": data.train.labels["diabetes"][:32]}
     out = model(x)
     torch.testing.assert_close(hooks.loss(trainer, out, y), mean_loss(data.tasks, out, y))
+
+
+def test_an_lstm_arch_on_features_that_are_not_token_ids_is_a_config_error():
+    data = tiny_shared()
+    spec = resolve("tox21", "muir", {"arch": "x:lstm", "epochs": "1", "progress": "false"})
+    with pytest.raises(ConfigError, match="arch=INPUT:lstm reads token ids 0..63"):
+        train_run(spec, data=data, out=None, echo=False)
