@@ -138,23 +138,24 @@ def test_single_task_reference_figures(tmp_path):
 @pytest.mark.slow
 def test_synthetic_acceptance(tmp_path):
     """MUiR RMSE <= 0.05 clean and <= 0.42 noisy, mean over 3 seeds, at the poster's 1000 + 200
-    generations (the experiment's defaults; 6 runs of 120,000 full-batch steps). Measured: 0.000 clean,
-    0.411 noisy (docs/muir.md)."""
+    generations (the experiment's defaults; 6 runs of 120,000 full-batch steps). Measured: 0.000 clean
+    (before the task moves), 0.395 noisy (docs/muir.md)."""
     result = synthetic(["contenders=muir"], tmp_path)
     assert sum(result.values("clean/muir", "rmse", "all")) / 3 <= 0.05
     assert sum(result.values("noisy/muir", "rmse", "all")) / 3 <= 0.42
 
 
-HELDOUT_SEEDS = tuple(range(200, 210))  # fresh draws, never used while the recipe was chosen (docs/muir.md)
-HELDOUT_SCHEDULE = ["generations=60", "final=20"]
+HELDOUT_SEEDS = tuple(range(300, 310))  # fresh draws, never used while the recipe was chosen (docs/muir.md)
+HELDOUT_SCHEDULE = ["generations=200", "final=20"]
 
 
 @pytest.mark.slow
 def test_heldout_draws_no_task_left_in_a_wrong_group(tmp_path):
-    """The pre-registered second check of docs/muir.md ("Held-out draws"): 10 fresh noisy (0.31) draws, data
-    seeds 200-209, at 60 + 20 generations: no MUiR run leaves a task in a wrong group, and the RMSE averages
-    <= 0.42 (10 runs of 8,000 full-batch steps)."""
-    result = synthetic([f"seeds={','.join(map(str, HELDOUT_SEEDS))}", "settings=noisy", "contenders=muir",
-                        *HELDOUT_SCHEDULE], tmp_path)
-    assert result.values("noisy/muir", "misplaced", "all", "train") == [0] * len(HELDOUT_SEEDS)
+    """The pre-registered third check of docs/muir.md ("Third check"): 10 fresh draws, data seeds 300-309,
+    clean and noisy (0.31), at 200 + 20 generations: no MUiR run leaves a task in a wrong group, and the noisy
+    RMSE averages <= 0.42 (20 runs of 22,000 full-batch steps). Last measured: noisy 0.410, seed 301 leaves
+    t28 in a wrong group, so this test fails."""
+    result = synthetic([f"seeds={','.join(map(str, HELDOUT_SEEDS))}", "contenders=muir", *HELDOUT_SCHEDULE], tmp_path)
+    for setting in ("clean", "noisy"):
+        assert result.values(f"{setting}/muir", "misplaced", "all", "train") == [0] * len(HELDOUT_SEEDS), setting
     assert float(np.mean(result.values("noisy/muir", "rmse", "all"))) <= 0.42
