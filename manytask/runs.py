@@ -854,7 +854,8 @@ def _load(run_dir: Path, with_data: bool, data_path: str | None = None):
     if ensemble:
         members = [_load(member_dir(run_dir, m.train.seed), with_data=False)[3] for m in member_specs(spec)]
         return spec, data, tasks, Ensemble(members, tasks)
-    manytask_log, level = logging.getLogger("manytask"), logging.getLogger("manytask").level
+    manytask_log = logging.getLogger("manytask")
+    level = manytask_log.level
     manytask_log.setLevel(logging.ERROR)  # the build's warnings were shown when the run was trained
     try:
         model, _ = build_model(spec, tasks, shapes)

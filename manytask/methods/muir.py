@@ -202,7 +202,6 @@ class MuirHooks(Hooks):
         self.reassign, self.refit_steps, self.refit_lr = reassign, refit_steps, refit_lr
         self.move_candidates, self.move_tolerance = move_candidates, move_tolerance
         self.generation, self.steps = 0, 0
-        self.moving = True  # the last stage's rounds go on while each moves a task
         self.history: list[dict] = []  # one row per finished generation
 
     @staticmethod
@@ -232,13 +231,12 @@ class MuirHooks(Hooks):
     def state_dict(self) -> dict:
         """The EA's progress and random generator, for a resumed run."""
         return {"generation": self.generation, "steps": self.steps, "history": self.history,
-                "rng": self.rng.get_state(), "moving": self.moving}
+                "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """After the model's state (Trainer.load_state_dict loads it first): the EA's progress, and the
         mixing scores s train exactly when the loaded generation has challengers, as propose/select left it."""
         self.generation, self.steps, self.history = state["generation"], state["steps"], list(state["history"])
-        self.moving = state.get("moving", True)
         self.rng.set_state(state["rng"])
         self.bank.soft.requires_grad_(bool(self.bank.active.any()))
 
@@ -257,10 +255,11 @@ class MuirHooks(Hooks):
         self.generation += 1
         moved, end = [], self.burn_in + self.generations
         stopping = bool(self.final) and self.generation >= end + self.final
-        if self.generations and self.moving and end <= self.generation < end + self.reassign and not stopping:
-            before = muir.psi.clone()  # the EA's last stage: one round of task moves
+        # the EA's last stage: a round at its end, then after each generation whose round moved a task
+        rounds_go_on = self.generation == end or bool(self.history[-1]["moved"])
+        if self.generations and rounds_go_on and end <= self.generation < end + self.reassign and not stopping:
+            before = muir.psi.clone()
             moved = self.move_tasks(trainer)
-            self.moving = bool(moved)
             changed += int((muir.psi != before).sum())
         self.record(trainer, changed, moved)
         if stopping:

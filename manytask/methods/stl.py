@@ -254,8 +254,8 @@ def check_graph_encoders(tasks: list[Task], input_shapes: dict[str, tuple[int, .
 
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
           cfg: STLConfig) -> SingleTaskNets | SingleTaskGraphNets:
-    graphs = {t.input: graph_dims(input_shapes[t.input]) for t in tasks}  # GraphDims of a graph input, else None
-    if any(graphs.values()):
+    graphs = any(graph_dims(input_shapes[t.input]) is not None for t in tasks)  # a task reads molecule graphs
+    if graphs:
         check_graph_encoders(tasks, input_shapes, cfg)
     in_dims = {t.name: encoded_width(input_shapes[t.input], cfg) for t in tasks}  # the input of each task's MLP
     widths = {}
@@ -266,6 +266,6 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
         else:
             widths[t.name] = tuple(cfg.widths)
     widths = capped_widths(widths, in_dims, {t.name: t.outputs for t in tasks}, cfg.max_params)
-    if any(graphs.values()):
+    if graphs:
         return SingleTaskGraphNets(tasks, input_shapes, widths, cfg.activation, cfg.dropout, cfg)
     return SingleTaskNets(tasks, input_shapes, widths, cfg.activation, cfg.dropout)
