@@ -30,7 +30,7 @@ METHOD_KEYS = {  # small, dropout off; MUiR: two EA generations and its task mov
     "icnn": {"dropout": 0.0},
     "rsn2": {"widths": (32, 32)},
     "soft_order": {"dropout": 0.0},
-    "muir": {"widths": (16,), "block": (4, 4), "steps_per_generation": 3, "generations": 2, "refit_steps": 2},
+    "muir": {"dropout": 0.0, "widths": (16,), "block": (4, 4), "steps_per_generation": 3, "generations": 2, "refit_steps": 2},
     "evolving": {"noise": 0.0},
 }
 # Float reductions: a process's share is summed in another order than the whole minibatch, and DDP's

@@ -34,7 +34,8 @@ STEPS, EPOCHS = 20, 10
 # the method defaults of the day the values were pinned, so that a new default does not move them.
 METHOD_OVERRIDES = {"evolving": {"schedule": "lin", "widths": (50,), "noise": 0.25, "t1": 10.0},
                     "hard_sharing": {"widths": (1024, 512), "dropout": 0.25},
-                    "icnn": {"dropout": 0.25}, "muir": {"steps_per_generation": 5},
+                    "icnn": {"dropout": 0.25}, "muir": {"steps_per_generation": 5, "widths": (64, 64), "dropout": 0.0,
+                                                          "context": 4, "soft_lr": 0.1},
                     "rsn2": {"widths": (128, 128), "criterion": "gradient"},
                     "soft_order": {"width": 64, "depth": 4, "dropout": 0.2},
                     "stl": {"widths": (512,), "dropout": 0.25}}

@@ -25,22 +25,24 @@ def test_train_defaults_are_valid_training_keys(method):
     assert all(getattr(train, k) == getattr(TrainConfig(), k) for k in others)
 
 
-def test_resolve_starts_from_the_methods_training_defaults():
+def test_resolve_starts_from_the_methods_training_defaults(monkeypatch):
     own = METHODS["icnn"].config.train_defaults
     assert own and resolve("tox21", "icnn", {}).train.lr == own["lr"]
     assert resolve("tox21", "icnn", {"lr": "0.01"}).train.lr == 0.01  # the user's key wins
     assert resolve("tox21", "icnn", {}).train.batch_size == own["batch_size"]
+    monkeypatch.delattr(METHODS["muir"].config, "train_defaults")
     assert resolve("tox21", "muir", {}).train == TrainConfig()  # no train_defaults: TrainConfig's
     # a run resumed or re-evaluated keeps its saved training config, not today's method defaults
     saved = resolve("tox21", "icnn", {"lr": "0.05"})
     assert resolve("tox21", "icnn", {}, base=saved).train.lr == 0.05
 
 
-def test_list_shows_the_methods_own_training_defaults(capsys):
+def test_list_shows_the_methods_own_training_defaults(capsys, monkeypatch):
     main(["list", "stl"])
     out = capsys.readouterr().out
     own = METHODS["stl"].config.train_defaults
     assert "this method's own defaults" in out and all(f"{k}=" in out for k in own)
+    monkeypatch.delattr(METHODS["muir"].config, "train_defaults")  # a method without them says nothing of them
     main(["list", "muir"])
     assert "own defaults" not in capsys.readouterr().out
 

@@ -69,7 +69,8 @@ def write_sharing(history: list[dict], out: Path, label: str = "") -> None:
 POSTER = {"clean": {"single-task": 1.35, "oracle": 0.77, "muir": 0.00},  # no "no-sharing" row in the poster
           "noisy": {"single-task": 1.49, "oracle": 0.37, "muir": 0.38}}
 SYNTH_METHOD = {"widths": "", "bias": "false", "context": "1", "challengers": "4",
-                "soft_lr": "0.01", "steps_per_generation": "100", "challenger_mass": "0.8"}  # 0.8: uniform start
+                "soft_lr": "0.01", "steps_per_generation": "100", "challenger_mass": "0.8",  # 0.8: uniform start
+                "lr": "1e-3", "weight_decay": "0"}
 SYNTH_CONTENDERS = ("single-task", "no-sharing", "oracle", "muir")
 FULL_BATCH_KEYS = ("epochs", "batch_size", "patience")  # set by muir-synthetic, not by the user
 
@@ -229,7 +230,8 @@ def muir_synthetic(cfg: MuirSyntheticConfig, out: Path) -> ExperimentResult:
 
 CROSS_METHOD = {"arch": "smiles:lstm", "vocab": "64", "block": "16,16", "context": "4", "challengers": "1",
                 "challenger_mass": "0.5", "soft_lr": "0.1", "steps_per_generation": "50", "burn_in": "2",
-                "generations": "1000"}
+                "generations": "1000", "widths": "64,64", "dropout": "0", "batch_size": "128", "lr": "1e-3",
+                "weight_decay": "0"}
 
 
 @dataclass

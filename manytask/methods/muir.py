@@ -34,6 +34,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ ARCHS = ("mlp", "conv", "lstm")
 class MuirConfig:
     arch: tuple[str, ...] = option((), "INPUT:ARCH pairs, ARCH one of mlp, conv, lstm; an input not named gets "
                                    "conv for (C, H, W) or (C, L), else mlp")
-    widths: tuple[int, ...] = option((64, 64), "MLP hidden widths (the conv net's dense layer: the first)", low=1,
+    widths: tuple[int, ...] = option((128, 64), "MLP hidden widths (the conv net's dense layer: the first)", low=1,
                                      search=("choice", ((64, 64), (128, 64), (256, 128))))
     channels: tuple[int, ...] = option((16, 32), "conv channels", low=1)
     hidden: int = option(32, "LSTM hidden size", low=1)
@@ -61,15 +62,15 @@ class MuirConfig:
     vocab: int = option(64, "LSTM token ids are 0..vocab-1 (0 = padding)", low=2)
     bias: bool = option(True, "biases in the default models")
     activation: str = option("relu", f"activation: {', '.join(ACTIVATIONS)}", choices=tuple(ACTIVATIONS))
-    dropout: float = option(0.0, "MLP dropout probability", low=0.0, high=1.0, high_open=True,
+    dropout: float = option(0.23, "MLP dropout probability", low=0.0, high=1.0, high_open=True,
                             search=("float", 0.0, 0.5))
     block: tuple[int, ...] = option((16, 16), "block size m,n: rows and columns of a generated block", low=1, min_len=2)
-    context: int = option(4, "c, the size of a block's context z_l", low=1, search=("int", 2, 8))
+    context: int = option(7, "c, the size of a block's context z_l", low=1, search=("int", 2, 8))
     challengers: int = option(1, "lambda, candidate hypermodules a location gets besides its own", low=1,
                              search=("int", 1, 3))
     challenger_mass: float = option(0.5, "initial softmax mass of all challengers together", low=0.0, high=1.0,
                                     low_open=True, high_open=True)
-    soft_lr: float = option(0.1, "learning rate of the soft weights s", low=0.0, low_open=True,
+    soft_lr: float = option(0.0172, "learning rate of the soft weights s", low=0.0, low_open=True,
                             search=("log", 0.01, 1.0))
     fraction: float = option(0.5, "share of locations that get challengers each generation", low=0.0, high=1.0,
                              low_open=True, search=("float", 0.1, 1.0))
@@ -95,6 +96,9 @@ class MuirConfig:
     alignment: tuple[int, ...] = option((), "initial psi, one hypermodule index per block location; empty: "
                                         "pessimistic psi(l) = l", low=0)
     vectorise: bool = option(True, "run identical task models as one vmapped call")
+    # the defaults (widths, dropout, context, soft_lr and these) are the recipe `manytask tune tox21 muir`
+    # chose (docs/tuning-tox21.md); the registered muir experiments set the keys they rely on themselves
+    train_defaults: ClassVar[dict] = {"lr": 1.37e-3, "weight_decay": 1e-5}
 
 
 class TokenLSTM(nn.Module):
@@ -383,19 +387,23 @@ def bank_floats(cfg: MuirConfig, tasks: list[Task], input_shapes: dict[str, tupl
 def fitted_widths(cfg: MuirConfig, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
                   arch: dict[str, str]) -> MuirConfig:
     """cfg, with the default models' hidden widths halved (never below the block's rows, m) until their bank
-    holds at most max_bank million floats; says so in one line on stderr when it changes them. The bank
-    grows with the number of tasks (617 ToxCast tasks x MLPs 2048 -> 64 -> 64 with c = 4: 333 M floats,
-    5.3 GB with its gradient and Adam's two moments)."""
+    holds at most max_bank million floats, and then, if it still does not fit, the context size c lowered
+    (the bank is c floats a weight); says so in one line on stderr when it changes them. The bank grows
+    with the number of tasks (617 ToxCast tasks x MLPs 2048 -> 128 -> 64 with c = 7: 1,090 M floats, 17 GB
+    with its gradient and Adam's two moments; at widths 16,16: 143 M, so c = 4: 82 M)."""
     limit = cfg.max_bank * 1e6
     need = bank_floats(cfg, tasks, input_shapes, arch)
     fitted = cfg
     while limit and need > limit and any(w > cfg.block[0] for w in fitted.widths):
         fitted = dataclasses.replace(fitted, widths=tuple(max(cfg.block[0], w // 2) for w in fitted.widths))
         need = bank_floats(fitted, tasks, input_shapes, arch)
-    if fitted.widths != cfg.widths:
-        print(f"muir: {len(tasks)} tasks with widths={','.join(map(str, cfg.widths))} need a bank over max_bank="
-              f"{cfg.max_bank:g} M floats; using widths={','.join(map(str, fitted.widths))} ({need / 1e6:.0f} M)",
-              file=sys.stderr)
+    if limit and need > limit and fitted.context > 1:  # the bank is linear in c
+        fitted = dataclasses.replace(fitted, context=max(1, math.floor(fitted.context * limit / need)))
+        need = bank_floats(fitted, tasks, input_shapes, arch)
+    if fitted != cfg:
+        print(f"muir: {len(tasks)} tasks with widths={','.join(map(str, cfg.widths))} context={cfg.context} need a "
+              f"bank over max_bank={cfg.max_bank:g} M floats; using widths={','.join(map(str, fitted.widths))} "
+              f"context={fitted.context} ({need / 1e6:.0f} M)", file=sys.stderr)
     return fitted
 
 

@@ -24,7 +24,10 @@ tasks; each subnetwork keeps 5% of every layer it uses (head: 6 of 128 inputs pe
 the shared layers unused". copies=k gives each group k disjoint subnetworks
 trained independently on the same tasks, their predictions averaged (an ensemble, experiment 1).
 Inputs of different shapes get their own first layer (a "task-dedicated first layer", experiments 5-7);
-inputs of one shape share it. The rest of the network is shared by all subnetworks; the head is a masked
+inputs of one shape share it. A molecule graph input (data.encoder=dmpnn) gets a D-MPNN below its first
+layer whose message matrices are masked layers too (nn.dmpnn.MaskedDMPNN): each subnetwork passes
+messages with its own masked W_i, W_h, W_o, so subnetworks stay disjoint from the atoms up, at the
+cost of one message passing per subnetwork and step (no shared encoder: a shared one would couple them). The rest of the network is shared by all subnetworks; the head is a masked
 layer too (each output unit of each subnetwork keeps `keep` of its inputs; output biases are per task).
 
 Training (RSN2Hooks): only the subnetworks of the trained tasks are computed, each with its own loss;
@@ -51,6 +54,8 @@ from torch import nn
 
 from ..config import ConfigError, option
 from ..data.base import MultiTaskData
+from ..data.graphs import graph_dims
+from ..nn.dmpnn import DMPNNConfig, MaskedDMPNN, standardise_descriptors
 from ..nn.masked import MaskedConv2d, MaskedLayer, MaskedLinear, check_disjoint, masked_layers
 from ..registry import register_method
 from ..tasks import Task, mean_loss
@@ -60,7 +65,7 @@ log = logging.getLogger("manytask")
 
 
 @dataclass
-class RSN2Config:
+class RSN2Config(DMPNNConfig):
     widths: tuple[int, ...] = option((256, 256), "fully connected widths; widths[0] is the first layer "
                                      "(one per input shape)", low=1, min_len=1,
                                      search=("choice", ((128, 128), (256, 128), (256, 256))))
@@ -171,15 +176,16 @@ class RSN2Net(nn.Module):
 
     def __init__(self, tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
                  subnets: list[tuple[str, list[str]]], widths: tuple[int, ...], conv: tuple[int, ...] = (),
-                 pool_every: int = 2):
+                 pool_every: int = 2, encoder: dict | None = None):
         super().__init__()
         if not widths or min(widths) < 1:
             raise ConfigError(f"widths={widths}: rsn2 needs at least one positive hidden width, e.g. widths=128,128")
         if conv and (min(conv) < 1 or pool_every < 1):
             raise ConfigError(f"conv={conv}, pool_every={pool_every}: channels and pool_every must be >= 1")
+        encoder = dict(encoder or {})  # a graph input's MaskedDMPNN keys: hidden, depth, aggregation, dropout
         self.arch = {"tasks": [asdict(t) for t in tasks], "input_shapes": {k: list(v) for k, v in input_shapes.items()},
                      "subnets": [[n, list(ms)] for n, ms in subnets], "widths": list(widths), "conv": list(conv),
-                     "pool_every": pool_every}  # everything needed to rebuild the net (export/load_packed)
+                     "pool_every": pool_every, "encoder": encoder}  # everything to rebuild it (export/load_packed)
         by = {t.name: t for t in tasks}
         self.tasks = tasks
         self.subnet_names = [n for n, _ in subnets]
@@ -195,6 +201,13 @@ class RSN2Net(nn.Module):
         names = self.subnet_names
         first_names = [[names[s] for s in sorted(m)] for m in members]
         self.conv_mode, self.pool_every = bool(conv), pool_every
+        graphs = {i: graph_dims(shape) for i, shape in enumerate(shapes) if graph_dims(shape) is not None}
+        if graphs and conv:
+            raise ConfigError(f"conv={conv} needs image inputs; molecule graphs (data.encoder=dmpnn) take conv= (empty)")
+        # a graph input: its subnetworks' masked D-MPNN, then the first layer reads its molecule vectors
+        self.encoders = nn.ModuleDict({str(i): MaskedDMPNN(first_names[i], dims, input_name=next(
+            g for g in inputs if self.first_of[g] == i), **encoder) for i, dims in graphs.items()})
+        widths_in = [self.encoders[str(i)].out_dim if i in graphs else math.prod(s) for i, s in enumerate(shapes)]
         if conv:
             bad = [s for s in shapes if len(s) != 3]
             if bad or len({s[1:] for s in shapes}) > 1:
@@ -212,7 +225,7 @@ class RSN2Net(nn.Module):
             self.fcs = nn.ModuleList([MaskedLinear(names, conv[-1] * h * w, widths[0])] +
                                      [MaskedLinear(names, a, b) for a, b in zip(widths[:-1], widths[1:])])
         else:
-            self.first = nn.ModuleList(MaskedLinear(fn, math.prod(s), widths[0]) for fn, s in zip(first_names, shapes))
+            self.first = nn.ModuleList(MaskedLinear(fn, w, widths[0]) for fn, w in zip(first_names, widths_in))
             self.convs = nn.ModuleList()
             self.fcs = nn.ModuleList(MaskedLinear(names, a, b) for a, b in zip(widths[:-1], widths[1:]))
         self.head = MaskedLinear(names, widths[-1], max(self.subnet_out), out_limit=self.subnet_out,
@@ -228,7 +241,9 @@ class RSN2Net(nn.Module):
     def layers(self) -> list[tuple[str, MaskedLayer, dict[int, int]]]:
         """(name, layer, {subnetwork: index on the layer's task axis}) for every masked layer."""
         everyone = {s: s for s in range(len(self.subnet_names))}
-        out = [(f"first.{i}", layer, self.first_local[i]) for i, layer in enumerate(self.first)]
+        out = [(f"encoders.{i}.{name}", getattr(enc, name), self.first_local[int(i)])
+               for i, enc in self.encoders.items() for name in ("W_i", "W_h", "W_o")]
+        out += [(f"first.{i}", layer, self.first_local[i]) for i, layer in enumerate(self.first)]
         out += [(f"convs.{i}", layer, everyone) for i, layer in enumerate(self.convs)]
         out += [(f"fcs.{i}", layer, everyone) for i, layer in enumerate(self.fcs)]
         return out + [("head", self.head, everyone)]
@@ -258,7 +273,9 @@ class RSN2Net(nn.Module):
                 for layer in self.fcs:
                     h = F.relu(layer(h, idx))  # (n, batch, width)
             else:
-                h = F.relu(first(xg.flatten(1), local))  # (n, batch, widths[0])
+                encoder = self.encoders[str(self.first_of[g])] if str(self.first_of[g]) in self.encoders else None
+                features = xg.flatten(1) if encoder is None else encoder(xg, local)  # or (n, molecules, out_dim)
+                h = F.relu(first(features, local))  # (n, batch, widths[0])
                 for layer in self.fcs:
                     h = F.relu(layer(h, idx))  # (n, batch, width)
             y = self.head(h, idx)  # (n, batch, max outputs)
@@ -389,6 +406,7 @@ class RSN2Hooks(Hooks):
     def before_training(self, trainer: Trainer) -> None:
         model: RSN2Net = trainer.model
         if not model.masks_selected():
+            standardise_descriptors(model, trainer.data)  # the encoders' descriptors (data.descriptors=true)
             select_masks(model, trainer.data, self.keep, self.criterion, self.mask_batch, trainer.cfg.seed,
                          self.rounds)
         check_masks(model)
@@ -459,10 +477,13 @@ def stage_tasks(model: RSN2Net, stages: list[list[str]]) -> list[list[Task]]:
 # ---- compact export ------------------------------------------------------------------------------------
 def export(model: RSN2Net, path: Path | str) -> int:
     """Pack every masked layer into ONE tensor of a single-task layer's shape plus an owner index and
-    save them (with the architecture as metadata) as safetensors. -> file size in bytes."""
+    save them (with the architecture as metadata, and a graph encoder's descriptor statistics) as
+    safetensors. -> file size in bytes."""
     check_masks(model)
     tensors = {f"{name}.{k}": v.detach().cpu() for name, layer in masked_layers(model).items()
                for k, v in layer.pack().items()}
+    tensors.update({f"buffers.{k}": v.detach().cpu() for k, v in model.named_buffers()  # the encoders' descriptor
+                    if k.startswith("encoders.") and not k.endswith("_mask")})        # standardisation
     save_file(tensors, str(path), metadata={"rsn2": json.dumps(model.arch)})
     return Path(path).stat().st_size
 
@@ -477,9 +498,10 @@ def load_packed(path: Path | str) -> RSN2Net:
     arch = json.loads(meta["rsn2"])
     model = RSN2Net([Task(**t) for t in arch["tasks"]], {k: tuple(v) for k, v in arch["input_shapes"].items()},
                     [(n, members) for n, members in arch["subnets"]], tuple(arch["widths"]), tuple(arch["conv"]),
-                    arch["pool_every"])
+                    arch["pool_every"], arch.get("encoder"))
     for name, layer in masked_layers(model).items():
         layer.unpack({k[len(name) + 1:]: v for k, v in tensors.items() if k.rsplit(".", 1)[0] == name})
+    model.load_state_dict({k[len("buffers."):]: v for k, v in tensors.items() if k.startswith("buffers.")}, strict=False)
     return model
 
 
@@ -515,7 +537,12 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2
     keep = cfg.keep or (1.0 - GROUPED_FREE * grouped) / len(subnets)
     if not 0 < keep <= 1:
         raise ConfigError(f"keep={cfg.keep}: the fraction of weights a subnetwork keeps must be in (0, 1]")
-    model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every)
+    if cfg.encoder_batch_norm and any(graph_dims(shape) is not None for shape in input_shapes.values()):
+        raise ConfigError("rsn2 with data.encoder=dmpnn: encoder_batch_norm=true would share the batch statistics "
+                          "between the subnetworks; leave it false")
+    encoder = {"hidden": cfg.encoder_hidden, "depth": cfg.encoder_depth, "aggregation": cfg.encoder_aggregation,
+               "dropout": cfg.encoder_dropout}
+    model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every, encoder)
     for name, _, local in model.layers():  # capacity, before any data is touched
         if keep * len(local) > 1 + 1e-9:
             raise ConfigError(f"keep={keep:g} for {len(local)} subnetworks on layer {name} sums to "

@@ -39,27 +39,29 @@ class DMPNNConfig:
     encoder_dropout: float = option(0.0, "D-MPNN: dropout inside message passing", low=0, high=1, high_open=True)
 
 
-class DMPNN(nn.Module):
-    """GraphBatch of k molecules -> (k, out_dim), out_dim = hidden + descriptors."""
+class GraphEncoder(nn.Module):
+    """What every D-MPNN encoder keeps besides its weights: the input it reads (input_name), the graphs'
+    dims, chemprop's aggregation, and the standardisation of the descriptors (buffers saved with the
+    weights). out_dim = hidden + descriptors."""
 
-    def __init__(self, dims: GraphDims, hidden: int = 300, depth: int = 3, aggregation: str = "norm",
-                 batch_norm: bool = False, dropout: float = 0.0, input_name: str = "x"):
+    def __init__(self, dims: GraphDims, hidden: int, depth: int, aggregation: str, input_name: str):
         super().__init__()
-        self.input_name = input_name  # the data's input this encoder reads (its descriptor statistics)
         from chemprop import nn as cnn
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {', '.join(AGGREGATIONS)}")
         if hidden < 1 or depth < 1:
             raise ValueError(f"need hidden >= 1 and depth >= 1, got hidden={hidden}, depth={depth}")
+        self.input_name = input_name  # the data's input this encoder reads (its descriptor statistics)
         self.dims = dims
-        self.message_passing = cnn.BondMessagePassing(d_v=dims.atom, d_e=dims.bond, d_h=hidden, depth=depth,
-                                                      dropout=dropout)
         self.aggregation = {"norm": cnn.NormAggregation, "mean": cnn.MeanAggregation,
                             "sum": cnn.SumAggregation}[aggregation]()
-        self.batch_norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
         self.register_buffer("descriptor_mean", torch.zeros(dims.descriptors))
         self.register_buffer("descriptor_std", torch.ones(dims.descriptors))
         self.out_dim = hidden + dims.descriptors
+
+    def descriptors(self, x) -> torch.Tensor:
+        """The standardised descriptors of GraphBatch x, (k, d); a missing one (NaN) becomes 0."""
+        return ((x.descriptors - self.descriptor_mean) / self.descriptor_std).nan_to_num(0.0, 0.0, 0.0)
 
     def set_descriptor_stats(self, descriptors: torch.Tensor) -> None:
         """Standardise with the mean and standard deviation of `descriptors` (n, d), NaN skipped; a constant
@@ -75,13 +77,63 @@ class DMPNN(nn.Module):
         self.descriptor_mean.copy_(mean.float())
         self.descriptor_std.copy_(torch.where(std > 0, std, 1.0).float())
 
+
+
+class DMPNN(GraphEncoder):
+    """GraphBatch of k molecules -> (k, out_dim), out_dim = hidden + descriptors."""
+
+    def __init__(self, dims: GraphDims, hidden: int = 300, depth: int = 3, aggregation: str = "norm",
+                 batch_norm: bool = False, dropout: float = 0.0, input_name: str = "x"):
+        super().__init__(dims, hidden, depth, aggregation, input_name)
+        from chemprop import nn as cnn
+        self.message_passing = cnn.BondMessagePassing(d_v=dims.atom, d_e=dims.bond, d_h=hidden, depth=depth,
+                                                      dropout=dropout)
+        self.batch_norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
+
     def forward(self, x) -> torch.Tensor:
         graph = x.graph
         h = self.aggregation(self.message_passing(graph), graph.batch)  # (k, hidden)
         h = self.batch_norm(h)
         if self.dims.descriptors:
-            d = ((x.descriptors - self.descriptor_mean) / self.descriptor_std).nan_to_num(0.0, 0.0, 0.0)
-            h = torch.cat([h, d.to(h.dtype)], dim=1)  # (k, hidden + d)
+            h = torch.cat([h, self.descriptors(x).to(h.dtype)], dim=1)  # (k, hidden + d)
+        return h
+
+
+class MaskedDMPNN(GraphEncoder):
+    """The D-MPNN with the message matrices of n subnetworks in task-masked layers (RSN2): W_i (atom + bond
+    features -> hidden), W_h (hidden -> hidden) and W_o (atom features + hidden -> hidden), chemprop's
+    names, are MaskedLinear layers over the subnetworks `names`, so that subnetworks with disjoint masks
+    share no weight from the atoms up. forward(GraphBatch of k molecules, idx) -> (n, k, out_dim) for the
+    subnetworks idx (indices on the layers' task axis): chemprop's BondMessagePassing run once per
+    subnetwork with that subnetwork's masked matrices (torch.func.functional_call), then chemprop's
+    aggregation, then the standardised descriptors. The matrices have biases (chemprop's bias=True),
+    masked as every bias of a masked layer, and RSN2's initialisation; no batch norm (its statistics would
+    be shared by all subnetworks)."""
+
+    def __init__(self, names: list[str], dims: GraphDims, hidden: int = 300, depth: int = 3,
+                 aggregation: str = "norm", dropout: float = 0.0, input_name: str = "x"):
+        super().__init__(dims, hidden, depth, aggregation, input_name)
+        from chemprop import nn as cnn
+
+        from .masked import MaskedLinear
+        self.W_i = MaskedLinear(names, dims.atom + dims.bond, hidden)
+        self.W_h = MaskedLinear(names, hidden, hidden)
+        self.W_o = MaskedLinear(names, dims.atom + hidden, hidden)
+        # the computation only: its own weights are never used, so it is kept out of the parameters
+        self._message_passing = (cnn.BondMessagePassing(d_v=dims.atom, d_e=dims.bond, d_h=hidden, bias=True,
+                                                        depth=depth, dropout=dropout),)
+
+    def forward(self, x, idx=None) -> torch.Tensor:
+        graph, (mp,) = x.graph, self._message_passing
+        mp.train(self.training)  # its dropout
+        matrices = {name: getattr(self, name).effective(idx) for name in ("W_i", "W_h", "W_o")}  # (n, in, out), (n, out)
+        h = torch.stack([self.aggregation(torch.func.functional_call(
+            mp, {f"{name}.{key}": value for name, (w, b) in matrices.items()
+                 for key, value in (("weight", w[j].T), ("bias", b[j]))}, (graph,)), graph.batch)
+            for j in range(len(matrices["W_i"][0]))])  # (n, k, hidden)
+        if self.dims.descriptors:
+            d = self.descriptors(x).to(h.dtype)  # (k, d), the same for every subnetwork
+            h = torch.cat([h, d.expand(len(h), -1, -1)], dim=2)  # (n, k, hidden + d)
         return h
 
 
@@ -114,14 +166,14 @@ def with_encoder(name: str, shape, cfg: DMPNNConfig, above: Callable[[int], nn.M
 
 
 def needs_descriptor_stats(model: nn.Module) -> bool:
-    return any(isinstance(m, DMPNN) and m.dims.descriptors for m in model.modules())
+    return any(isinstance(m, GraphEncoder) and m.dims.descriptors for m in model.modules())
 
 
 def standardise_descriptors(model: nn.Module, data) -> None:
-    """Every DMPNN of `model` that takes descriptors standardises them with the training rows of its input
-    (data.train.inputs[input_name].descriptors); nothing for a model without one."""
+    """Every D-MPNN encoder of `model` that takes descriptors standardises them with the training rows of its
+    input (data.train.inputs[input_name].descriptors); nothing for a model without one."""
     for module in model.modules():
-        if isinstance(module, DMPNN) and module.dims.descriptors:
+        if isinstance(module, GraphEncoder) and module.dims.descriptors:
             module.set_descriptor_stats(data.train.inputs[module.input_name].descriptors)
 
 

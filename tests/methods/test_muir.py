@@ -2,13 +2,15 @@
 alignment surviving a save/load, and the EA finding the known alignment of a toy problem."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
 
 from manytask.config import ConfigError, apply
 from manytask.experiments.muir import full_batch
-from manytask.methods.muir import MuirConfig, MuirHooks, MuirNet
+from manytask.methods.muir import MuirConfig, MuirHooks, MuirNet, bank_floats, fitted_widths, input_archs
 from manytask.registry import get_dataset, get_method
 from manytask.runs import resolve, train_run
 from manytask.tasks import Task
@@ -207,6 +209,22 @@ def test_last_stage_rounds_follow_generations_of_training_while_tasks_move(moves
     Trainer(model, data, TrainConfig(epochs=50, batch_size=16, patience=0, progress=False), hooks).fit()
     assert calls == rounds
     assert [h["moved"] for h in hooks.history[2:5]] == [moves if g in rounds else [] for g in (2, 3, 4)]
+
+
+def test_the_bank_cap_halves_the_widths_then_lowers_the_context(capsys):
+    """max_bank: the default models' widths are halved (not below the block's 16 rows) while the bank is too
+    big, then the context size c is lowered as far as needed; a cap the widths alone meet keeps c."""
+    tasks, shapes = [Task(f"t{i}", "binary") for i in range(20)], {"x": (2048,)}
+    cfg = MuirConfig()
+    arch = input_archs(cfg, shapes)
+    full = bank_floats(cfg, tasks, shapes, arch)
+    smallest = bank_floats(dataclasses.replace(cfg, widths=(16, 16)), tasks, shapes, arch)
+    got = fitted_widths(dataclasses.replace(cfg, max_bank=full * 0.6 / 1e6), tasks, shapes, arch)
+    assert got.widths == (64, 32) and got.context == cfg.context == 7
+    got = fitted_widths(dataclasses.replace(cfg, max_bank=smallest * 0.6 / 1e6), tasks, shapes, arch)
+    assert got.widths == (16, 16) and got.context == 4  # floor(7 * 0.6)
+    assert bank_floats(got, tasks, shapes, arch) <= smallest * 0.6
+    assert "using widths=16,16 context=4" in capsys.readouterr().err
 
 
 def test_grouped_loss_is_mean_loss_for_standardised_regression_targets():

@@ -451,3 +451,37 @@ def test_rounds_share_the_informative_first_layer_weights_out(rounds):
         assert on_centre[0] == 204 and on_centre[-1] < 0.1 * 576 / 5  # the failure the rounds remove
     else:
         assert min(on_centre) >= 0.8 * 576 / 5, on_centre
+
+
+def test_molecule_graphs_get_masked_encoders_disjoint_from_the_atoms_up(mols, tmp_path):
+    """data.encoder=dmpnn: every subnetwork has its own masked D-MPNN matrices (W_i, W_h, W_o). The masks are
+    disjoint there too; a second stage trains task B without moving anything of task A's subnetwork,
+    encoder included (A's predictions bit for bit); the packed export predicts the same."""
+    from manytask import load_dataset
+    from manytask.nn.dmpnn import MaskedDMPNN
+    data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", descriptors=True, workers=1)
+    model, hooks = make(data, widths=(8,), encoder_hidden=16, groups="task", criterion="gradient")
+    (encoder,) = [m for m in model.modules() if isinstance(m, MaskedDMPNN)]
+    assert [name for name, *_ in model.layers()][:3] == ["encoders.0.W_i", "encoders.0.W_h", "encoders.0.W_o"]
+    stage_a, stage_b = stage_tasks(model, [["A"], ["B"]])
+    train_stages(model, hooks, data, [stage_a], [FAST])
+    check_disjoint(model)
+    assert all(layer.weight_mask[0].any() and layer.weight_mask[1].any() for layer in (encoder.W_i, encoder.W_h, encoder.W_o))
+    train = data.train.inputs["x"].descriptors  # standardised with the training rows
+    known = ~torch.isnan(train).any(0)
+    assert torch.allclose(encoder.descriptor_mean[known], train[:, known].double().mean(0).float(), rtol=1e-5, atol=1e-5)
+    a_before = predict_split(model, data.test, data.tasks)["A"]
+    encoder_a = [layer.effective([0])[0].clone() for layer in (encoder.W_i, encoder.W_h, encoder.W_o)]
+    train_stages(model, hooks, data, [stage_b], [FAST])
+    assert torch.equal(predict_split(model, data.test, data.tasks)["A"], a_before)
+    assert all(torch.equal(layer.effective([0])[0], w) for layer, w in zip((encoder.W_i, encoder.W_h, encoder.W_o), encoder_a))
+    assert not torch.equal(encoder.W_i.effective([1])[0], encoder.W_i.weight[1] * 0)  # B's encoder trained
+    export(model, tmp_path / "packed.safetensors")
+    packed = load_packed(tmp_path / "packed.safetensors")
+    a, b = predict_split(model, data.test, data.tasks), predict_split(packed, data.test, data.tasks)
+    assert all(torch.equal(a[t.name], b[t.name]) for t in data.tasks)
+
+
+def test_molecule_graphs_refuse_a_shared_batch_norm():
+    with pytest.raises(ConfigError, match="encoder_batch_norm=true would share the batch statistics"):
+        build([Task("a", "binary")], {"x": ("graph", 72, 14, 0)}, RSN2Config(encoder_batch_norm=True))
