@@ -84,7 +84,8 @@ class MuirConfig:
     move_candidates: int = option(8, "task moves: the most used alignments a task may move to", low=1)
     max_bank: float = option(100.0, "the most hypermodule floats, in millions, the default models may need (the bank "
                              "is c x their reparameterised weights, trained with Adam: 16 c bytes a weight); beyond it "
-                             "their hidden widths are halved until it fits (0: no limit)", low=0.0)
+                             "their hidden widths are halved (not below the block's rows), then the context size c "
+                             "lowered, until it fits (0: no limit)", low=0.0)
     reassign: int = option(10, "rounds of the EA's last stage, task moves: every task of a repeated architecture may "
                            "take the alignment of another task, kept when its validation loss drops; one round after "
                            "the last generation of the EA and one after each further generation while tasks still "

@@ -126,7 +126,8 @@ class MaskedDMPNN(GraphEncoder):
     def forward(self, x, idx=None) -> torch.Tensor:
         graph, (mp,) = x.graph, self._message_passing
         mp.train(self.training)  # its dropout
-        matrices = {name: getattr(self, name).effective(idx) for name in ("W_i", "W_h", "W_o")}  # (n, in, out), (n, out)
+        # each (W * M (n, in, out), b * m (n, out)) of the subnetworks idx
+        matrices = {name: getattr(self, name).effective(idx) for name in ("W_i", "W_h", "W_o")}
         h = torch.stack([self.aggregation(torch.func.functional_call(
             mp, {f"{name}.{key}": value for name, (w, b) in matrices.items()
                  for key, value in (("weight", w[j].T), ("bias", b[j]))}, (graph,)), graph.batch)
