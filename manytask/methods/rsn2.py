@@ -27,8 +27,9 @@ Inputs of different shapes get their own first layer (a "task-dedicated first la
 inputs of one shape share it. A molecule graph input (data.encoder=dmpnn) gets a D-MPNN below its first
 layer whose message matrices are masked layers too (nn.dmpnn.MaskedDMPNN): each subnetwork passes
 messages with its own masked W_i, W_h, W_o, so subnetworks stay disjoint from the atoms up, at the
-cost of one message passing per subnetwork and step (no shared encoder: a shared one would couple them). The rest of the network is shared by all subnetworks; the head is a masked
-layer too (each output unit of each subnetwork keeps `keep` of its inputs; output biases are per task).
+cost of one message passing per subnetwork and step (no shared encoder: a shared one would couple
+them). The rest of the network is shared by all subnetworks; the head is a masked layer too (each
+output unit of each subnetwork keeps `keep` of its inputs; output biases are per task).
 
 Training (RSN2Hooks): only the subnetworks of the trained tasks are computed, each with its own loss;
 masked positions and frozen subnetworks get exactly zero gradient, weight decay is applied inside the
@@ -201,7 +202,7 @@ class RSN2Net(nn.Module):
         names = self.subnet_names
         first_names = [[names[s] for s in sorted(m)] for m in members]
         self.conv_mode, self.pool_every = bool(conv), pool_every
-        graphs = {i: graph_dims(shape) for i, shape in enumerate(shapes) if graph_dims(shape) is not None}
+        graphs = {i: dims for i, shape in enumerate(shapes) if (dims := graph_dims(shape)) is not None}
         if graphs and conv:
             raise ConfigError(f"conv={conv} needs image inputs; molecule graphs (data.encoder=dmpnn) take conv= (empty)")
         # a graph input: its subnetworks' masked D-MPNN, then the first layer reads its molecule vectors
@@ -482,8 +483,8 @@ def export(model: RSN2Net, path: Path | str) -> int:
     check_masks(model)
     tensors = {f"{name}.{k}": v.detach().cpu() for name, layer in masked_layers(model).items()
                for k, v in layer.pack().items()}
-    tensors.update({f"buffers.{k}": v.detach().cpu() for k, v in model.named_buffers()  # the encoders' descriptor
-                    if k.startswith("encoders.") and not k.endswith("_mask")})        # standardisation
+    tensors.update({f"buffers.encoders.{i}.{b}": getattr(encoder, b).detach().cpu()  # descriptor standardisation
+                    for i, encoder in model.encoders.items() for b in ("descriptor_mean", "descriptor_std")})
     save_file(tensors, str(path), metadata={"rsn2": json.dumps(model.arch)})
     return Path(path).stat().st_size
 

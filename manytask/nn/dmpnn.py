@@ -59,9 +59,13 @@ class GraphEncoder(nn.Module):
         self.register_buffer("descriptor_std", torch.ones(dims.descriptors))
         self.out_dim = hidden + dims.descriptors
 
-    def descriptors(self, x) -> torch.Tensor:
-        """The standardised descriptors of GraphBatch x, (k, d); a missing one (NaN) becomes 0."""
-        return ((x.descriptors - self.descriptor_mean) / self.descriptor_std).nan_to_num(0.0, 0.0, 0.0)
+    def with_descriptors(self, h: torch.Tensor, x) -> torch.Tensor:
+        """h (..., k, hidden) -> (..., k, hidden + d): GraphBatch x's descriptors, standardised (a missing one,
+        NaN, becomes 0), appended to every molecule vector; h itself when the encoder takes none."""
+        if not self.dims.descriptors:
+            return h
+        d = ((x.descriptors - self.descriptor_mean) / self.descriptor_std).nan_to_num(0.0, 0.0, 0.0)  # (k, d)
+        return torch.cat([h, d.to(h.dtype).expand(*h.shape[:-1], -1)], dim=-1)
 
     def set_descriptor_stats(self, descriptors: torch.Tensor) -> None:
         """Standardise with the mean and standard deviation of `descriptors` (n, d), NaN skipped; a constant
@@ -78,7 +82,6 @@ class GraphEncoder(nn.Module):
         self.descriptor_std.copy_(torch.where(std > 0, std, 1.0).float())
 
 
-
 class DMPNN(GraphEncoder):
     """GraphBatch of k molecules -> (k, out_dim), out_dim = hidden + descriptors."""
 
@@ -93,10 +96,7 @@ class DMPNN(GraphEncoder):
     def forward(self, x) -> torch.Tensor:
         graph = x.graph
         h = self.aggregation(self.message_passing(graph), graph.batch)  # (k, hidden)
-        h = self.batch_norm(h)
-        if self.dims.descriptors:
-            h = torch.cat([h, self.descriptors(x).to(h.dtype)], dim=1)  # (k, hidden + d)
-        return h
+        return self.with_descriptors(self.batch_norm(h), x)  # (k, hidden + d)
 
 
 class MaskedDMPNN(GraphEncoder):
@@ -132,10 +132,7 @@ class MaskedDMPNN(GraphEncoder):
             mp, {f"{name}.{key}": value for name, (w, b) in matrices.items()
                  for key, value in (("weight", w[j].T), ("bias", b[j]))}, (graph,)), graph.batch)
             for j in range(len(matrices["W_i"][0]))])  # (n, k, hidden)
-        if self.dims.descriptors:
-            d = self.descriptors(x).to(h.dtype)  # (k, d), the same for every subnetwork
-            h = torch.cat([h, d.expand(len(h), -1, -1)], dim=2)  # (n, k, hidden + d)
-        return h
+        return self.with_descriptors(h, x)  # (n, k, hidden + d), the same descriptors for every subnetwork
 
 
 def graph_encoder(name: str, shape, cfg: DMPNNConfig) -> DMPNN | None:
