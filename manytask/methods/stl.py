@@ -27,8 +27,8 @@ Molecule graphs (data.encoder=dmpnn): single-task networks share nothing, so eve
 learned D-MPNN (nn/dmpnn.py, the encoder_* keys) below its own MLP: y_t = mlp_t(dmpnn_t(graph)), plain
 modules (SingleTaskGraphNets), not the batched path above, which stays the path of every other input. That
 is N encoders: N times the encoder's parameters (0.23 M each at encoder_hidden=300) and N message passings
-per step where hard_sharing and icnn run one. A build says so in one line; above GRAPH_ENCODERS_UP_TO tasks it
-is a ConfigError naming the alternatives (one shared D-MPNN, or fingerprints).
+per step where hard_sharing and icnn run one. A build says so in one line; above GRAPH_ENCODERS_UP_TO tasks
+(nn/dmpnn.py) it is a ConfigError naming the alternatives (one shared D-MPNN, or fingerprints).
 
 Several processes (torchrun): plain data parallelism; every network's gradients are averaged by DDP.
 """
@@ -45,7 +45,7 @@ from torch import nn
 from ..config import ConfigError, option
 from ..data.graphs import graph_dims
 from ..nn.batched import BatchedMLP, shared_input
-from ..nn.dmpnn import DMPNNConfig, encoded_width, graph_encoder, standardise_descriptors, with_encoder
+from ..nn.dmpnn import DMPNNConfig, check_per_task_encoders, encoded_width, standardise_descriptors, with_encoder
 from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
 from ..tasks import Task, module_key, stacked_mean_loss
@@ -57,7 +57,6 @@ from ..train import Hooks, Trainer
 # page-faulted in every step: `benchmarks/stl.py --sizes 100 --phases --group-mib 1000` (one 128 MB weight)
 # measured an Adam step of 385 ms, 77 ms with the default 16 MiB groups (one thread).
 GROUP_BYTES = 16 * 2**20
-GRAPH_ENCODERS_UP_TO = 32  # data.encoder=dmpnn: one D-MPNN per task; more tasks are refused (see the docstring)
 
 log = logging.getLogger("manytask")
 
@@ -238,25 +237,11 @@ def build_method(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
     return build(tasks, input_shapes, cfg), STLHooks()
 
 
-def check_graph_encoders(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: DMPNNConfig) -> None:
-    """One line on what the per-task D-MPNNs cost; a ConfigError above GRAPH_ENCODERS_UP_TO of them."""
-    graph_tasks = [t for t in tasks if graph_dims(input_shapes[t.input]) is not None]
-    n = len(graph_tasks)
-    with torch.random.fork_rng(devices=[]):  # one encoder built to count its parameters, the random stream kept
-        size = sum(p.numel() for p in graph_encoder(graph_tasks[0].input, input_shapes[graph_tasks[0].input],
-                                                    cfg).parameters())
-    cost = f"{n} D-MPNN encoders, one per task ({n * size / 1e6:.2f} M parameters, {n} message passings per step)"
-    if n > GRAPH_ENCODERS_UP_TO:
-        raise ConfigError(f"stl with data.encoder=dmpnn: {cost}, above the {GRAPH_ENCODERS_UP_TO} it builds; use "
-                          "hard_sharing or icnn (one shared D-MPNN), or data.encoder=fingerprint")
-    log.warning("stl: %s; hard_sharing and icnn share one", cost)
-
-
 def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]],
           cfg: STLConfig) -> SingleTaskNets | SingleTaskGraphNets:
     graphs = any(graph_dims(input_shapes[t.input]) is not None for t in tasks)  # a task reads molecule graphs
     if graphs:
-        check_graph_encoders(tasks, input_shapes, cfg)
+        check_per_task_encoders("stl", tasks, input_shapes, cfg)
     in_dims = {t.name: encoded_width(input_shapes[t.input], cfg) for t in tasks}  # the input of each task's MLP
     widths = {}
     for t in tasks:

@@ -14,6 +14,8 @@ A descriptor that is missing (NaN) becomes 0 after standardising: the training m
 """
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -26,6 +28,8 @@ from ..data.graphs import GraphDims, graph_dims
 from ..train import Hooks
 
 AGGREGATIONS = ("norm", "mean", "sum")
+GRAPH_ENCODERS_UP_TO = 32  # methods with one D-MPNN per task (stl, muir) refuse more graph tasks
+log = logging.getLogger("manytask")
 
 
 @dataclass
@@ -82,15 +86,37 @@ class GraphEncoder(nn.Module):
         self.descriptor_std.copy_(torch.where(std > 0, std, 1.0).float())
 
 
+class PadFeatures(nn.Module):
+    """A chemprop graph transform: BatchMolGraph -> a shallow copy whose atom and bond features (V, E) end
+    in `atom` and `bond` columns of zeros."""
+
+    def __init__(self, atom: int, bond: int):
+        super().__init__()
+        self.atom, self.bond = atom, bond
+
+    def forward(self, graph):
+        graph = copy.copy(graph)  # the batch itself is left as it is
+        graph.V = nn.functional.pad(graph.V, (0, self.atom))  # (atoms, atom features + atom)
+        graph.E = nn.functional.pad(graph.E, (0, self.bond))  # (edges, bond features + bond)
+        return graph
+
+
 class DMPNN(GraphEncoder):
-    """GraphBatch of k molecules -> (k, out_dim), out_dim = hidden + descriptors."""
+    """GraphBatch of k molecules -> (k, out_dim), out_dim = hidden + descriptors.
+
+    pad_to > 1 pads the atom and bond features with zero columns up to multiples of pad_to before message
+    passing, so that with hidden a multiple of it too the input sizes of the message matrices W_i (atom +
+    bond features) and W_o (atom features + hidden) divide by pad_to (muir cuts them into blocks). The zero
+    columns change no output."""
 
     def __init__(self, dims: GraphDims, hidden: int = 300, depth: int = 3, aggregation: str = "norm",
-                 batch_norm: bool = False, dropout: float = 0.0, input_name: str = "x"):
+                 batch_norm: bool = False, dropout: float = 0.0, input_name: str = "x", pad_to: int = 1):
         super().__init__(dims, hidden, depth, aggregation, input_name)
         from chemprop import nn as cnn
-        self.message_passing = cnn.BondMessagePassing(d_v=dims.atom, d_e=dims.bond, d_h=hidden, depth=depth,
-                                                      dropout=dropout)
+        atom, bond = (-dims.atom % pad_to, -dims.bond % pad_to)  # zero columns added
+        self.message_passing = cnn.BondMessagePassing(
+            d_v=dims.atom + atom, d_e=dims.bond + bond, d_h=hidden, depth=depth, dropout=dropout,
+            graph_transform=PadFeatures(atom, bond) if atom or bond else None)
         self.batch_norm = nn.BatchNorm1d(hidden) if batch_norm else nn.Identity()
 
     def forward(self, x) -> torch.Tensor:
@@ -135,13 +161,30 @@ class MaskedDMPNN(GraphEncoder):
         return self.with_descriptors(h, x)  # (n, k, hidden + d), the same descriptors for every subnetwork
 
 
-def graph_encoder(name: str, shape, cfg: DMPNNConfig) -> DMPNN | None:
-    """The D-MPNN for input `name` when its example shape is a graph's (data/graphs.py), None for any other."""
+def graph_encoder(name: str, shape, cfg: DMPNNConfig, pad_to: int = 1) -> DMPNN | None:
+    """The D-MPNN for input `name` when its example shape is a graph's (data/graphs.py), None for any other;
+    pad_to as DMPNN's."""
     dims = graph_dims(shape)
     if dims is None:
         return None
     return DMPNN(dims, cfg.encoder_hidden, cfg.encoder_depth, cfg.encoder_aggregation, cfg.encoder_batch_norm,
-                 cfg.encoder_dropout, name)
+                 cfg.encoder_dropout, name, pad_to)
+
+
+def check_per_task_encoders(method: str, tasks, input_shapes: dict, cfg: DMPNNConfig, pad_to: int = 1) -> None:
+    """For a method that gives every task reading a graph its own D-MPNN: one warning line on what they
+    cost; a ConfigError above GRAPH_ENCODERS_UP_TO of them. Nothing without graph inputs."""
+    graph_tasks = [t for t in tasks if graph_dims(input_shapes[t.input]) is not None]
+    if not graph_tasks:
+        return
+    n, name = len(graph_tasks), graph_tasks[0].input
+    with torch.random.fork_rng(devices=[]):  # one encoder built to count its parameters, the random stream kept
+        size = sum(p.numel() for p in graph_encoder(name, input_shapes[name], cfg, pad_to).parameters())
+    cost = f"{n} D-MPNN encoders, one per task ({n * size / 1e6:.2f} M parameters, {n} message passings per step)"
+    if n > GRAPH_ENCODERS_UP_TO:
+        raise ConfigError(f"{method} with data.encoder=dmpnn: {cost}, above the {GRAPH_ENCODERS_UP_TO} it builds; "
+                          "use hard_sharing or icnn (one shared D-MPNN), or data.encoder=fingerprint")
+    log.warning("%s: %s; hard_sharing and icnn share one", method, cost)
 
 
 def encoded_width(shape, cfg: DMPNNConfig) -> int:

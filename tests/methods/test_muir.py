@@ -243,3 +243,64 @@ def test_an_lstm_arch_on_features_that_are_not_token_ids_is_a_config_error():
     spec = resolve("tox21", "muir", {"arch": "x:lstm", "epochs": "1", "progress": "false"})
     with pytest.raises(ConfigError, match="arch=INPUT:lstm reads token ids 0..63"):
         train_run(spec, data=data, out=None, echo=False)
+
+
+GRAPH = {"x": ("graph", 72, 14, 0)}
+
+
+@pytest.fixture(scope="module")
+def molecules():
+    from manytask.data.graphs import GraphRows, featurize_graphs
+    return GraphRows(featurize_graphs(["CCO", "c1ccccc1O", "CC(=O)Oc1ccccc1C(=O)O", "CCN", "c1ccncc1", "OCC(O)CO"], 1))
+
+
+def test_molecule_graphs_get_per_task_encoders_whose_matrices_are_hypermodule_blocks(molecules):
+    """data.encoder=dmpnn: every task has its own D-MPNN, whose W_i, W_h, W_o are cut into blocks of the bank.
+    Pessimistic (nothing shared): a step on task a's loss leaves task b's predictions as they were. With
+    b's encoder blocks aligned to a's hypermodules, the same step moves b's predictions: the encoders share
+    weights through the bank."""
+    from manytask.nn.dmpnn import DMPNN
+    tasks = [Task("a", "binary"), Task("b", "binary")]
+    x = molecules[torch.arange(len(molecules))]
+
+    def b_moves(align: bool) -> bool:
+        torch.manual_seed(0)
+        net, _ = get_method("muir").fn(tasks, GRAPH, MuirConfig(encoder_hidden=32, widths=(16,), dropout=0.0))
+        muir = net.muir
+        assert len([m for m in net.modules() if isinstance(m, DMPNN)]) == 2
+        names = {s.name for g in muir.groups for s in g.specs}
+        assert {f"0.message_passing.W_{w}.weight" for w in "iho"} <= names  # the encoder's three matrices
+        encoder_blocks = sum(s.nb for s in muir.groups[0].specs if s.name.startswith("0."))  # (32/16)(96+32+112)/16
+        assert encoder_blocks == 2 * (6 + 2 + 7)
+        if align:
+            with torch.no_grad():
+                a, b = muir.locations([0, 1])
+                muir.psi[b[:encoder_blocks]] = muir.psi[a[:encoder_blocks]]
+        net.eval()
+        before = net(x)["b"].detach().clone()
+        torch.optim.SGD(net.parameters(), lr=0.1).zero_grad()
+        net(x)["a"].sum().backward()
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.grad is not None:
+                    p -= 0.1 * p.grad
+        return not torch.equal(net(x)["b"], before)
+
+    assert not b_moves(align=False)
+    assert b_moves(align=True)
+
+
+def test_molecule_graph_keys_are_checked_before_building():
+    tasks = [Task("a", "binary")]
+    build = get_method("muir").fn
+    with pytest.raises(ConfigError, match="encoder_hidden=300 is not a multiple of the block size 16,16.*"
+                                          "encoder_hidden=288 or 304"):
+        build(tasks, GRAPH, MuirConfig(encoder_hidden=300))
+    with pytest.raises(ConfigError, match="arch dmpnn is for molecule graphs"):
+        build(tasks, GRAPH, MuirConfig(arch=("x:mlp",)))
+    with pytest.raises(ConfigError, match="arch dmpnn is for molecule graphs"):
+        build(tasks, {"x": (64,)}, MuirConfig(arch=("x:dmpnn",)))
+    from manytask.nn.dmpnn import GRAPH_ENCODERS_UP_TO
+    many = [Task(f"t{i}", "binary") for i in range(GRAPH_ENCODERS_UP_TO + 1)]
+    with pytest.raises(ConfigError, match=f"muir with data.encoder=dmpnn: {len(many)} D-MPNN encoders.*hard_sharing"):
+        build(many, GRAPH, MuirConfig())

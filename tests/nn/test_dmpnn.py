@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -35,6 +36,24 @@ def test_forward_shapes_and_options(rows):
     assert torch.allclose(enc(x)[2], one[0], atol=1e-6)  # a molecule's vector does not depend on its batch
     with pytest.raises(ValueError, match="aggregation"):
         DMPNN(GraphDims(72, 14, 0), aggregation="max")
+
+
+def test_padded_features_change_no_output(rows):
+    """pad_to=16: W_i reads 80 + 16 columns and W_o 80 + hidden, multiples of 16; with the real columns'
+    weights copied from an unpadded encoder (the padding's are anything) both give the same vectors."""
+    torch.manual_seed(0)
+    plain, padded = DMPNN(GraphDims(72, 14, 0), hidden=32), DMPNN(GraphDims(72, 14, 0), hidden=32, pad_to=16)
+    a, b = plain.message_passing, padded.message_passing
+    assert b.W_i.weight.shape == (32, 96) and b.W_h.weight.shape == (32, 32) and b.W_o.weight.shape == (32, 112)
+    atoms = torch.arange(72)
+    with torch.no_grad():
+        b.W_h.weight.copy_(a.W_h.weight)
+        b.W_i.weight[:, torch.cat([atoms, 80 + torch.arange(14)])] = a.W_i.weight
+        b.W_o.weight[:, torch.cat([atoms, 80 + torch.arange(32)])] = a.W_o.weight
+        b.W_o.bias.copy_(a.W_o.bias)
+    x = rows[torch.arange(len(SMILES))]
+    assert torch.allclose(padded(x), plain(x), atol=1e-6)
+    assert x.graph.V.shape[1] == 72 and x.graph.E.shape[1] == 14  # the batch itself is not padded
 
 
 def test_a_mask_keeps_molecules_of_a_batch(rows):
@@ -102,19 +121,31 @@ def test_graph_methods_train_every_parameter(rows, method):
     assert len(dmpnn) == 1 and all(p.grad is not None for p in dmpnn[0].parameters())
 
 
-def test_only_methods_with_the_encoder_keys_take_graphs():
-    from manytask.registry import get_method
+@dataclass
+class PlainConfig:  # a method's keys without the encoder's (a user's own method, say)
+    widths: tuple[int, ...] = (8,)
+
+
+@pytest.fixture
+def plain_method(monkeypatch):
+    """A registered method whose config does not declare the D-MPNN keys, removed after the test."""
+    from manytask.registry import METHODS, Entry, get_method
+    hard = get_method("hard_sharing")
+    monkeypatch.setitem(METHODS, "plain_mlp", Entry("plain_mlp", PlainConfig, hard.fn, "an MLP without encoder keys"))
+    return "plain_mlp"
+
+
+def test_only_methods_with_the_encoder_keys_take_graphs(plain_method):
+    from manytask.registry import METHODS, get_method
     graph = {"x": ("graph", 72, 14, 0)}
-    takers = ["evolving", "hard_sharing", "icnn", "rsn2", "soft_order", "stl"]
-    for name in takers:
+    builtin = ["evolving", "hard_sharing", "icnn", "muir", "rsn2", "soft_order", "stl"]
+    for name in builtin:
         check_graph_method(name, get_method(name).config, graph)
-    check_graph_method("muir", get_method("muir").config, {"x": (2048,)})
-    assert set(takers) <= set(graph_methods()) and "muir" not in graph_methods()
-    for name in ("muir",):
-        assert not issubclass(get_method(name).config, DMPNNConfig)
-        with pytest.raises(ConfigError, match=f"method {name} cannot take molecule graphs") as e:
-            check_graph_method(name, get_method(name).config, graph)
-        assert str(e.value).endswith(", ".join(graph_methods()))  # the message lists the methods that take them
+    assert set(builtin) <= set(graph_methods()) == set(METHODS) - {plain_method}  # every built-in method
+    check_graph_method(plain_method, PlainConfig, {"x": (2048,)})
+    with pytest.raises(ConfigError, match=f"method {plain_method} cannot take molecule graphs") as e:
+        check_graph_method(plain_method, PlainConfig, graph)
+    assert str(e.value).endswith(", ".join(graph_methods()))  # the message lists the methods that take them
 
 
 def test_stl_gives_every_task_its_own_encoder_and_shares_nothing(rows):
@@ -150,7 +181,7 @@ def test_stl_gives_every_task_its_own_encoder_and_shares_nothing(rows):
 
 def test_stl_trains_on_graphs_and_refuses_too_many_encoders(mols, caplog):
     from manytask import load_dataset
-    from manytask.methods.stl import GRAPH_ENCODERS_UP_TO
+    from manytask.nn.dmpnn import GRAPH_ENCODERS_UP_TO
     from manytask.tasks import mean_loss
     from manytask.train import TrainConfig, Trainer
     data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", workers=1)
@@ -179,7 +210,7 @@ def cli(*args, cwd):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.parametrize("method", ["hard_sharing", "rsn2"])
+@pytest.mark.parametrize("method", ["hard_sharing", "rsn2", "muir"])
 def test_train_a_dmpnn_run_from_the_command_line_and_evaluate_it(tmp_path, mols, method):
     r = cli("train", "moleculenet", method, f"data.path={mols}", "data.encoder=dmpnn", "widths=16",
             "encoder_hidden=16", "epochs=1", "progress=false", "data.fractions=0.5,0.25,0.25", "data.workers=1",
@@ -194,22 +225,32 @@ def test_train_a_dmpnn_run_from_the_command_line_and_evaluate_it(tmp_path, mols,
     assert pr.stdout.splitlines()[2] == "not-a-molecule,false,,"
 
 
-def test_a_method_without_the_encoder_keys_refuses_graphs_in_one_line(tmp_path, mols):
-    r = cli("train", "moleculenet", "muir", f"data.path={mols}", "data.encoder=dmpnn", "epochs=1", "--out", "runs",
-            cwd=tmp_path)
-    errors = [line for line in r.stderr.splitlines() if "error" in line]
-    assert r.returncode == 2 and len(errors) == 1 and "cannot take molecule graphs" in errors[0]
+def test_a_method_without_the_encoder_keys_refuses_graphs_in_one_line(tmp_path, mols, plain_method, monkeypatch,
+                                                                      capsys):
+    from manytask.cli import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "moleculenet", plain_method, f"data.path={mols}", "data.encoder=dmpnn", "epochs=1",
+              "--out", "runs"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert e.value.code == 2 and len(errors) == 1 and "cannot take molecule graphs" in errors[0]
     assert not (tmp_path / "runs").exists()
 
 
-def test_training_standardises_descriptors_with_the_training_split(mols):
+@pytest.mark.parametrize("method", ["hard_sharing", "muir"])
+def test_training_standardises_descriptors_with_the_training_split(mols, method):
+    """Before training, every D-MPNN of the model (muir: one per task) standardises its descriptors with the
+    training rows."""
     from manytask import load_dataset
     from manytask.train import TrainConfig, Trainer
     data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", descriptors=True, workers=1)
     torch.manual_seed(0)
-    model, hooks = create_model("hard_sharing", data.tasks, data.input_shapes, widths=(8,), encoder_hidden=8)
+    model, hooks = create_model(method, data.tasks, data.input_shapes, widths=(16,), encoder_hidden=16)
     Trainer(model, data, TrainConfig(epochs=1, progress=False, device="cpu"), hooks).fit()
-    (enc,) = [m for m in model.modules() if isinstance(m, DMPNN)]
+    encoders = [m for m in model.modules() if isinstance(m, DMPNN)]
+    assert len(encoders) == (1 if method == "hard_sharing" else len(data.tasks))
     train = data.train.inputs["x"].descriptors
     known = ~torch.isnan(train).any(0)
-    assert torch.allclose(enc.descriptor_mean[known], train[:, known].double().mean(0).float(), rtol=1e-5, atol=1e-5)
+    for enc in encoders:
+        assert torch.allclose(enc.descriptor_mean[known], train[:, known].double().mean(0).float(), rtol=1e-5,
+                              atol=1e-5)
