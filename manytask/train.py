@@ -63,8 +63,13 @@ class TrainConfig:
     epochs: int = option(100, "maximum training epochs", low=1)
     batch_size: int = option(128, "examples per minibatch", low=1, search=("choice", (32, 64, 128, 256)))
     lr: float = option(1e-3, "learning rate", low=0, low_open=True, search=("log", 1e-4, 1e-2))
-    optimizer: Literal["adam", "sgd"] = option("adam", "optimizer")
-    weight_decay: float = option(0.0, "L2 penalty (the optimizer's weight_decay)", low=0,
+    optimizer: Literal["adam", "adamw", "sgd"] = option(
+        "adam", "adam: weight decay as an L2 term in the gradient (torch.optim.Adam); adamw: decoupled weight decay "
+                "(torch.optim.AdamW); sgd: with momentum")
+    weight_decay: float = option(0.0, "weight decay: adam and sgd add weight_decay x weight to its gradient (L2; for "
+                                      "weights that serve one task, such as stl's networks and icnn's subnetworks, "
+                                      "the L2 of that task's own objective, docs/scaling.md); adamw multiplies every "
+                                      "weight by 1 - lr x weight_decay each step", low=0,
                                  search=("choice", (0.0, 1e-5, 1e-4, 1e-3)))
     momentum: float = option(0.9, "SGD momentum", low=0, high=1, high_open=True)
     patience: int = option(10, "validations without improvement of the monitored value before stopping; 0 = never "
@@ -195,10 +200,28 @@ def monitored(cfg: TrainConfig, tasks: list[Task]) -> str:
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimizer of cfg over params: tensors, or torch parameter groups (dicts).
+
+    A group may say "tasks": N when each of its weights serves one of N tasks (stl's networks, icnn's
+    subnetworks). Its weight decay is then the L2 of each task's own objective, task loss + weight_decay/2
+    |w|^2, as for a network trained alone on that task: the training loss, the mean over the N tasks, takes
+    1/N of each objective, so with an L2 decay (adam, sgd) the group's coefficient is weight_decay / N.
+    Without the 1/N, an L2 term of fixed size against a task gradient divided by N outweighs it at many
+    tasks, and Adam's normalised steps then take every such weight to 0 (docs/scaling.md). AdamW's decay
+    does not pass through the loss, so it is weight_decay for every group."""
+    groups = []
+    for group in params:
+        if isinstance(group, dict):
+            group = dict(group)
+            tasks = group.pop("tasks", 1)
+            if cfg.optimizer != "adamw" and "weight_decay" not in group:
+                group["weight_decay"] = cfg.weight_decay / tasks
+        groups.append(group)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # fused: one kernel over all tensors (at 617 stl networks, 18 ms a step against 65 ms; benchmarks/stl.py)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    adam = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):

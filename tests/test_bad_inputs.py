@@ -207,7 +207,7 @@ CASES = [
     Case("settings", (*MOLS, "lr=nan"), "error", "lr=nan: must be > 0"),
     Case("settings", (*MOLS, "lr=inf"), "error", "lr=inf: must be a finite number"),
     Case("settings", (*MOLS, "momentum=1"), "error", "momentum=1.0: must be in [0, 1)"),
-    Case("settings", (*MOLS, "optimizer=lbfgs"), "error", "optimizer=lbfgs: choose one of adam, sgd"),
+    Case("settings", (*MOLS, "optimizer=lbfgs"), "error", "optimizer=lbfgs: choose one of adam, adamw, sgd"),
     Case("settings", (*MOLS, "seed=-1"), "error", "seed=-1: must be >= 0"),
     Case("settings", (*MOLS, "dropout=1"), "error", "dropout=1.0: must be in [0, 1)"),
     Case("settings", (*MOLS, "dropout=1.5"), "error", "dropout=1.5: must be in [0, 1)"),

@@ -55,7 +55,7 @@ def test_unknown_method_and_dataset():
 
 
 def test_choice_fields():
-    with pytest.raises(ConfigError, match="choose one of adam, sgd"):
+    with pytest.raises(ConfigError, match="choose one of adam, adamw, sgd"):
         resolve("tox21", "stl", {"optimizer": "rmsprop"})
 
 

@@ -34,14 +34,14 @@ from torch import nn
 
 from ..config import ConfigError, option
 from ..data.base import MultiTaskData
-from ..methods.icnn import connector_heatmap
+from ..methods.icnn import ICNNHooks, connector_heatmap
 from ..metrics import mean_over_tasks
 from ..nn.interconnected import apply_masks, count_connectors, prune_connectors
 from ..nn.mlp import mlp_params
 from ..registry import register_experiment
 from ..report import fmt, mean_pm, mean_std, read_results, text_table, write_matrix
 from ..runs import RunSpec, load_data, load_run, n_params, records, resolve
-from ..train import Hooks, Trainer, evaluate_split
+from ..train import Trainer, evaluate_split
 from .runner import Contender, ExperimentConfig, ExperimentResult, compare, finish
 
 # Thesis Table 1 and Table 2 (test AUC, mean of 3 trainings), task names as in our Tox21 file.
@@ -62,8 +62,10 @@ TOX21 = tuple(_T1)
 # early stopping on the mean validation loss with a short patience, and L2 weight decay (Adam's
 # weight_decay) 5e-4, chosen on seed 0 by the ICNN's mean VALIDATION AUC among 0, 1e-4, 5e-4, 1e-3, 3e-3, 1e-2
 # (docs/icnn.md, "Choosing the recipe"): without it every network overfits Tox21 within 3 epochs. Adam lr 1e-3,
-# batch 128 and dropout 0.25 in every network, as when the recipe was chosen (the methods' own defaults differ).
-TRAIN = {"epochs": 40, "patience": 3, "weight_decay": 5e-4, "batch_size": 128, "lr": 1e-3, "dropout": 0.25}
+# batch 128 and dropout 0.25 in every network, as when the recipe was chosen (the methods' own defaults differ);
+# optimizer=adam: the weight decay is Adam's L2 term, as then (the default became decoupled, AdamW, later).
+TRAIN = {"epochs": 40, "patience": 3, "weight_decay": 5e-4, "batch_size": 128, "lr": 1e-3, "dropout": 0.25,
+         "optimizer": "adam"}
 
 
 @dataclass
@@ -118,6 +120,17 @@ def contenders(data: MultiTaskData, icnn_w: tuple[int, ...], mtl_w: tuple[int, .
             Contender("NN2_STL", "stl", {"widths": icnn_w, "params_per_task": roots})]
 
 
+def task_mean_decay(defaults: dict, cfg: ExperimentConfig, cons: list[Contender], n_tasks: int) -> dict:
+    """compare()'s defaults with the experiment's weight decay as Adam's L2 under the task mean for every
+    contender, as when its results were measured: icnn's isolated subnetworks and stl's networks take
+    weight_decay as that of each task's own objective (make_optimizer's "tasks" groups), so they are given
+    n_tasks times it (LABEL.weight_decay; a user's own LABEL.weight_decay is kept)."""
+    wd = float({**defaults, **cfg.overrides}["weight_decay"])
+    per_task = [c.label for c in cons if c.method == "stl" or (c.method == "icnn" and c.overrides.get("isolate", True))]
+    return {**defaults, **{f"{label}.weight_decay": wd * n_tasks for label in per_task
+                           if f"{label}.weight_decay" not in cfg.overrides}}
+
+
 def tox21(cfg: ExperimentConfig, data_defaults: dict | None = None) -> tuple[MultiTaskData, dict]:
     """The experiment's Tox21 data, loaded once (the user's data.KEY over `data_defaults`), and compare()'s
     defaults: TRAIN plus data_defaults."""
@@ -165,6 +178,7 @@ def icnn_tox21(cfg: IcnnTox21Config, out: Path) -> ExperimentResult:
     data, defaults = tox21(cfg)
     cons = contenders(data, cfg.icnn_widths, cfg.mtl_widths)
     cons.append(Contender("ICNN_joint", "icnn", {**cons[0].overrides, "isolate": False}))  # ablation: trained jointly
+    defaults = task_mean_decay(defaults, cfg, cons, len(data.tasks))
     result = compare("icnn-tox21", "tox21", cons, cfg, out, defaults=defaults, paper=paper_table(_T1), data=data,
                      write=False)
     mean = mean_connectors(result)
@@ -177,6 +191,7 @@ def icnn_tox21(cfg: IcnnTox21Config, out: Path) -> ExperimentResult:
 def icnn_tox21_noise(cfg: IcnnTox21Config, out: Path) -> ExperimentResult:
     data, defaults = tox21(cfg, {"data.fake_tasks": 4})
     cons = contenders(data, cfg.icnn_widths, cfg.mtl_widths)
+    defaults = task_mean_decay(defaults, cfg, cons, len(data.tasks))
     result = compare("icnn-tox21-noise", "tox21", cons, cfg, out, defaults=defaults, paper=paper_table(_T2), data=data,
                      write=False)
     mean = mean_connectors(result)
@@ -212,6 +227,7 @@ def icnn_tox21_fake(cfg: IcnnFakeConfig, out: Path) -> ExperimentResult:
     for assay in cfg.assays:
         data, defaults = tox21(cfg, {"data.tasks": (assay,), "data.fake_tasks": 11})
         cons = [c for c in contenders(data, cfg.icnn_widths, cfg.mtl_widths) if c.label in labels]
+        defaults = task_mean_decay(defaults, cfg, cons, len(data.tasks))
         result = compare(f"icnn-tox21-fake {assay}", "tox21", cons, cfg, out / assay, defaults=defaults, data=data, echo=False)
         mean = mean_connectors(result)
         heat[assay] = {"to_assay_from_fakes": float(mean[1:, 0].mean()), "fake_to_fake": float(
@@ -225,10 +241,12 @@ def icnn_tox21_fake(cfg: IcnnFakeConfig, out: Path) -> ExperimentResult:
                                    time.perf_counter() - t0))
 
 
-class KeepPruned(Hooks):
-    """Fine-tuning after pruning: put the pruned connectors back to zero after every optimizer step."""
+class KeepPruned(ICNNHooks):
+    """Fine-tuning after pruning: put the pruned connectors back to zero after every optimizer step; the
+    weight decay of each subnetwork as in its training (ICNNHooks, no connector L1)."""
 
     def __init__(self, kept):
+        super().__init__(0.0)
         self.kept = kept
 
     def after_step(self, trainer) -> None:
@@ -298,8 +316,9 @@ def icnn_prune(cfg: IcnnPruneConfig, out: Path) -> ExperimentResult:
         trained, summary = trained_icnns(cfg.sources), {}
     else:
         data, defaults = tox21(cfg)
-        result = compare("icnn-prune", "tox21", contenders(data, cfg.icnn_widths)[:1], cfg, out, defaults=defaults, data=data,
-                         write=False)
+        cons = contenders(data, cfg.icnn_widths)[:1]
+        result = compare("icnn-prune", "tox21", cons, cfg, out, defaults=task_mean_decay(defaults, cfg, cons, len(data.tasks)),
+                         data=data, write=False)
         mean_connectors(result)
         trained, summary = [(r.spec, data, r.model) for r in result.runs["ICNN"]], result.summary
     rows, recs = [], []

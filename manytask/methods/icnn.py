@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, option
-from ..nn.dmpnn import DMPNN, DMPNNConfig, encoded_input, needs_descriptor_stats, standardise_descriptors
+from ..nn.dmpnn import DMPNN, DMPNNConfig, encoded_input, standardise_descriptors
 from ..nn.interconnected import InterLayer, connector_l1, connector_matrices, interlayers, random_sources, top_sources
 from ..nn.mlp import Activation, activation, mlp_params
 from ..registry import register_method
@@ -102,7 +102,8 @@ class ICNNConfig(DMPNNConfig):
     learn_epochs: int = option(3, "sources=learned: epochs of the dense ICNN (with connector_l1) that picks them", low=1)
     # the defaults (these and the keys above) are the recipe `manytask tune tox21 icnn` chose: docs/tuning-tox21.md
     # (trained up to 100 epochs, not the tuning's 40, at which its runs were still improving: docs/tuning-tox21.md)
-    train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 2.63e-4, "weight_decay": 1e-3}
+    # weight_decay: of each subnetwork's own objective (ICNNHooks); the tuned 1e-3 under Tox21's 12-task mean
+    train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 2.63e-4, "weight_decay": 12 * 1e-3}
 
 
 class ICNN(nn.Module):
@@ -114,7 +115,7 @@ class ICNN(nn.Module):
                  dropout: float = 0.0, isolate: bool = True, targets: list[int] | None = None,
                  connectors: int | None = None, encoder: DMPNN | None = None):
         super().__init__()
-        self.tasks, self.widths = tasks, tuple(widths)
+        self.tasks, self.widths, self.isolate = tasks, tuple(widths), isolate
         N = len(tasks)
         if encoder is not None and encoder.out_dim != in_dim:
             raise ValueError(f"in_dim={in_dim}, but the encoder gives {encoder.out_dim} features")
@@ -148,13 +149,21 @@ class ICNN(nn.Module):
         return mlp_params(d, self.widths, self.tasks[task].outputs)
 
 
-class ConnectorL1(Hooks):
+class ICNNHooks(Hooks):
     """The loss is the mean task loss plus lam * sum |connector weights| (nn/interconnected.connector_l1);
-    the logged train loss therefore includes the penalty. Before training, a graph encoder that takes
-    descriptors standardises them with the training split (nn.dmpnn.standardise_descriptors)."""
+    the logged train loss therefore includes the penalty. With gradient isolation every weight above a graph
+    encoder serves one task, so its weight decay is that of its task's own objective (make_optimizer's
+    "tasks" groups: weight_decay / N with Adam's L2); the shared encoder's is weight_decay. Before training,
+    a graph encoder that takes descriptors standardises them with the training split
+    (nn.dmpnn.standardise_descriptors)."""
 
     def __init__(self, lam: float):
         self.lam = lam
+
+    def parameters(self, model: "ICNN"):
+        shared = [p for n, p in model.named_parameters() if n.startswith("encoder.") or not model.isolate]
+        own = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and model.isolate]
+        return [g for g in ({"params": own, "tasks": len(model.tasks)}, {"params": shared}) if g["params"]]
 
     def before_training(self, trainer) -> None:
         standardise_descriptors(trainer.model, trainer.data)
@@ -181,9 +190,9 @@ def label_correlation(labels: torch.Tensor, min_joint: int = MIN_JOINT) -> torch
     return torch.where(ok, r.abs(), torch.zeros_like(r)).float()
 
 
-class SourceRule(ConnectorL1):
+class SourceRule(ICNNHooks):
     """Chooses the sources of every sparse inter-layer in before_training (see the module docstring); the
-    loss is ConnectorL1's. A resumed run chooses again (for `learned`: trains the dense twin again), then the
+    loss is ICNNHooks'. A resumed run chooses again (for `learned`: trains the dense twin again), then the
     saved buffers replace the choice (Trainer.fit loads the state after before_training)."""
 
     def __init__(self, lam: float, rule: str, dense_twin: Callable[[], nn.Module], learn_epochs: int):
@@ -211,7 +220,7 @@ class SourceRule(ConnectorL1):
             torch.manual_seed(trainer.cfg.seed)
             dense = self.dense_twin()
             cfg = replace(trainer.cfg, epochs=self.learn_epochs, patience=0, progress=False, val_every=self.learn_epochs)
-            Trainer(dense, trainer.data, cfg, ConnectorL1(self.lam), tasks=trainer.tasks).fit()
+            Trainer(dense, trainer.data, cfg, ICNNHooks(self.lam), tasks=trainer.tasks).fit()
         return dense
 
 
@@ -257,9 +266,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: ICNN
         raise ConfigError(str(e)) from None
     if k is not None:
         return model, SourceRule(cfg.connector_l1, cfg.sources, lambda: make(None), cfg.learn_epochs)
-    if cfg.connector_l1 > 0 or needs_descriptor_stats(model):
-        return model, ConnectorL1(cfg.connector_l1)
-    return model
+    return model, ICNNHooks(cfg.connector_l1)
 
 
 def strongest_sources(model: nn.Module, task_names: list[str], k: int = AUTO_CONNECTORS) -> dict[str, dict[str, float]]:

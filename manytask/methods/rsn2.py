@@ -33,7 +33,8 @@ output unit of each subnetwork keeps `keep` of its inputs; output biases are per
 
 Training (RSN2Hooks): only the subnetworks of the trained tasks are computed, each with its own loss;
 masked positions and frozen subnetworks get exactly zero gradient, weight decay is applied inside the
-trainable masks only (the optimizer's own weight decay is off), and every stage builds a fresh optimizer,
+trainable masks only (the optimizer's own weight decay is off; decoupled as AdamW's with optimizer=adamw,
+an L2 gradient term with adam and sgd), and every stage builds a fresh optimizer,
 so Adam/SGD momentum of frozen positions is zero: earlier subnetworks stay bit-identical. Continual
 training is manytask.train.train_stages with the stages that `stage_tasks` names.
 export() packs each layer into ONE tensor of a single-task layer's shape plus an owner index.
@@ -398,7 +399,7 @@ class RSN2Hooks(Hooks):
         self.frozen: set[str] = set()
         self.trainable: list[int] = []  # subnetworks of the tasks this fit trains
         self.grad_masks: list[tuple[nn.Parameter, torch.Tensor]] = []
-        self.weight_decay = 0.0
+        self.weight_decay, self.decoupled = 0.0, False
 
     def parameters(self, model: nn.Module):
         # weight decay is applied in before_optimizer_step, inside the trainable masks only
@@ -417,7 +418,7 @@ class RSN2Hooks(Hooks):
         if again:
             raise ConfigError(f"subnetworks {again} were trained in an earlier stage and are frozen; "
                               "train each subnetwork in one stage only")
-        self.weight_decay = trainer.cfg.weight_decay
+        self.weight_decay, self.decoupled = trainer.cfg.weight_decay, trainer.cfg.optimizer == "adamw"
         self.grad_masks = []
         for _, layer, local in model.layers():
             on = torch.zeros(layer.n_tasks, dtype=torch.bool, device=layer.weight.device)
@@ -441,10 +442,13 @@ class RSN2Hooks(Hooks):
 
     @torch.no_grad()
     def before_optimizer_step(self, trainer: Trainer) -> None:
+        lr = trainer.optimizer.param_groups[0]["lr"]  # this step's, after the schedule
         for p, m in self.grad_masks:
             if p.grad is None:
                 continue
-            if self.weight_decay:
+            if self.weight_decay and self.decoupled:  # AdamW's decay, before its update, inside the masks
+                p.sub_(p * m, alpha=lr * self.weight_decay)
+            elif self.weight_decay:
                 p.grad.add_(p, alpha=self.weight_decay)
             p.grad.mul_(m)  # masked, unowned and frozen positions: exactly zero
 

@@ -12,7 +12,7 @@ import torch
 
 from manytask.config import ConfigError, apply, check
 from manytask.data.base import MultiTaskData, Split
-from manytask.methods.icnn import (AUTO_CONNECTORS, DENSE_UP_TO, HEATMAP_UP_TO, ICNN, ConnectorL1, ICNNConfig,
+from manytask.methods.icnn import (AUTO_CONNECTORS, DENSE_UP_TO, HEATMAP_UP_TO, ICNN, ICNNConfig, ICNNHooks,
                                    SourceRule, build, connector_heatmap, label_correlation)
 from manytask.nn.interconnected import InterLayer, connector_l1, interlayers, random_sources, top_sources
 from manytask.nn.mlp import mlp_params
@@ -126,7 +126,7 @@ def test_config_errors():
 
 def test_targets_config_and_l1_hook_shrink_connectors():
     data = tiny_shared()
-    model = build(data.tasks, data.input_shapes, ICNNConfig(widths=(8, 6), targets=("reg",)))
+    model, _ = build(data.tasks, data.input_shapes, ICNNConfig(widths=(8, 6), targets=("reg",)))
     lay = model.inter[0]
     assert lay.targets.tolist() == [2] and lay.connector.shape == (1, 2, 8, 6)
 
@@ -141,10 +141,10 @@ def test_targets_config_and_l1_hook_shrink_connectors():
 
 
 def test_l1_hook_changes_the_loss_only():
-    """ConnectorL1 adds lam * L1 to the mean task loss; the optimizer step stays the trainer's own."""
+    """ICNNHooks add lam * L1 to the mean task loss; the optimizer step stays the trainer's own."""
     data = tiny_shared()
     model, hooks = build(data.tasks, data.input_shapes, ICNNConfig(widths=(8, 6), connector_l1=0.01))
-    assert isinstance(hooks, ConnectorL1) and type(hooks).training_step is Hooks.training_step
+    assert isinstance(hooks, ICNNHooks) and type(hooks).training_step is Hooks.training_step
     tr = Trainer(model, data, TrainConfig(progress=False), hooks)
     x, y = next(tr.batches())
     out = model(x)
@@ -199,15 +199,15 @@ def test_label_correlation_is_pairwise_complete_pearson():
 
 
 def test_connectors_config_auto_rule_and_errors():
-    """connectors=0: dense up to DENSE_UP_TO tasks (no hooks), AUTO_CONNECTORS sources above; an explicit k < N-1
-    is sparse at any N, k = N-1 dense; k > N-1 is a ConfigError."""
+    """connectors=0: dense up to DENSE_UP_TO tasks (ICNNHooks), AUTO_CONNECTORS sources above (SourceRule); an
+    explicit k < N-1 is sparse at any N, k = N-1 dense; k > N-1 is a ConfigError."""
     shapes = {"x": (6,)}
-    dense = build(tasks(4), shapes, ICNNConfig(widths=(3, 2)))
-    assert isinstance(dense, ICNN) and dense.inter[0].full
+    dense, hooks = build(tasks(4), shapes, ICNNConfig(widths=(3, 2)))
+    assert isinstance(dense, ICNN) and dense.inter[0].full and type(hooks) is ICNNHooks
     model, hooks = build(tasks(4), shapes, ICNNConfig(widths=(3, 2, 2), connectors=2, sources="random"))
     assert isinstance(hooks, SourceRule) and all(lay.sources.shape == (4, 2) for lay in model.inter)
-    assert build(tasks(4), shapes, ICNNConfig(widths=(3, 2), connectors=3)).inter[0].full  # k = N-1: dense
-    at_limit = build(tasks(DENSE_UP_TO), shapes, ICNNConfig(widths=(2, 2)))
+    assert build(tasks(4), shapes, ICNNConfig(widths=(3, 2), connectors=3))[0].inter[0].full  # k = N-1: dense
+    at_limit, _ = build(tasks(DENSE_UP_TO), shapes, ICNNConfig(widths=(2, 2)))
     assert isinstance(at_limit, ICNN) and at_limit.inter[0].full
     many, _ = build(tasks(DENSE_UP_TO + 1), shapes, ICNNConfig(widths=(2, 2)))
     assert many.inter[0].connector.shape == (DENSE_UP_TO + 1, AUTO_CONNECTORS, 2, 2)
@@ -331,8 +331,7 @@ def test_max_units_scales_widths_only_at_many_tasks(caplog):
 
 def test_built_model_follows_max_units():
     tasks = [Task(f"t{i}", "binary") for i in range(200)]
-    model = build(tasks, {"x": (16,)}, ICNNConfig(widths=(128, 64)))
-    model = model[0] if isinstance(model, tuple) else model
+    model, _ = build(tasks, {"x": (16,)}, ICNNConfig(widths=(128, 64)))
     assert model.widths == (100, 50)  # 20,000 / (200 * 128) = 0.78
 
 
@@ -372,7 +371,7 @@ def test_icnn_trains_on_molecule_graphs(mols):
 
 
 def test_graph_input_with_descriptors_standardises_them_and_keeps_sparse_sources(mols):
-    """With descriptors, the hooks (ConnectorL1, or SourceRule for sparse connectors) fill the encoder's
+    """With descriptors, the hooks (ICNNHooks, or SourceRule for sparse connectors) fill the encoder's
     descriptor statistics from the training split before training."""
     from manytask import load_dataset
     data = load_dataset("moleculenet", path=str(mols), encoder="dmpnn", descriptors=True, workers=1)
@@ -380,6 +379,6 @@ def test_graph_input_with_descriptors_standardises_them_and_keeps_sparse_sources
         torch.manual_seed(0)
         spec = RunSpec("moleculenet", "icnn", None, cfg, TrainConfig(epochs=1, progress=False, device="cpu"))
         model, hooks = build_run(spec, data)
-        assert isinstance(hooks, ConnectorL1)
+        assert isinstance(hooks, ICNNHooks)
         Trainer(model, data, spec.train, hooks).fit()
         assert torch.count_nonzero(model.encoder.descriptor_mean) > 0

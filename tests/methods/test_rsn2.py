@@ -262,7 +262,7 @@ def stage_data():
     return tiny_multi()
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
 def test_later_stages_leave_earlier_tasks_bit_identical(optimizer):
     """Weight decay and momentum on: stage 2 must not move a single bit of stage 1's subnetworks."""
     data = stage_data()

@@ -13,7 +13,7 @@ import torch
 
 from manytask.config import ConfigError
 from manytask.data.graphs import GraphDims, GraphRows, featurize_graphs
-from manytask.nn.dmpnn import DMPNN, DMPNNConfig, check_graph_method, graph_methods
+from manytask.nn.dmpnn import DMPNN, check_graph_method, graph_methods
 from manytask.runs import create_model, evaluate_run
 from manytask.tasks import Task
 
