@@ -161,8 +161,9 @@ class ICNNHooks(Hooks):
         self.lam = lam
 
     def parameters(self, model: "ICNN"):
-        shared = [p for n, p in model.named_parameters() if n.startswith("encoder.") or not model.isolate]
-        own = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and model.isolate]
+        own, shared = [], []
+        for name, p in model.named_parameters():
+            (own if model.isolate and not name.startswith("encoder.") else shared).append(p)
         return [g for g in ({"params": own, "tasks": len(model.tasks)}, {"params": shared}) if g["params"]]
 
     def before_training(self, trainer) -> None:

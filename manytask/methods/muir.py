@@ -441,8 +441,8 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
         raise ConfigError(f"muir: block is two sizes m,n (e.g. block=16,16), got {','.join(map(str, cfg.block))}")
     arch = input_archs(cfg, input_shapes)
     if "dmpnn" in arch.values():
-        if cfg.encoder_hidden % math.lcm(*cfg.block):
-            step = math.lcm(*cfg.block)
+        step = math.lcm(*cfg.block)  # encoder_hidden is a row and a column count of the message matrices
+        if cfg.encoder_hidden % step:
             raise ConfigError(f"muir with data.encoder=dmpnn: encoder_hidden={cfg.encoder_hidden} is not a multiple of "
                               f"the block size {','.join(map(str, cfg.block))}, so the D-MPNN's matrices cannot be cut "
                               f"into blocks; use encoder_hidden={cfg.encoder_hidden // step * step or step} or "
