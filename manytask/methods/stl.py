@@ -34,6 +34,7 @@ Several processes (torchrun): plain data parallelism; every network's gradients 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ class SingleTaskNets(nn.Module):
                 self.members.append(ts[start:start + per_group])
                 shapes.append((in_dim, ws, out))
         self.place = {t.name: (g, j) for g, ts in enumerate(self.members) for j, t in enumerate(ts)}  # group, slot
+        self.order = {t.name: i for i, t in enumerate(tasks)}
+        self.first = [self.order[ts[0].name] for ts in self.members]  # index of each group's first task
+        # whether a group's tasks are consecutive in task order (one signature: every group)
+        self.consecutive = [[self.order[t.name] for t in ts] == list(range(i, i + len(ts)))
+                            for ts, i in zip(self.members, self.first)]
         self.groups = nn.ModuleList(BatchedMLP(len(ts), in_dim, ws, act, dropout, out_dim=out, reset=False)
                                     for ts, (in_dim, ws, out) in zip(self.members, shapes))
         for t in tasks:  # task by task, as N mlp() modules built one after the other
@@ -111,16 +117,21 @@ class SingleTaskNets(nn.Module):
     def _masks(self, x) -> list[list[torch.Tensor]]:
         """Dropout multipliers per group and hidden layer, (n, batch, width): bernoulli(1-p) / (1-p), the values
         N mlp() modules run one after the other would draw, task by task and layer by layer, in one draw for
-        all tasks (on the CPU, torch.rand in float64 below 1-p is bernoulli_(1-p) draw for draw)."""
+        all tasks (on the CPU, torch.rand in float64 below 1-p is bernoulli_(1-p) draw for draw). A group of
+        consecutive tasks takes its rows as one slice of the draw."""
         keep = 1 - self.dropout
-        shapes = {t.name: (t.select(x).shape[0], self.widths[t.name]) for t in self.tasks}  # task -> batch, widths
-        sizes = [b * sum(ws) for b, ws in shapes.values()]
-        device = self.tasks[0].select(x).device
-        kept = dict(zip(shapes, (torch.rand(sum(sizes), dtype=torch.float64, device=device) < keep).split(sizes)))
+        batch = {t.input: t.select(x).shape[0] for t in self.tasks}
+        sizes = [batch[t.input] * sum(self.widths[t.name]) for t in self.tasks]
+        starts = [0, *itertools.accumulate(sizes)]  # task i's draws: starts[i]:starts[i + 1]
+        kept = torch.rand(starts[-1], dtype=torch.float64, device=self.tasks[0].select(x).device) < keep
         masks = []
-        for ts in self.members:
-            b, ws = shapes[ts[0].name]
-            rows = torch.stack([kept[t.name] for t in ts]).to(ts[0].select(x).dtype).div_(keep)  # (n, b * sum(ws))
+        for ts, first, consecutive in zip(self.members, self.first, self.consecutive):
+            b, ws = batch[ts[0].input], self.widths[ts[0].name]
+            if consecutive:
+                rows = kept[starts[first]:starts[first + len(ts)]].view(len(ts), -1)
+            else:
+                rows = torch.stack([kept[starts[i]:starts[i + 1]] for i in map(self.order.get, (t.name for t in ts))])
+            rows = rows.to(ts[0].select(x).dtype).div_(keep)  # (n, b * sum(ws))
             masks.append([m.view(len(ts), b, w) for m, w in zip(rows.split([b * w for w in ws], 1), ws)])
         return masks
 

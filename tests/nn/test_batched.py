@@ -194,11 +194,13 @@ def sparse_input(density=0.05, values=False, seed=0):
 
 
 @pytest.mark.parametrize("values", [False, True])
-@pytest.mark.parametrize("chunk", [2**22, 5])
-def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values, chunk):
+@pytest.mark.parametrize("chunk, slice_bytes", [(2**22, 2**21), (5, 2**21), (2**22, 1)])
+def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values, chunk, slice_bytes):
     """A mostly-zero shared input goes through SparseRows (gathered rows, in chunks of networks when
-    SPARSE_CHUNK is small); outputs and every gradient match the dense GEMM's and the separate modules'."""
+    SPARSE_CHUNK or SPARSE_SLICE_BYTES is small); outputs and every gradient match the dense GEMM's and the
+    separate modules'."""
     monkeypatch.setattr(batched, "SPARSE_CHUNK", chunk)
+    monkeypatch.setattr(batched, "SPARSE_SLICE_BYTES", slice_bytes)
     monkeypatch.setattr(batched, "SPARSE_DENSITY", 0.5)
     x = sparse_input(0.3, values)
     rows = batched.shared_input(x)
