@@ -108,6 +108,9 @@ class MuirConfig(DMPNNConfig):
                            "move (0: none)", low=0)
     move_tolerance: float = option(0.0, "task moves: of the alignments scoring better than its own, a task takes the "
                                    "most used one whose validation loss is within this fraction of the best", low=0.0)
+    move_fit: float = option(4.0, "task moves: a candidate alignment must also fit the task's training points: "
+                             "after the refit, its training loss at most this many times the larger of the task's "
+                             "validation and training loss under its own alignment (0: no such condition)", low=0.0)
     refit_steps: int = option(200, "steps that fit a moved task's contexts z before its move is scored", low=1)
     refit_lr: float = option(0.02, "Adam learning rate of those steps", low=0.0, low_open=True)
     alignment: tuple[int, ...] = option((), "initial psi, one hypermodule index per block location; empty: "
@@ -221,11 +224,12 @@ class MuirHooks(Hooks):
 
     def __init__(self, steps_per_generation: int = 100, burn_in: int = 0, generations: int = 1000, final: int = 0,
                  fraction: float = 0.5, challenger_mass: float = 0.5, soft_lr: float = 0.1, reassign: int = 5,
-                 refit_steps: int = 200, refit_lr: float = 0.02, move_candidates: int = 8, move_tolerance: float = 0.0):
+                 refit_steps: int = 200, refit_lr: float = 0.02, move_candidates: int = 8, move_tolerance: float = 0.0,
+                 move_fit: float = 4.0):
         self.steps_per_generation, self.burn_in, self.generations, self.final = steps_per_generation, burn_in, generations, final
         self.fraction, self.mass, self.soft_lr = fraction, challenger_mass, soft_lr
         self.reassign, self.refit_steps, self.refit_lr = reassign, refit_steps, refit_lr
-        self.move_candidates, self.move_tolerance = move_candidates, move_tolerance
+        self.move_candidates, self.move_tolerance, self.move_fit = move_candidates, move_tolerance, move_fit
         self.generation, self.steps = 0, 0
         self.history: list[dict] = []  # one row per finished generation
 
@@ -304,7 +308,12 @@ class MuirHooks(Hooks):
         moves only to a candidate that scores strictly lower than its own alignment: of those within
         move_tolerance (relative) of the best score, the most used one, with the contexts its fit left (so
         near-ties go to the most used alignment, which merges groups split over several hypermodules; a task
-        in a wrong group scores many times worse there than in its own).
+        in a wrong group scores many times worse there than in its own). With move_fit, a candidate must
+        also fit the task's training points: its training loss after the refit (an in-sample, so low,
+        estimate of the task's loss there) at most move_fit x the larger of the task's validation and
+        training loss at home. A few noisy validation points can favour a group whose hypermodule cannot
+        fit the task at all (muir-synthetic, noisy: 0.07 there against 0.21 at home, while its training
+        loss there was 2.3 against 0.16; docs/muir.md).
         Every task that keeps its alignment keeps its contexts as they were (a round that moves nothing
         leaves the model bit for bit as it was). A task without validation labels stays.
         Models of a structure no other model has never move. The hypermodules are scored as they are: a
@@ -326,19 +335,23 @@ class MuirHooks(Hooks):
         rows = rows[counts.argsort(descending=True, stable=True)[:self.move_candidates]]  # the most used first
         tasks = [net.tasks[i] for i in members]
         psi, z = bank.psi.clone(), bank.context.detach().clone()
-        own = self._refit_score(trainer, tasks)  # (G,) under their own alignments
-        scores, fits = [], []
+        own, own_train = self._refit_score(trainer, tasks)  # (G,), (G,) under their own alignments
+        scores, trains, fits = [], [], []
         for row in rows:
             with torch.no_grad():
                 bank.psi[locs] = row
                 bank.context.copy_(z)
-            scores.append(self._refit_score(trainer, tasks))  # (G,)
+            score, train = self._refit_score(trainer, tasks)  # (G,), (G,)
+            scores.append(score)
+            trains.append(train)
             fits.append(bank.context.detach()[locs].clone())  # (G, Lm, c)
         with torch.no_grad():
             bank.psi.copy_(psi)
             bank.context.copy_(z)
             score = torch.stack(scores)  # (C, G)
             near = (score < own) & (score <= (1 + self.move_tolerance) * score.min(0).values)  # (C, G)
+            if self.move_fit:  # the candidate's in-sample loss, a low estimate, against the task's loss at home
+                near &= torch.stack(trains) <= self.move_fit * torch.maximum(own, own_train)
             choice = near.int().argmax(0)  # (G,) the most used alignment within the tolerance of the best
             differs = (rows[choice] != psi[locs]).any(1)  # (G,)
             move = (near.any(0) & differs).nonzero().squeeze(1).tolist()
@@ -347,10 +360,11 @@ class MuirHooks(Hooks):
                 bank.context[locs[j]] = fits[choice[j]][j]
         return [members[j] for j in move]
 
-    def _refit_score(self, trainer: Trainer, tasks: list[Task]) -> torch.Tensor:
+    def _refit_score(self, trainer: Trainer, tasks: list[Task]) -> tuple[torch.Tensor, torch.Tensor]:
         """Fit the contexts alone for refit_steps steps on the training loss of `tasks` (minibatches of
         the run's batch size, in an order of their own: the run's random state is left alone), then
-        -> (len(tasks),) each task's validation loss."""
+        -> (len(tasks),) each task's validation loss and (len(tasks),) its training loss (zeros when
+        move_fit is 0: not needed)."""
         z, dev = self.bank.context, trainer.device
         opt = torch.optim.Adam([z], lr=self.refit_lr)
         order = torch.Generator().manual_seed(trainer.cfg.seed + 54321)  # the same batches for every candidate
@@ -364,8 +378,11 @@ class MuirHooks(Hooks):
                 z.grad, steps = None, steps + 1
                 if steps == self.refit_steps:
                     break
-        out = predict_split(trainer.model, trainer.data.val, tasks, trainer.cfg.eval_batch_size, dev)
-        return torch.tensor([float(t.loss(out[t.name], trainer.data.val.labels[t.name])) for t in tasks])
+        losses = []
+        for split in (trainer.data.val, trainer.data.train) if self.move_fit else (trainer.data.val,):
+            out = predict_split(trainer.model, split, tasks, trainer.cfg.eval_batch_size, dev)
+            losses.append(torch.tensor([float(t.loss(out[t.name], split.labels[t.name])) for t in tasks]))
+        return losses[0], losses[1] if self.move_fit else torch.zeros(len(tasks))
 
     def record(self, trainer: Trainer, changed: int, moved: list[str] = ()) -> None:
         model = trainer.model
@@ -457,5 +474,5 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
         raise ConfigError(str(e)) from None
     hooks = MuirHooks(cfg.steps_per_generation, cfg.burn_in, cfg.generations, cfg.final, cfg.fraction,
                       cfg.challenger_mass, cfg.soft_lr, cfg.reassign, cfg.refit_steps, cfg.refit_lr,
-                      cfg.move_candidates, cfg.move_tolerance)
+                      cfg.move_candidates, cfg.move_tolerance, cfg.move_fit)
     return net, hooks

@@ -184,6 +184,33 @@ def test_last_stage_moves_a_planted_misplaced_task_and_nothing_else():
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
 
 
+@pytest.mark.parametrize("move_fit, moved", [(0.0, ["t02"]), (4.0, [])])
+def test_a_move_needs_a_candidate_that_fits_the_training_points(monkeypatch, move_fit, moved):
+    """A candidate that scores better on the task's validation points but cannot fit its training points
+    (training loss 2.3 after the refit, against 0.21 validation and 0.16 training loss at home: what noisy
+    validation points did on muir-synthetic) is refused when move_fit is set, taken when it is 0."""
+    keys = {"data.tasks": "6", "data.groups": "2", "data.dim": "8", "data.train": "9", "data.val": "3",
+            "widths": "", "bias": "false", "block": "1,8", "context": "1", "steps_per_generation": "50",
+            "generations": "0", "final": "1", "alignment": "0,0,0,3,3,3", "lr": "0.01", "progress": "false",
+            "move_fit": str(move_fit)}
+    spec = resolve("grouped_regression", "muir", keys)
+    data = get_dataset("grouped_regression").fn(spec.data_cfg)
+    run = train_run(full_batch(spec, data, 10**6), data, out=None, echo=False)
+    hooks, muir = run.trainer.hooks, run.model.muir
+    assert hooks.move_fit == move_fit
+    calls = []
+
+    def scores(trainer, tasks):  # own alignments first, then the candidates (0 used by t00-t02, then 3)
+        calls.append(muir.psi.tolist())
+        val, train = torch.full((len(tasks),), 0.21), torch.full((len(tasks),), 0.16)
+        if len(calls) > 1 and muir.psi[2] == 3:  # t02 under group 1's hypermodule
+            val[2], train[2] = 0.07, 2.3
+        return val, train
+    monkeypatch.setattr(hooks, "_refit_score", scores)
+    assert hooks.move_tasks(run.trainer) == moved
+    assert muir.psi.tolist() == ([0, 0, 3, 3, 3, 3] if moved else [0, 0, 0, 3, 3, 3])
+
+
 def test_last_stage_runs_at_the_end_of_the_ea_and_is_recorded():
     """The stage runs after the last EA generation, not at the step training stops; its moves are in that
     generation's history row."""
