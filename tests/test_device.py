@@ -62,3 +62,10 @@ def test_every_method_trains_with_bf16_autocast_on_the_cpu(method):
     trainer = fit(method, amp="bf16", device="cpu")
     assert all(math.isfinite(r["val_loss"]) for r in trainer.history)
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("keys", [{"connectors": 1}, {"connectors": 1, "isolate": False}])
+def test_icnn_with_sparse_connectors_trains_with_bf16_autocast(keys):
+    """The root paths run in bf16 and the gathered connectors in float32; their sum must still train."""
+    trainer = fit("icnn", keys, amp="bf16", device="cpu")
+    assert all(math.isfinite(r["val_loss"]) for r in trainer.history)
