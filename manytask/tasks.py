@@ -112,7 +112,7 @@ class Task:
     def predict(self, pred: torch.Tensor) -> torch.Tensor:
         """Model output -> what a user reads: P(1) for binary, class probabilities (n, C) for
         multiclass, the value in the target's units for regression (output * scale + shift)."""
-        pred = pred.reshape(pred.shape[0], -1)
+        pred = pred.reshape(pred.shape[0], self.outputs)  # also 0 rows: a chunk where this task's input ran out
         if self.kind == "binary":
             return torch.sigmoid(pred[:, 0])
         if self.kind == "multiclass":

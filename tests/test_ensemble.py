@@ -16,9 +16,10 @@ import manytask.runs as runs
 from manytask.cli import main
 from manytask.config import ConfigError
 from manytask.metrics import task_metrics
+from manytask.tasks import Task
 from manytask.train import Hooks, predict_split
 
-from .conftest import tiny_shared
+from .conftest import tiny_multi, tiny_shared
 from .test_lifecycle import KEYS, command
 from .test_runs_cli import TINY, cli, only_run
 
@@ -214,3 +215,18 @@ def test_an_ensemble_under_torchrun_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(ConfigError, match="ensemble=2 with torchrun: an ensemble trains its members one after another"):
         runs.train_run(spec_for(mols, ensemble="2"), out=tmp_path / "runs", echo=False)
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_ensemble_evaluates_inputs_of_different_lengths_in_small_chunks(tmp_path):
+    """Two inputs with different row counts, evaluated in chunks of 1: once one input has run out, its
+    tasks' chunks have 0 rows, and averaging the members' predictions of 0 rows gives 0 rows."""
+    data = tiny_multi()
+    assert len({data.test.size(k) for k in data.test.inputs}) > 1  # the inputs run out at different chunks
+    spec = runs.resolve("tox21", "hard_sharing", {"epochs": "1", "batch_size": "16", "widths": "8", "progress": "false",
+                                                  "ensemble": "2", "eval_batch_size": "1"})
+    result = runs.train_run(spec, data, out=tmp_path, name="ens", echo=False)
+    for t in data.tasks:
+        assert result.tables["test"][t.name]["n"] == int((~torch.isnan(data.test.labels[t.name])).sum())
+    assert Task("b", "binary").predict(torch.empty(0, 1)).shape == (0,)
+    assert Task("m", "multiclass", outputs=3).predict(torch.empty(0, 3)).shape == (0, 3)
+    assert Task("r", "regression").predict(torch.empty(0)).shape == (0,)
