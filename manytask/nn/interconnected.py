@@ -230,7 +230,7 @@ class InterLayer(nn.Module):
         z = torch.bmm(a.transpose(0, 1), self.root).transpose(0, 1)  # (batch, N, m): root paths, never detached
         src = a.detach() if self.isolate else a
         conn = _GatheredMatmul.apply(src, self.connector, self.sources)  # (T, batch, m)
-        # add into the target subnetworks, in conn's float32 under amp=bf16 (as the dense layer's output)
+        # add into the target subnetworks; under amp=bf16 the sum takes the connector paths' float32
         z = z.to(conn.dtype).index_add(1, self.targets, conn.transpose(0, 1))
         return z + self.bias
 
