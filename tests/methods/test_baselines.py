@@ -86,9 +86,10 @@ def test_stl_splits_groups_above_group_bytes(group_bytes):
 
 
 def test_stl_matches_per_task_modules_from_the_same_seed(group_bytes):
-    """Same seed: bit-identical initial weights, and in training the same dropout masks, so the same outputs."""
+    """Same seed: bit-identical initial weights, so the same evaluation outputs; in training every task's
+    output is its module's with the dropout multipliers stl drew for that task in place of Dropout's."""
     cfg = STLConfig(widths=(16, 8), dropout=0.3)
-    ref = per_task_modules(cfg, seed=4)
+    ref = per_task_modules(cfg, seed=4).eval()  # eval: its Dropout layers pass through; hooks apply stl's masks
     torch.manual_seed(4)
     model = build_stl(MIXED, SHAPES, cfg)
     state = torch.get_rng_state()
@@ -97,14 +98,27 @@ def test_stl_matches_per_task_modules_from_the_same_seed(group_bytes):
             assert torch.equal(a, b), t.name
     assert torch.equal(torch.get_rng_state(), state)  # task_network draws nothing from the stream
     x = inputs()
-    for train in (True, False):
-        model.train(train)
-        ref.train(train)
-        torch.manual_seed(7)
-        got = model(x)
-        torch.manual_seed(7)
-        for t in MIXED:
-            assert_close(got[t.name], ref[module_key(t.name)](t.select(x)))
+    got = model.eval()(x)
+    for t in MIXED:
+        assert_close(got[t.name], ref[module_key(t.name)](t.select(x)))
+    model.train()
+    torch.manual_seed(7)
+    masks = model._masks(x)  # per group and hidden layer: (n, batch, width)
+    torch.manual_seed(7)
+    got = model(x)
+    keep = 1 - cfg.dropout
+    for t in MIXED:
+        g, j = model.place[t.name]
+        net = ref[module_key(t.name)]
+        drops = [m for m in net if isinstance(m, nn.Dropout)]
+        assert len(drops) == len(masks[g]) == 2
+        hooks = [d.register_forward_hook(lambda mod, inp, out, m=m[j]: out * m) for d, m in zip(drops, masks[g])]
+        assert_close(got[t.name], net(t.select(x)))
+        for h in hooks:
+            h.remove()
+        for m in masks[g]:  # F.dropout's multipliers: 0 or 1 / keep, keep rounded to 2**-16
+            assert m[j].unique().tolist() == [0.0, pytest.approx(1 / keep, rel=2e-5)]
+    assert not torch.equal(masks[0][0][0], masks[0][0][1])  # every task draws its own multipliers
 
 
 def test_stl_loads_weights_saved_in_the_per_task_layout(tmp_path, group_bytes):

@@ -4,12 +4,14 @@ modules (same initial weights from a seed, same outputs), also through SparseRow
 per task, go into tasks.stacked_mean_loss as slices of the stacked output."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from manytask.nn import batched
-from manytask.nn.batched import BatchedLinear, BatchedMLP
+from manytask.nn.batched import BatchedLinear, BatchedMLP, dropout_multipliers
 from manytask.nn.mlp import mlp, mlp_params
 from manytask.tasks import Task, mean_loss, stacked_mean_loss
 
@@ -81,6 +83,29 @@ def test_masks_replace_dropout_and_match_modules():
         assert_close(got[i], expected[i])
 
 
+@pytest.mark.parametrize("p", [0.288, 0.5, 0.9])
+def test_dropout_multipliers_have_dropouts_distribution(p):
+    """0 or 1 / keep with keep = 1 - p rounded to 2**-16; the dropped fraction is p within 5 binomial standard
+    deviations, in each of the four 16-bit lanes of a 64-bit draw, and the mean multiplier stays 1; a seed
+    repeats the draw."""
+    n = 400_000
+    torch.manual_seed(3)
+    m = dropout_multipliers(n + 3, p)  # a length that is not a multiple of 4
+    assert m.shape == (n + 3,) and m.dtype == torch.float32
+    keep = round((1 - p) * 2**16) / 2**16
+    assert abs(keep - (1 - p)) <= 2**-17
+    assert m.unique().tolist() == [0.0, pytest.approx(1 / keep, rel=1e-6)]
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(float((m == 0).float().mean()) - p) < 5 * sd
+    assert abs(float(m.double().mean()) - 1) < 5 * sd / keep
+    lanes = (m[:n] == 0).float().view(-1, 4).mean(0)
+    assert float((lanes - p).abs().max()) < 5 * sd * 2
+    torch.manual_seed(3)
+    assert torch.equal(dropout_multipliers(n + 3, p), m)
+    with pytest.raises(ValueError, match="dropout must be in"):
+        dropout_multipliers(10, 1.0)
+
+
 def test_gradients_stay_in_their_network():
     """The loss of network i gives every other network's weights an exactly zero gradient, also with dropout."""
     net = BatchedMLP(N, D, WIDTHS, "relu", dropout=0.25, out_dim=OUT)
@@ -110,15 +135,15 @@ def test_dropout_is_independent_per_network():
 
 
 def test_dropout_without_masks_keeps_1_minus_p_scaled():
-    """Without masks, training multiplies every hidden unit by 0 or 1/(1-p), kept with probability 1-p: with
-    zero weights and bias 1 the hidden output is the multiplier itself."""
+    """Without masks, training multiplies every hidden unit by 0 or 1/keep, kept with probability keep = 1-p
+    (rounded to 2**-16, dropout_multipliers): with zero weights and bias 1 the hidden output is the multiplier."""
     net = BatchedMLP(N, D, (64,), "relu", dropout=0.4)
     with torch.no_grad():
         net.layers[0].weight.zero_()
         net.layers[0].bias.fill_(1.0)
     mult = net(torch.randn(500, D))  # (N, 500, 64)
     kept = mult != 0
-    assert torch.equal(mult[kept], torch.full_like(mult[kept], 1 / 0.6))
+    assert torch.equal(mult[kept], torch.full_like(mult[kept], 2**16 / round(0.6 * 2**16)))
     assert abs(float(kept.float().mean()) - 0.6) < 0.01  # 128,000 draws: 7 standard deviations
 
 
