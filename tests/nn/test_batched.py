@@ -104,6 +104,7 @@ def test_dropout_multipliers_have_dropouts_distribution(p):
     assert torch.equal(dropout_multipliers(n + 3, p), m)
     with pytest.raises(ValueError, match="dropout must be in"):
         dropout_multipliers(10, 1.0)
+    assert torch.equal(dropout_multipliers(10, 0.0), torch.ones(10))
 
 
 def test_gradients_stay_in_their_network():
