@@ -65,6 +65,25 @@ def mean_over_tasks(table: dict[str, dict[str, float]], tasks: list[Task]) -> di
     return out
 
 
+def scales_differ(tasks: list[Task]) -> bool:
+    """Whether a mean of RMSE or MSE over these tasks adds up regression targets of different scales
+    (Task.scale, the training split's std), where the largest-scale target outweighs the others; a mean of
+    nrmse (RMSE / scale) weighs each target alike."""
+    return len({t.scale for t in tasks if t.kind == "regression"}) > 1
+
+
+def scale_note(tasks: list[Task]) -> str | None:
+    """One line when the tasks' mean primary metric is RMSE or MSE over targets of different scales: what it is
+    dominated by and how to compare them alike (metric=nrmse); None otherwise."""
+    reg = [t for t in tasks if t.kind == "regression" and primary(t) in ("rmse", "mse")]
+    if not scales_differ(reg):
+        return None
+    low, high = min(reg, key=lambda t: t.scale), max(reg, key=lambda t: t.scale)
+    return (f"the mean {primary(reg[0])} adds up {len(reg)} regression targets of different scales (training std "
+            f"{low.scale:.3g} for {low.name} to {high.scale:.3g} for {high.name}), so {high.name} outweighs the rest; "
+            "metric=nrmse compares them in units of their std")
+
+
 def covered(table: dict[str, dict[str, float]], tasks: list[Task], metric: str) -> int:
     """How many of `tasks` have a defined (not NaN) value of `metric` in table: the tasks its mean covers."""
     return sum(1 for t in tasks if not math.isnan(table[t.name].get(metric, math.nan)))

@@ -68,7 +68,7 @@ from .nn.dmpnn import check_graph_method
 from .files import replacing, write_text
 from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
-from .metrics import covered, mean_over_tasks, primary, undefined_note
+from .metrics import covered, mean_over_tasks, primary, scales_differ, undefined_note
 from .registry import get_dataset, get_method
 from .report import mean_label, plot_history, text_table, write_matrix, write_results
 from .tasks import METRICS, Task
@@ -236,12 +236,14 @@ def records(label: str, seed: int, tables: dict[str, dict[str, dict]]) -> list[t
 
 def task_table(data: MultiTaskData, tables: dict[str, dict[str, dict]]) -> str:
     """Per-task primary metric on every split, plus one mean row per primary metric, labelled with the tasks
-    it covers on each split ("mean over 602 of 617 tasks"; "617/610/602 of 617" when the splits differ)."""
+    it covers on each split ("mean over 602 of 617 tasks"; "617/610/602 of 617" when the splits differ). A mean
+    RMSE or MSE over regression targets of different scales gets a mean nrmse row below it."""
     rows = [(t.name, primary(t), *(tables[s][t.name][primary(t)] for s in SPLITS)) for t in data.tasks]
     for m in sorted({primary(t) for t in data.tasks}):
         ts = [t for t in data.tasks if primary(t) == m]
-        rows.append((mean_label([covered(tables[s], ts, m) for s in SPLITS], len(ts)), m,
-                     *(mean_over_tasks(tables[s], ts)[m] for s in SPLITS)))
+        for shown in (m, "nrmse") if m in ("rmse", "mse") and scales_differ(ts) else (m,):  # nrmse: scale-free
+            rows.append((mean_label([covered(tables[s], ts, shown) for s in SPLITS], len(ts)), shown,
+                         *(mean_over_tasks(tables[s], ts)[shown] for s in SPLITS)))
     return text_table(("task", "metric", *SPLITS), rows)
 
 

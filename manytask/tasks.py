@@ -18,7 +18,7 @@ from torch import nn
 
 KINDS = ("binary", "multiclass", "regression")
 # the metrics of each kind that can be a task's primary metric (the one tables show); the first is the default
-METRICS = {"binary": ("auc", "prc_auc", "accuracy"), "multiclass": ("accuracy", "error"), "regression": ("rmse", "mse")}
+METRICS = {"binary": ("auc", "prc_auc", "accuracy"), "multiclass": ("accuracy", "error"), "regression": ("rmse", "mse", "nrmse")}
 # names a ModuleDict or ParameterDict cannot take as keys: their own attributes ("forward", "train", "keys", ...)
 RESERVED_KEYS = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict()))
 _ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")

@@ -92,9 +92,10 @@ class TrainConfig:
                     "exponentially to lr/10 at the last epoch (steps counted in minibatches)")
     amp: Literal["off", "bf16"] = option("off", "mixed precision: bf16 autocasts the training forward (fast on "
                                          "CUDA; on CPUs without bf16 units it is slower)")
-    metric: Literal["auto", "auc", "prc_auc", "accuracy", "error", "mse", "rmse"] = option(
+    metric: Literal["auto", "auc", "prc_auc", "accuracy", "error", "mse", "rmse", "nrmse"] = option(
         "auto", "primary metric of tables, progress and comparisons, for the tasks whose kind has it (auto: "
-                "auc for binary, accuracy for multiclass, rmse for regression); prc_auc = average precision")
+                "auc for binary, accuracy for multiclass, rmse for regression); prc_auc = average precision; "
+                "nrmse = RMSE / the target's training std, alike for targets of different scales")
 
 
 class Hooks:

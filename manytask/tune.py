@@ -45,7 +45,7 @@ from optuna.trial import TrialState
 from .config import ConfigError, apply, field_types, option, spec_of, split_overrides
 from .data.base import MultiTaskData
 from .files import write_text
-from .metrics import HIGHER_IS_BETTER, primary
+from .metrics import HIGHER_IS_BETTER, primary, scale_note
 from .registry import get_method
 from .report import line_plot, mean_pm, text_table, write_csv, write_results
 from .runs import RunStopped, choose_metric, flat_config, load_data, records, resolve, train_run
@@ -357,6 +357,8 @@ def tune(data: str, method: str, args: Sequence[str], out: str | Path = "runs") 
     base = resolve(p.data, p.method, p.fixed)
     data = choose_metric(load_data(base), base.train.metric)  # a bad data file: nothing written
     metric = primary(data.tasks[0])
+    if note := scale_note(data.tasks):
+        print(f"tune: {note}", file=sys.stderr, flush=True)
     storage = open_storage(p.storage) if p.cfg.storage else None  # an unreachable database: nothing written
     made = not p.dir.exists()
     p.dir.mkdir(parents=True, exist_ok=True)

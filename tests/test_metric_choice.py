@@ -163,3 +163,39 @@ def test_a_resumed_run_may_change_the_metric_and_nothing_else(tmp_path, mols):
     resumed = resume_run(run, "moleculenet", "hard_sharing", {"metric": "prc_auc"}, echo=False)
     results = json.loads((run / "results.json").read_text())
     assert resumed.spec.train.metric == "prc_auc" and [t["metric"] for t in results["tasks"]] == ["prc_auc"] * 2
+
+
+@pytest.fixture
+def scales(tmp_path) -> Path:
+    """120 rows: two features and three regression targets of std about 1, 1000 and 0.01."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 2))
+    y = np.stack([x[:, 0], 1000 * x[:, 1], 0.01 * (x[:, 0] - x[:, 1])], 1) + rng.normal(scale=[0.1, 100, 0.001], size=(120, 3))
+    path = tmp_path / "scales.csv"
+    path.write_text("a,b,small,big,tiny\n" + "".join(",".join(f"{v:.6g}" for v in r) + "\n" for r in np.hstack([x, y])))
+    return path
+
+
+def test_targets_of_different_scales_get_a_scale_free_mean(tmp_path, scales, capsys):
+    """A mean RMSE over targets of different scales is the largest target's: the table adds the mean nrmse
+    (each target's RMSE / its training std), metric=nrmse makes it the primary metric, and compare says so."""
+    keys = [f"data.path={scales}", "data.target=small,big,tiny", "epochs=2", "widths=8"]
+    out_dir = ["--out", tmp_path / "runs"]
+    status, out, err = cli(["train", "table", "hard_sharing", *keys, *out_dir], capsys)
+    assert status == 0, err
+    means = {ln.split()[6]: ln.split()[7:] for ln in out.splitlines() if ln.startswith("mean over 3 of 3 tasks ")}
+    assert list(means) == ["rmse", "nrmse"]
+    rmse, nrmse = means["rmse"], means["nrmse"]
+    run = json.loads(next((tmp_path / "runs").glob("*/results.json")).read_text())
+    for split, value in zip(("train", "val", "test"), nrmse):
+        per_task = [run["splits"][split][t]["nrmse"] for t in ("small", "big", "tiny")]
+        assert float(value) == pytest.approx(np.mean(per_task), abs=6e-4)
+        assert float(rmse[("train", "val", "test").index(split)]) > 100  # the 1000-std target dominates
+    status, out, err = cli(["train", "table", "hard_sharing", *keys, "metric=nrmse", *out_dir], capsys)
+    assert status == 0, err
+    assert row(out, "big")[0] == "nrmse" and "rmse " not in out.replace("nrmse", "")
+    one = cli(["train", "table", "hard_sharing", *keys[:1], "data.target=big", *keys[2:], *out_dir], capsys)[1]
+    assert "nrmse" not in one  # one target: its RMSE is the mean, no second row
+    status, out, err = cli(["compare", "table", "hard_sharing,stl", *keys, "seeds=0,1", "--out", tmp_path / "cmp"], capsys)
+    assert status == 0, err
+    assert "regression targets of different scales (training std" in out and "metric=nrmse" in out

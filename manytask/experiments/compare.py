@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ConfigError, option
-from ..metrics import delta_m, primary
+from ..metrics import delta_m, primary, scale_note
 from ..registry import get_method
 from ..report import dot_plot, mean_pm, mean_std, paired, text_table
 from .runner import Contender, ExperimentConfig, ExperimentResult, Record, compare, finish
@@ -94,6 +94,8 @@ def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, 
     metric = primary(result.data.tasks[0])
     result.records += records
     result.table += f"\n\nagainst {baseline} (test {result.mean_label()}, paired over seeds):\n" + table
+    if note := scale_note(result.data.tasks):
+        result.table += f"\n{note}; delta-m is per task, relative"
     result.summary.update(baseline=baseline, against_baseline=summary)
     task_names = [t.name for t in result.data.tasks]
     dot_plot({label: [mean_std(result.metric(label, task)) for task in task_names] for label in result.runs},
