@@ -88,6 +88,10 @@ class RSN2Config(DMPNNConfig):
     mask_batch: int = option(512, "examples per subnetwork for the gradient criterion", low=1)
     rounds: int = option(1, "mask selection in rounds: each round every subnetwork, in turn, takes 1/rounds of "
                          "its share of each layer; 1 = the paper's Algorithm 1 (subnetwork after subnetwork)", low=1)
+    init: Literal["auto", "he", "torch"] = option(
+        "auto", "initial weights, uniform per subnetwork's slice: he = U(+-sqrt(6 / fan_in)), torch = U(+-1 / "
+                "sqrt(fan_in)), nn.Linear's default, 1/sqrt(6) of he; biases zero. auto: torch when every task is a "
+                "regression (he fits small regression tables instead of their trend: docs/rsn2.md), else he")
     # the defaults (these and the keys above) are the recipe `manytask tune tox21 rsn2` chose: docs/tuning-tox21.md
     # but keep: the tuned 0.06 of each layer suits 12 subnetworks only; 0 fits any number of them
     train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 5.34e-4, "weight_decay": 1e-5}
@@ -548,6 +552,11 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2
     encoder = {"hidden": cfg.encoder_hidden, "depth": cfg.encoder_depth, "aggregation": cfg.encoder_aggregation,
                "dropout": cfg.encoder_dropout}
     model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every, encoder)
+    init = cfg.init if cfg.init != "auto" else "torch" if all(t.kind == "regression" for t in tasks) else "he"
+    if init == "torch":  # the same draws, scaled: U(+-sqrt(6 / fan_in)) / sqrt(6) = U(+-1 / sqrt(fan_in))
+        with torch.no_grad():
+            for _, layer, _ in model.layers():
+                layer.weight.div_(math.sqrt(6.0))
     for name, _, local in model.layers():  # capacity, before any data is touched
         if keep * len(local) > 1 + 1e-9:
             raise ConfigError(f"keep={keep:g} for {len(local)} subnetworks on layer {name} sums to "
