@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "stl.py"), "--contenders", "stl", "--reps", "1",
                            "--widths", "8", *args], capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "MANYTASK_CACHE": os.environ["MANYTASK_CACHE"],  # the session's
+                          env={"PATH": "/usr/bin:/bin", "MANYTASK_CACHE": os.environ["MANYTASK_CACHE"],  # this test run's
                                "OMP_NUM_THREADS": "1"})  # private cache (conftest): Tox21's features made once
 
 
