@@ -159,15 +159,13 @@ def problem(N: int, B: int, D: int, density: float = 0.05):
     return tasks, x, y
 
 
-def data_problem(name: str, path: str, N: int, B: int):
-    """The first N tasks of a registered data set and one minibatch (B rows of its training split, seed 0)."""
-    from manytask.runs import load_dataset
-    data = load_dataset(name, **({"path": path} if path else {}))
+def data_problem(data, N: int, B: int):
+    """The first N tasks of a loaded data set and one minibatch (B rows of its training split, seed 0)."""
     if N > len(data.tasks):
-        sys.exit(f"--sizes {N}: {name} has {len(data.tasks)} tasks; give --sizes of at most that")
+        sys.exit(f"--sizes {N}: {data.name} has {len(data.tasks)} tasks; give --sizes of at most that")
     split, tasks = data.split("train"), data.tasks[:N]
     if len(split.inputs) != 1:
-        sys.exit(f"--data {name}: its tasks read several inputs; stl's benchmark takes one shared input")
+        sys.exit(f"--data {data.name}: its tasks read several inputs; stl's benchmark takes one shared input")
     (inputs,) = split.inputs.values()
     rows = torch.randperm(split.size(tasks[0].input), generator=torch.Generator().manual_seed(0))[:B]
     x = inputs[rows].float()  # (B, bits); packed fingerprints come out as float32 rows
@@ -220,8 +218,11 @@ def main(argv=None) -> list[dict]:
     print(head)
     print("-" * len(head))
     rows = []
+    if args.data:  # loaded once for every N
+        from manytask.runs import load_dataset
+        data = load_dataset(args.data, **({"path": args.data_path} if args.data_path else {}))
     for N in map(int, args.sizes.split(",")):
-        tasks, x, y = data_problem(args.data, args.data_path, N, B) if args.data else problem(N, B, D, args.density)
+        tasks, x, y = data_problem(data, N, B) if args.data else problem(N, B, D, args.density)
         D = x.shape[1]
         model = build(tasks, {"x": (D,)}, cfg)
         widths = model.widths[tasks[0].name]

@@ -65,6 +65,9 @@ def mean_over_tasks(table: dict[str, dict[str, float]], tasks: list[Task]) -> di
     return out
 
 
+IN_TARGET_UNITS = ("rmse", "mse")  # regression metrics in the target's own units (nrmse is scale-free)
+
+
 def scales_differ(tasks: list[Task]) -> bool:
     """Whether a mean of RMSE or MSE over these tasks adds up regression targets of different scales
     (Task.scale, the training split's std), where the largest-scale target outweighs the others; a mean of
@@ -75,7 +78,7 @@ def scales_differ(tasks: list[Task]) -> bool:
 def scale_note(tasks: list[Task]) -> str | None:
     """One line when the tasks' mean primary metric is RMSE or MSE over targets of different scales: what it is
     dominated by and how to compare them alike (metric=nrmse); None otherwise."""
-    reg = [t for t in tasks if t.kind == "regression" and primary(t) in ("rmse", "mse")]
+    reg = [t for t in tasks if t.kind == "regression" and primary(t) in IN_TARGET_UNITS]
     if not scales_differ(reg):
         return None
     low, high = min(reg, key=lambda t: t.scale), max(reg, key=lambda t: t.scale)

@@ -68,7 +68,7 @@ from .nn.dmpnn import check_graph_method
 from .files import replacing, write_text
 from .config import ConfigError, apply, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
-from .metrics import covered, mean_over_tasks, primary, scales_differ, undefined_note
+from .metrics import IN_TARGET_UNITS, covered, mean_over_tasks, primary, scales_differ, undefined_note
 from .registry import get_dataset, get_method
 from .report import mean_label, plot_history, text_table, write_matrix, write_results
 from .tasks import METRICS, Task
@@ -241,7 +241,7 @@ def task_table(data: MultiTaskData, tables: dict[str, dict[str, dict]]) -> str:
     rows = [(t.name, primary(t), *(tables[s][t.name][primary(t)] for s in SPLITS)) for t in data.tasks]
     for m in sorted({primary(t) for t in data.tasks}):
         ts = [t for t in data.tasks if primary(t) == m]
-        for shown in (m, "nrmse") if m in ("rmse", "mse") and scales_differ(ts) else (m,):  # nrmse: scale-free
+        for shown in (m, "nrmse") if m in IN_TARGET_UNITS and scales_differ(ts) else (m,):  # nrmse: scale-free
             rows.append((mean_label([covered(tables[s], ts, shown) for s in SPLITS], len(ts)), shown,
                          *(mean_over_tasks(tables[s], ts)[shown] for s in SPLITS)))
     return text_table(("task", "metric", *SPLITS), rows)
