@@ -4,7 +4,7 @@ N such modules in one ModuleDict (the per-task layout itself), all measured in t
 
     .venv/bin/python benchmarks/stl.py [--sizes 12,100,617] [--in-dim 2048] [--batch 128] [--density 0.05]
                                        [--widths 256,128] [--dropout 0.4] [--reps 3] [--threads 1]
-                                       [--group-mib 16] [--slice-mib 2]
+                                       [--group-mib 16]
                                        [--contenders dense,stl,unfused,modules] [--phases]
                                        [--densities 0.01,0.05,0.1,0.2,0.4]
                                        [--data toxcast --data-path ../shared/data/toxcast.csv.gz]
@@ -20,7 +20,7 @@ densities many weight rows of the first layer get no gradient in a step). The co
 make_optimizer's Adam (the default TrainConfig) unless said otherwise:
 
     one       one task's mlp() module, tasks.mean_loss: its step time times N is the reference
-    dense     stl's model with every first layer a grouped GEMM (nn.batched.SPARSE_DENSITY = 0: no SparseRows)
+    dense     stl's model with every first layer one GEMM (nn.batched.SPARSE_DENSITY = 0: no SparseRows)
               and tasks.mean_loss, one Task.loss per task: the step before SparseRows and the stacked loss
     stl       stl as `manytask train` runs it: the first layer gathered through SparseRows (inputs up to
               SPARSE_DENSITY ones), STLHooks' loss (tasks.stacked_mean_loss), make_optimizer's fused Adam
@@ -184,9 +184,6 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--group-mib", type=float, default=stl.GROUP_BYTES / 2**20,
                     help="stl's GROUP_BYTES in MiB: largest stacked weight of one batched group")
-    ap.add_argument("--slice-mib", type=float, default=nn_batched.SPARSE_SLICE_BYTES / 2**20,
-                    help="nn.batched.SPARSE_SLICE_BYTES in MiB: largest table slice gathered at once after a "
-                         "streaming read (0: whole groups, no read)")
     ap.add_argument("--contenders", default="dense,stl,unfused,modules",
                     help="which of dense, stl, unfused, modules to time against N x one")
     ap.add_argument("--phases", action="store_true", help="also print forward/loss/backward/optimizer times")
@@ -196,7 +193,6 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--data-path", default="", help="its data.path (a local CSV)")
     args = ap.parse_args(argv)
     stl.GROUP_BYTES = int(args.group_mib * 2**20)
-    nn_batched.SPARSE_SLICE_BYTES = int(args.slice_mib * 2**20) or 2**62
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, D, cfg = args.batch, args.in_dim, STLConfig()
@@ -207,7 +203,7 @@ def main(argv=None) -> list[dict]:
     print(f"torch {torch.__version__}, {args.threads} thread(s), batch {B}, "
           f"{f'a {args.data} minibatch' if args.data else f'{D} inputs ({args.density:g} ones)'}, "
           f"stl (widths={','.join(map(str, cfg.widths))}, max_params={cfg.max_params}, dropout={cfg.dropout}, "
-          f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB, SPARSE_SLICE_BYTES={args.slice_mib:g} MiB, SPARSE_DENSITY={nn_batched.SPARSE_DENSITY}), "
+          f"GROUP_BYTES={stl.GROUP_BYTES / 2**20:g} MiB, SPARSE_DENSITY={nn_batched.SPARSE_DENSITY}), "
           f"CPU time per step, best of {args.reps} blocks after a warm-up block, allocator tuned: {ALLOCATOR}")
     names = [n for n in args.contenders.split(",") if n]
     if not names or set(names) - {"dense", "stl", "unfused", "modules"}:

@@ -4,9 +4,10 @@ parameters: the "NN2 STL" of Ramabaja (Interconnected Neural Networks for Multi 
 section 4), matched to the root weights of an ICNN subnetwork.
 
 The N networks run as one batched computation (nn/batched.py): tasks whose networks have the same shape
-signature (input, input size, hidden widths, output width) form one group whose weights are stacked,
-(n, in, out) per layer, so a step is one grouped GEMM per layer and group instead of N modules (a group
-whose largest stacked weight would exceed GROUP_BYTES is split into several). The networks stay
+signature (input, input size, hidden widths, output width) form one group whose weights are stored side by
+side, a table (in, n, out) per layer, so a step is one GEMM (first layer, shared input) or grouped GEMM (the
+layers above it) per layer and group instead of N modules (a group whose largest table would exceed
+GROUP_BYTES is split into several). The networks stay
 independent: no weight is shared and the gradient of one task's loss reaches only its own network. The
 floating-point work is that of N separate networks, except on a mostly-zero input (a fingerprint): the
 first layers then sum the weight rows of its nonzero entries (nn.batched.SparseRows, made once per input
@@ -167,7 +168,7 @@ class SingleTaskNets(nn.Module):
 
 def _from_per_task_layout(module: SingleTaskNets, state_dict, prefix, *_):
     """Load hook: weights saved by N separate mlp() modules (nets.<task key>.<index>.weight (out, in) and .bias)
-    become the stacked groups.<g>.layers.<l>.weight (n, in, out) and .bias (n, out). Converts only when every
+    become the stacked groups.<g>.layers.<l>.table (in, n, out) and .bias (n, out). Converts only when every
     task's every layer is present; anything else is left for load_state_dict to report."""
     old = prefix + "nets."
     if not any(k.startswith(old) for k in state_dict):
@@ -184,7 +185,7 @@ def _from_per_task_layout(module: SingleTaskNets, state_dict, prefix, *_):
     for g, (net, ts) in enumerate(zip(module.groups, module.members)):
         for layer in range(len(net.layers)):
             keys = [linears[t.name][layer] for t in ts]
-            state_dict[f"{prefix}groups.{g}.layers.{layer}.weight"] = torch.stack([state_dict.pop(w).T for w, _ in keys])
+            state_dict[f"{prefix}groups.{g}.layers.{layer}.table"] = torch.stack([state_dict.pop(w).T for w, _ in keys], 1)
             state_dict[f"{prefix}groups.{g}.layers.{layer}.bias"] = torch.stack([state_dict.pop(b) for _, b in keys])
 
 

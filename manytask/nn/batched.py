@@ -1,19 +1,22 @@
-"""n independent networks of one shape as one batched computation: their weights stacked along a leading
-task axis, every layer one grouped GEMM (torch.baddbmm) instead of n modules.
+"""n independent networks of one shape as one batched computation: their weights stored side by side, so a
+layer over a shared input is one GEMM (or one sparse gather) instead of n modules.
 
-BatchedLinear(n, in, out) holds n Linear layers: weight (n, in, out), bias (n, out). An input (batch, in)
-shared by all n (one data set, many tasks) is expanded to (n, batch, in) as a stride-0 view, not copied n times.
-A shared input that is mostly zeros (a molecular fingerprint: a few % ones) goes through SparseRows instead: the
-forward sums, for every network and example, the weight rows at the example's nonzero inputs, and the weight
-gradient sums, for every network and input, the output-gradient rows of the examples where that input is
-nonzero (embedding_bag both ways), work in proportion to the nonzeros instead of batch * in; the same
-x @ weight[i] up to float rounding. Nothing couples the n slices: the gradient of slice i depends only on
-what slice i computed.
+BatchedLinear(n, in, out) holds n Linear layers in one table (in, n, out): row k holds input k's weights of
+all n networks side by side, network i's matrix (in, out) is table[:, i], and `weight` is the (n, in, out)
+view of it. An input (batch, in) shared by all n (one data set, many tasks) is then one GEMM,
+x @ table.view(in, n * out). A shared input that is mostly zeros (a molecular fingerprint: a few % ones)
+goes through SparseRows instead: the forward sums, for every example, the table rows of its nonzero
+inputs (rows of n * out contiguous values), and the table's gradient sums, for every input, the
+output-gradient rows of the examples where that input is nonzero (embedding_bag both ways), work in
+proportion to the nonzeros instead of batch * in; the same x @ weight[i] up to float rounding. An input
+(n, batch, in) of n different rows (a layer after the first) is a grouped GEMM (torch.baddbmm) over the
+weight view. Nothing couples the n slices: the gradient of slice i depends only on what slice i computed.
 
 Initialisation is nn.Linear's default (kaiming-uniform weights with a = sqrt(5), biases uniform in
 +-1/sqrt(in)), drawn slice by slice: `reset_slice(i)` consumes the random stream exactly as constructing
 nn.Linear(in, out) does, so n separately built modules and the batched layer get bit-identical weights
-from the same seed when the slices are initialised in the modules' construction order.
+from the same seed when the slices are initialised in the modules' construction order. Weights saved in
+the earlier (n, in, out) layout (key `weight`) load into the table.
 """
 from __future__ import annotations
 
@@ -27,75 +30,44 @@ from .mlp import activation
 
 
 # A shared CPU input with at most this fraction of nonzero entries goes through SparseRows instead of the
-# GEMM: `benchmarks/stl.py --phases --densities 0.05,0.2,0.3,0.5` timed stl's step (2048 inputs, batch 128)
-# gathered at 0.77x, 0.60x, 0.52x the GEMM's at density 0.2 (N = 12, 100, 617 tasks; widths 512, 156, 25),
-# 0.95x, 0.71x, 0.64x at 0.3, and 1.31x (slower), 0.92x, 0.87x at 0.5.
+# GEMM: `benchmarks/stl.py --sizes 12,100,617 --contenders stl --densities 0.05,0.2,0.3,0.5` timed stl's step
+# (2048 inputs, batch 128, one thread; widths 128, 128, 25) gathered at 0.63x, 0.48x, 0.54x the GEMM's at
+# density 0.2, 0.81x, 0.66x, 0.73x at 0.3, and 1.21x, 1.03x, 1.06x (slower) at 0.5.
 SPARSE_DENSITY = 0.2
-# Most (network, nonzero entry) pairs indexed at once: a layer over more networks gathers them in chunks.
-SPARSE_CHUNK = 2**22
-# Largest table slice (bytes) gathered at once. Each slice is read once in order (a sum) before its rows are
-# gathered in random order, so they come from the core's cache instead of one memory round trip each:
-# `benchmarks/stl.py --sizes 617 --density 0.014 --contenders stl --phases --slice-mib 0` (no slices) timed
-# stl's forward at 40-46 ms, and at 32-33 ms with --slice-mib 2 (widths 25: 205 KB per network).
-SPARSE_SLICE_BYTES = 2**21
 
 
 class SparseRows:
     """The nonzero entries of a mostly-zero input x (batch, in) without gradient, shared by the first layers
-    of several BatchedLinear (made once per input by shared_input).
-
-    bags("row", n): embedding_bag's (indices, offsets, per-sample weights) that turn w (n, in, out), seen as
-    n * in rows, into x @ w[i] for every i: one bag per (network i, example b) over the rows i * in + k of
-    the nonzero x[b, k]. bags("col", n): those that turn g (n, batch, out) into x.T @ g[i], the weight
-    gradient: one bag per (network i, input k) over the rows i * batch + b of the nonzero x[b, k]. The
-    bags of n networks are the first of those of more networks, so each is built once, for the most."""
+    of several BatchedLinear (made once per input by shared_input), as embedding_bag's (indices, offsets,
+    per-sample weights) both ways: `row`, one bag per example b over the inputs k of its nonzero x[b, k],
+    turns a table (in, m) into x @ table (batch, m); `col`, one bag per input k over the examples b of the
+    nonzero x[b, k], turns g (batch, m) into x.T @ g (in, m), the table's gradient."""
 
     def __init__(self, x: torch.Tensor):
         self.x = x
         rows, cols = x.nonzero(as_tuple=True)  # in row-major order: rows ascending
         values = x[rows, cols]
         order = torch.argsort(cols, stable=True)  # in column-major order: columns ascending
-        # by bag kind: (bag of each entry, ascending; its table row within one network; value; bags per network)
-        self.entries = {"row": (rows, cols, values, x.shape[0]),
-                        "col": (cols[order], rows[order], values[order], x.shape[1])}
-        self.ones = bool((values == 1).all())  # 0/1 input: no per-sample weights
-        self.built: dict[str, tuple[int, tuple]] = {}  # kind -> (networks, bags)
+        ones = bool((values == 1).all())  # 0/1 input: no per-sample weights
+
+        def bags(bag: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, count: int) -> tuple:
+            offsets = torch.zeros(count + 1, dtype=torch.long, device=x.device)
+            torch.cumsum(torch.bincount(bag, minlength=count), 0, out=offsets[1:])
+            return index, offsets, None if ones else weights
+
+        self.row = bags(rows, cols, values, x.shape[0])
+        self.col = bags(cols[order], rows[order], values[order], x.shape[1])
 
     @property
     def nnz(self) -> int:
-        return self.entries["row"][0].numel()
+        return self.row[0].numel()
 
-    def bags(self, kind: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        bag, index, values, count = self.entries[kind]
-        stride = self.x.shape[1] if kind == "row" else self.x.shape[0]  # rows of the table per network
-        if self.built.get(kind, (0,))[0] < n:
-            dtype = torch.int32 if n * max(stride, bag.numel() + 1) < 2**31 else torch.long
-            nets = torch.arange(n, dtype=dtype, device=bag.device)
-            offsets = torch.zeros(n * count + 1, dtype=dtype, device=bag.device)
-            torch.cumsum(torch.bincount(bag, minlength=count).repeat(n), 0, out=offsets[1:])
-            self.built[kind] = (n, ((nets[:, None] * stride + index.to(dtype)).reshape(-1), offsets,
-                                    None if self.ones else values.repeat(n)))
-        index, offsets, weights = self.built[kind][1]
-        nnz = bag.numel()
-        return index[:n * nnz], offsets[:n * count + 1], None if weights is None else weights[:n * nnz]
-
-    def gather(self, kind: str, table: torch.Tensor) -> torch.Tensor:
-        """table (n, rows, out) -> (n, bags, out): the bags of `kind` over its n * rows rows, in chunks of at
-        most SPARSE_CHUNK entries and SPARSE_SLICE_BYTES of the table, each read in order first when it
-        spans several networks."""
-        n, _, out = table.shape
-        per_network = table[0].numel() * table.element_size()
-        step = max(1, min(SPARSE_CHUNK // max(1, self.nnz), SPARSE_SLICE_BYTES // per_network))
-        parts = []
-        for start in range(0, n, step):
-            chunk = table[start:start + step]
-            if step < n:
-                chunk.sum()  # a streaming read: the random-order gather below then finds the rows in the cache
-            index, offsets, weights = self.bags(kind, chunk.shape[0])
-            weights = None if weights is None else weights.to(table.dtype)
-            parts.append(F.embedding_bag(index, chunk.reshape(-1, out), offsets, mode="sum", per_sample_weights=weights,
-                                         include_last_offset=True).view(chunk.shape[0], -1, out))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+    @staticmethod
+    def gather(bags: tuple, table: torch.Tensor) -> torch.Tensor:
+        """table (rows, m) -> (bags, m): the sum of each bag's rows (weighted by x's values unless all are 1)."""
+        index, offsets, weights = bags
+        return F.embedding_bag(index, table, offsets, mode="sum", include_last_offset=True,
+                               per_sample_weights=None if weights is None else weights.to(table.dtype))
 
 
 def dropout_multipliers(numel: int, p: float, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -124,41 +96,49 @@ def shared_input(x: torch.Tensor) -> torch.Tensor | SparseRows:
 
 
 class _SparseLinear(torch.autograd.Function):
-    """(weight (n, in, out), bias (n, out), SparseRows of x (batch, in)) -> x @ weight[i] + bias[i] for every
-    i, (n, batch, out): the bias added in place to the gathered rows, its gradient the sum over the batch."""
+    """(table (in, n, out), bias (n, out), SparseRows of x (batch, in)) -> x @ table[:, i] + bias[i] for every
+    i, as (batch, n, out): the bias added in place to the gathered rows, its gradient the sum over the batch."""
 
     @staticmethod
-    def forward(ctx, weight, bias, sparse):
+    def forward(ctx, table, bias, sparse):
         ctx.sparse = sparse
-        return sparse.gather("row", weight).add_(bias.unsqueeze(1))
+        return sparse.gather(sparse.row, table.view(table.shape[0], -1)).view(-1, *bias.shape).add_(bias)
 
     @staticmethod
     def backward(ctx, grad):
-        grad = grad.contiguous()
-        weight_grad, bias_grad = ctx.needs_input_grad[:2]
-        return ctx.sparse.gather("col", grad) if weight_grad else None, grad.sum(1) if bias_grad else None, None
+        table_grad, bias_grad = ctx.needs_input_grad[:2]
+        sparse = ctx.sparse
+        return (sparse.gather(sparse.col, grad.reshape(grad.shape[0], -1)).view(sparse.x.shape[1], *grad.shape[1:])
+                if table_grad else None, grad.sum(0) if bias_grad else None, None)
 
 
 class BatchedLinear(nn.Module):
-    """n independent Linear layers. forward: (batch, in) shared by all, or (n, batch, in) -> (n, batch, out)."""
+    """n independent Linear layers. forward: (batch, in) shared by all, or (n, batch, in) -> (n, batch, out).
+    Parameters: table (in, n, out), network i's weight table[:, i] (x @ table[:, i]); bias (n, out)."""
 
     def __init__(self, n: int, in_features: int, out_features: int, reset: bool = True):
         super().__init__()
         if min(n, in_features, out_features) < 1:
             raise ValueError(f"BatchedLinear needs n, in_features, out_features >= 1, got {n}, {in_features}, {out_features}")
         self.n, self.in_features, self.out_features = n, in_features, out_features
-        self.weight = nn.Parameter(torch.empty(n, in_features, out_features))  # (n, in, out): x @ weight[i]
+        self.table = nn.Parameter(torch.empty(in_features, n, out_features))  # (in, n, out): contiguous for Adam
         self.bias = nn.Parameter(torch.empty(n, out_features))  # (n, out)
+        self.register_load_state_dict_pre_hook(_from_weight_layout)
         if reset:  # False: uninitialised (torch.empty), for a caller that resets the slices in its own order
             self.reset_parameters()
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """(n, in, out), a view of the table: weight[i] is network i's matrix."""
+        return self.table.transpose(0, 1)
+
     def reset_slice(self, i: int) -> None:
         """Initialise slice i as nn.Linear(in, out) initialises itself (same draws, same order)."""
-        w = torch.empty(self.out_features, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+        w = torch.empty(self.out_features, self.in_features, dtype=self.table.dtype, device=self.table.device)
         nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's (out, in) layout: the same values in the same order
         bound = 1 / math.sqrt(self.in_features)
         with torch.no_grad():
-            self.weight[i].copy_(w.T)
+            self.table[:, i].copy_(w.T)
             nn.init.uniform_(self.bias[i], -bound, bound)
 
     def reset_parameters(self) -> None:
@@ -173,15 +153,22 @@ class BatchedLinear(nn.Module):
                              f"{self.in_features}) or ({self.n}, batch, {self.in_features}), got {shape}")
         x = shared_input(x) if isinstance(x, torch.Tensor) and x.dim() == 2 else x
         if isinstance(x, SparseRows):
-            return _SparseLinear.apply(self.weight, self.bias, x)  # (n, batch, out)
-        if x.dim() == 2:  # (n, batch, in): stride-0 view of one column-major copy, read fast by the weight gradient
-            x = x.t().contiguous().expand(self.n, -1, -1).transpose(1, 2)  # bmm: 1.6x faster than x.expand (617x2048x25)
-        elif self.out_features == 1:  # n matrix-vector products: a multiply and a sum, faster than bmm both ways
-            return (x * self.weight.transpose(1, 2)).sum(2, keepdim=True) + self.bias.unsqueeze(1)
+            return _SparseLinear.apply(self.table, self.bias, x).transpose(0, 1)  # (n, batch, out)
+        if x.dim() == 2:  # one GEMM for all n: (batch, in) @ (in, n * out)
+            y = torch.addmm(self.bias.view(1, -1), x, self.table.view(self.in_features, -1))
+            return y.view(-1, self.n, self.out_features).transpose(0, 1)  # (n, batch, out)
+        if self.out_features == 1:  # n matrix-vector products: a multiply and a sum, faster than bmm both ways
+            return (x * self.table.permute(1, 2, 0)).sum(2, keepdim=True) + self.bias.unsqueeze(1)
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)  # (n, batch, out)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _from_weight_layout(module: BatchedLinear, state_dict, prefix, *_):
+    """Load hook: a weight saved as `weight` (n, in, out) becomes the table (in, n, out)."""
+    if prefix + "weight" in state_dict and prefix + "table" not in state_dict:
+        state_dict[prefix + "table"] = state_dict.pop(prefix + "weight").transpose(0, 1)
 
 
 class BatchedMLP(nn.Module):

@@ -32,6 +32,11 @@ def linears(net: nn.Sequential) -> list[nn.Linear]:
     return [m for m in net if isinstance(m, nn.Linear)]
 
 
+def network_grads(net: BatchedMLP) -> list[torch.Tensor]:
+    """Every parameter's gradient with the network axis first: (n, ...)."""
+    return [g for layer in net.layers for g in (layer.table.grad.transpose(0, 1), layer.bias.grad)]
+
+
 def test_init_is_bit_identical_to_separate_modules():
     """From one seed, n mlp() modules built one after the other and BatchedMLP draw the same weights."""
     refs = reference(seed=3)
@@ -114,10 +119,10 @@ def test_gradients_stay_in_their_network():
         for i in range(N):
             net.zero_grad()
             net(x)[i].square().sum().backward()
-            for p in net.parameters():
-                others = torch.cat([p.grad[:i].flatten(), p.grad[i + 1:].flatten()])
+            for g in network_grads(net):
+                others = torch.cat([g[:i].flatten(), g[i + 1:].flatten()])
                 assert torch.count_nonzero(others) == 0
-                assert torch.count_nonzero(p.grad[i]) > 0
+                assert torch.count_nonzero(g[i]) > 0
 
 
 def test_dropout_is_independent_per_network():
@@ -125,7 +130,7 @@ def test_dropout_is_independent_per_network():
     net = BatchedMLP(N, D, (64,), dropout=0.5, out_dim=1)
     with torch.no_grad():
         for layer in net.layers:
-            layer.weight.copy_(layer.weight[:1].expand_as(layer.weight))
+            layer.table.copy_(layer.table[:, :1].clone().expand_as(layer.table))
             layer.bias.copy_(layer.bias[:1].expand_as(layer.bias))
     x = torch.randn(B, D)
     out = net(x)
@@ -198,6 +203,19 @@ def test_parameter_count_is_n_networks():
     assert net.layers[0].weight.shape == (N, D, WIDTHS[0]) and net.layers[-1].bias.shape == (N, OUT)
 
 
+def test_weights_saved_as_n_in_out_load_into_the_table():
+    """A state dict of the earlier layout (`weight` (n, in, out) per layer) loads into the table (in, n, out):
+    the same networks, the same outputs."""
+    net = BatchedMLP(N, D, WIDTHS, "tanh", out_dim=OUT)
+    old = {k.replace(".table", ".weight"): v.transpose(0, 1).contiguous() if k.endswith(".table") else v
+           for k, v in net.state_dict().items()}
+    assert old["layers.0.weight"].shape == (N, D, WIDTHS[0])
+    again = BatchedMLP(N, D, WIDTHS, "tanh", out_dim=OUT)
+    again.load_state_dict(old)
+    x = torch.randn(B, D)
+    assert torch.equal(again(x), net(x)) and all(p.is_contiguous() for p in again.parameters())
+
+
 def test_bad_inputs_are_value_errors():
     lin = BatchedLinear(N, D, 3)
     for bad in (torch.randn(B, D + 1), torch.randn(N + 1, B, D), torch.randn(B)):
@@ -220,13 +238,10 @@ def sparse_input(density=0.05, values=False, seed=0):
 
 
 @pytest.mark.parametrize("values", [False, True])
-@pytest.mark.parametrize("chunk, slice_bytes", [(2**22, 2**21), (5, 2**21), (2**22, 1)])
-def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values, chunk, slice_bytes):
-    """A mostly-zero shared input goes through SparseRows (gathered rows, in chunks of networks when
-    SPARSE_CHUNK or SPARSE_SLICE_BYTES is small); outputs and every gradient match the dense GEMM's and the
-    separate modules'."""
-    monkeypatch.setattr(batched, "SPARSE_CHUNK", chunk)
-    monkeypatch.setattr(batched, "SPARSE_SLICE_BYTES", slice_bytes)
+def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values):
+    """A mostly-zero shared input goes through SparseRows (gathered table rows); outputs and every gradient
+    match the dense GEMM's and the separate modules', and every gradient has its parameter's (contiguous)
+    layout, so that AccumulateGrad keeps it and fused Adam reads it without a copy."""
     monkeypatch.setattr(batched, "SPARSE_DENSITY", 0.5)
     x = sparse_input(0.3, values)
     rows = batched.shared_input(x)
@@ -240,6 +255,7 @@ def test_sparse_input_gives_the_dense_outputs_and_gradients(monkeypatch, values,
         net.zero_grad()
         out = net(x)
         out.square().sum().backward()
+        assert all(p.grad.is_contiguous() for p in net.parameters())
         results.append((out, [p.grad.clone() for p in net.parameters()]))
     (sparse, grads), (dense, dense_grads) = results
     for i, ref in enumerate(refs):
@@ -253,18 +269,18 @@ def test_sparse_layer_with_a_frozen_weight():
     """A gathered first layer whose weight takes no gradient still gives its bias the GEMM's gradient."""
     x = sparse_input(0.1)
     lin = BatchedLinear(N, D, 3)
-    lin.weight.requires_grad_(False)
+    lin.table.requires_grad_(False)
     grads = []
     for rows in (batched.SparseRows(x), x.expand(N, -1, -1)):
         lin.bias.grad = None
         lin(rows).square().sum().backward()
         grads.append(lin.bias.grad)
-    assert lin.weight.grad is None
+    assert lin.table.grad is None
     assert_close(grads[0], grads[1], atol=1e-5)
 
 
 def test_sparse_rows_serve_layers_of_any_width():
-    """One SparseRows for layers over 3, 7 and 2 networks (bags built for the most, shared by fewer)."""
+    """One SparseRows serves layers over 3, 7 and 2 networks."""
     x = sparse_input()
     rows = batched.shared_input(x)
     assert isinstance(rows, batched.SparseRows)
@@ -289,9 +305,9 @@ def test_gradients_stay_in_their_network_with_a_sparse_input():
     for i in range(N):
         net.zero_grad()
         net(rows)[i].square().sum().backward()
-        for p in net.parameters():
-            assert torch.count_nonzero(torch.cat([p.grad[:i].flatten(), p.grad[i + 1:].flatten()])) == 0
-            assert torch.count_nonzero(p.grad[i]) > 0
+        for g in network_grads(net):
+            assert torch.count_nonzero(torch.cat([g[:i].flatten(), g[i + 1:].flatten()])) == 0
+            assert torch.count_nonzero(g[i]) > 0
 
 
 def test_one_output_per_network_equals_separate_linears():
@@ -309,6 +325,6 @@ def test_one_output_per_network_equals_separate_linears():
         want = ref(x)
         want.square().sum().backward()
         assert_close(out[i], want)
-        assert_close(lin.weight.grad[i], ref.weight.grad.T, atol=1e-5)
+        assert_close(lin.table.grad[:, i], ref.weight.grad.T, atol=1e-5)
         assert_close(lin.bias.grad[i], ref.bias.grad, atol=1e-5)
         assert_close(xs.grad[i], x.grad, atol=1e-5)
