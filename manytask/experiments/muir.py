@@ -68,7 +68,7 @@ def write_sharing(history: list[dict], out: Path, label: str = "") -> None:
 
 POSTER = {"clean": {"single-task": 1.35, "oracle": 0.77, "muir": 0.00},  # no "no-sharing" row in the poster
           "noisy": {"single-task": 1.49, "oracle": 0.37, "muir": 0.38}}
-SYNTH_METHOD = {"widths": "", "bias": "false", "context": "1", "challengers": "4",
+SYNTH_METHOD = {"widths": "", "bias": "false", "context": "1", "challengers": "4", "init": "he",
                 "soft_lr": "0.01", "steps_per_generation": "100", "challenger_mass": "0.8",  # 0.8: uniform start
                 "lr": "1e-3", "weight_decay": "0"}
 SYNTH_CONTENDERS = ("single-task", "no-sharing", "oracle", "muir")

@@ -46,7 +46,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -116,6 +116,9 @@ class MuirConfig(DMPNNConfig):
     alignment: tuple[int, ...] = option((), "initial psi, one hypermodule index per block location; empty: "
                                         "pessimistic psi(l) = l", low=0)
     vectorise: bool = option(True, "run identical task models as one vmapped call")
+    init: Literal["auto", "he", "torch"] = option(
+        "auto", "initial block entries: he = N(0, 2 / fan_in) (the paper's), torch = 1/sqrt(6) of that, nn.Linear's "
+                "default standard deviation 1/sqrt(3 fan_in); auto: torch when every task is a regression, else he")
     # the defaults (widths, dropout, context, soft_lr and these) are the recipe `manytask tune tox21 muir`
     # chose (docs/tuning-tox21.md); the registered muir experiments set the keys they rely on themselves
     train_defaults: ClassVar[dict] = {"lr": 1.37e-3, "weight_decay": 1e-5}
@@ -468,8 +471,10 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
     cfg = fitted_widths(cfg, tasks, input_shapes, arch)
     models = [default_model(t, input_shapes[t.input], arch[t.input], cfg) for t in tasks]
     try:
+        init = cfg.init if cfg.init != "auto" else "torch" if all(t.kind == "regression" for t in tasks) else "he"
         net = MuirNet(tasks, models, block=tuple(cfg.block), context=cfg.context, challengers=cfg.challengers,
-                      alignment=list(cfg.alignment) or None, vectorise=cfg.vectorise)
+                      alignment=list(cfg.alignment) or None, vectorise=cfg.vectorise,
+                      init_scale=1.0 if init == "he" else 1 / math.sqrt(6.0))
     except ValueError as e:  # block sizes no weight divides by, an alignment of the wrong length
         raise ConfigError(str(e)) from None
     hooks = MuirHooks(cfg.steps_per_generation, cfg.burn_in, cfg.generations, cfg.final, cfg.fraction,

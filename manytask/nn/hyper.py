@@ -175,10 +175,13 @@ class MuirModels(nn.Module):
     challengers: lambda, the candidates a location gets besides its own hypermodule while evolving.
     alignment:   initial psi (one hypermodule index per location); None = pessimistic, psi(l) = l.
     vectorise:   run models with identical architectures as one vmapped call.
+    init_scale:  multiplies every context's initial value, so every block entry's initial standard deviation
+                 (1: He's, the paper's; 1/sqrt(6): nn.Linear's default, 1/sqrt(3 fan_in)).
     """
 
     def __init__(self, models: list[nn.Module], block: tuple[int, int] = (16, 16), context: int = 4,
-                 challengers: int = 1, alignment: list[int] | None = None, vectorise: bool = True):
+                 challengers: int = 1, alignment: list[int] | None = None, vectorise: bool = True,
+                 init_scale: float = 1.0):
         super().__init__()
         m, n = block
         if m < 1 or n < 1 or context < 1 or challengers < 1:
@@ -234,7 +237,7 @@ class MuirModels(nn.Module):
         self.model_locs = [torch.cat(v) if v else torch.zeros(0, dtype=torch.long) for v in locs]
         self.register_buffer("loc_model", torch.tensor(loc_model), persistent=False)  # (L,) model of location l
         self.hyper = nn.Parameter(torch.randn(L, m * n, context) / math.sqrt(context))  # (K, m*n, c), N(0, 1/c)
-        self.context = nn.Parameter(torch.tensor(ctx_init)[:, None].repeat(1, context))  # (L, c), constant
+        self.context = nn.Parameter(init_scale * torch.tensor(ctx_init)[:, None].repeat(1, context))  # (L, c), constant
         psi = torch.arange(L) if alignment is None else torch.as_tensor(list(alignment), dtype=torch.long)
         if psi.shape != (L,) or int(psi.min()) < 0 or int(psi.max()) >= L:
             raise ValueError(f"muir: alignment needs {L} hypermodule indices in 0..{L - 1}, got {len(psi)} "
