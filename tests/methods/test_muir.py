@@ -150,7 +150,7 @@ def test_ea_finds_the_known_alignment_of_a_toy_problem():
     keys = {"data.tasks": "6", "data.groups": "2", "data.dim": "8", "data.train": "9", "data.val": "3",
             "widths": "", "bias": "false", "block": "1,8", "context": "1", "challengers": "2",
             "challenger_mass": "0.8", "soft_lr": "0.05", "steps_per_generation": "50", "generations": "8",
-            "final": "1", "lr": "0.01", "progress": "false"}
+            "final": "1", "lr": "0.01", "progress": "false", "init": "he"}  # he: the paper's start, as muir-synthetic's
     spec = resolve("grouped_regression", "muir", keys)
     data = get_dataset("grouped_regression").fn(spec.data_cfg)
     run = train_run(full_batch(spec, data, 10**6), data, out=None, echo=False)
@@ -331,3 +331,26 @@ def test_molecule_graph_keys_are_checked_before_building():
     many = [Task(f"t{i}", "binary") for i in range(GRAPH_ENCODERS_UP_TO + 1)]
     with pytest.raises(ConfigError, match=f"muir with data.encoder=dmpnn: {len(many)} D-MPNN encoders.*hard_sharing"):
         build(many, GRAPH, MuirConfig())
+
+
+@pytest.mark.parametrize("kinds,init,scale", [(("regression", "regression"), "auto", "torch"),
+                                              (("binary", "regression"), "auto", "he"),
+                                              (("regression",), "he", "he"), (("binary",), "torch", "torch")])
+def test_initial_blocks_he_or_torch_scale(kinds, init, scale):
+    """init=auto starts regression-only data at nn.Linear's standard deviation, 1/sqrt(3 fan_in), and any other
+    at He's, sqrt(2 / fan_in): the same draws, the contexts divided by sqrt(6)."""
+    tasks = [Task(f"t{i}", kind) for i, kind in enumerate(kinds)]
+    build = get_method("muir").fn
+    cfg = dataclasses.replace(MuirConfig(), widths=(64, 64), context=4)
+    torch.manual_seed(0)
+    he, _ = build(tasks, {"x": (256,)}, dataclasses.replace(cfg, init="he"))
+    torch.manual_seed(0)
+    net, _ = build(tasks, {"x": (256,)}, dataclasses.replace(cfg, init=init))
+    div = 6 ** 0.5 if scale == "torch" else 1.0
+    assert torch.allclose(net.muir.context, he.muir.context / div) and torch.equal(net.muir.hyper, he.muir.hyper)
+    with torch.no_grad():
+        for weights in net.muir.generated():
+            for name, w in weights.items():
+                fan_in = w[0].numel()  # Linear: (out, in)
+                want = (2 / fan_in) ** 0.5 / div
+                assert 0.85 * want < float(w.std()) < 1.15 * want, (name, float(w.std()), want)
