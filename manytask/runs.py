@@ -595,6 +595,14 @@ def save_best_so_far(model: nn.Module, run_dir: Path) -> bool:
     return True
 
 
+def still_improving(trainer: Trainer) -> bool:
+    """Training ran to its epoch cap, with early stopping on and no hook ending it, and the best validation
+    epoch is among the last tenth of the epochs (at least the last one)."""
+    epochs = trainer.cfg.epochs
+    return (trainer.cfg.patience > 0 and not trainer.stop and trainer.epoch == epochs
+            and trainer.best_epoch > epochs - max(1, epochs // 10))
+
+
 def _results(spec: RunSpec, data: MultiTaskData, trainer: Trainer, run_dir: Path | None, wall: float,
              echo: bool) -> RunResult:
     """A trained run's weights, curves, tables and summary, written to run_dir and printed (_report)."""
@@ -604,9 +612,13 @@ def _results(spec: RunSpec, data: MultiTaskData, trainer: Trainer, run_dir: Path
     sps = round(trainer.samples_per_second, 1)
     how = (f"{trainer.epoch} epochs (best {trainer.best_epoch}), {wall:.1f} s, {sps:,.0f} samples/s on "
            f"{trainer.device}")
-    return _report(spec, data, trainer.model, run_dir, wall, echo, how, trainer,
-                   epochs=trainer.epoch, best_epoch=trainer.best_epoch,
-                   train_seconds=round(trainer.train_seconds, 3), samples_per_second=sps, device=str(trainer.device))
+    result = _report(spec, data, trainer.model, run_dir, wall, echo, how, trainer,
+                     epochs=trainer.epoch, best_epoch=trainer.best_epoch,
+                     train_seconds=round(trainer.train_seconds, 3), samples_per_second=sps, device=str(trainer.device))
+    if echo and still_improving(trainer):
+        log.warning(f"validation was still improving at the epochs={trainer.cfg.epochs} cap (best epoch "
+                    f"{trainer.best_epoch}); more epochs may help, e.g. epochs={2 * trainer.cfg.epochs}")
+    return result
 
 
 def _report(spec: RunSpec, data: MultiTaskData, model: nn.Module, run_dir: Path | None, wall: float, echo: bool,

@@ -46,6 +46,20 @@ def test_early_stopping_restores_the_best_epoch():
     assert [r["epoch"] for r in tr.history] == list(range(1, tr.epoch + 1))
 
 
+
+def test_a_run_still_improving_at_its_epoch_cap_is_told_so():
+    """runs.still_improving: true when training ran to the cap with the best epoch in its last tenth; not when
+    early stopping ended it, nor with early stopping off."""
+    from manytask.runs import still_improving
+    capped = trained(epochs=3, patience=5)
+    assert capped.epoch == 3 and capped.best_epoch == 3 and still_improving(capped)
+    stopped = trained(epochs=200, patience=3, lr=0.05)
+    assert stopped.epoch < 200 and not still_improving(stopped)
+    assert not still_improving(trained(epochs=3, patience=0))
+    tenth = trained(epochs=3, patience=5)
+    tenth.best_epoch = 2  # the last tenth of 3 epochs is the last epoch
+    assert not still_improving(tenth)
+
 def test_hooks_are_called_in_order():
     calls = []
 
