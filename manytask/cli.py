@@ -247,7 +247,7 @@ def parser() -> argparse.ArgumentParser:
         "manytask compare tox21 hard_sharing,stl", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill("Train each METHOD once per seed on DATA (the same split), print the per-task test metric "
         "(mean ± std over seeds) side by side, and test every method against the baseline: mean difference of "
-        "the mean test metric, the seeds it is higher in, paired t-test and Wilcoxon p, and delta-m (mean "
+        "the mean test metric, the seeds it is better in, paired t-test and Wilcoxon p, and delta-m (mean "
         "relative improvement over the tasks, %). Writes results.csv, table.txt, summary.json, compare.png and "
         "each run into a new folder under --out.", 100),
         epilog="keys:\n"

@@ -87,6 +87,26 @@ def scale_note(tasks: list[Task]) -> str | None:
             "metric=nrmse compares them in units of their std")
 
 
+def ranking_metric(tasks: list[Task]) -> str:
+    """The one mean that ranks runs (tune's objective, compare's mean difference): the tasks' common primary
+    metric, else, when their primary metrics differ (binary and regression tasks together), the mean loss,
+    which every task has: the training objective (cross-entropy; squared error of the standardised target)."""
+    metrics = {primary(t) for t in tasks}
+    return metrics.pop() if len(metrics) == 1 else "loss"
+
+
+def mixed_note(tasks: list[Task]) -> str | None:
+    """One line when ranking_metric falls back to the loss: which primary metrics the tasks have; None otherwise."""
+    if ranking_metric(tasks) != "loss":
+        return None
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[primary(t)] = counts.get(primary(t), 0) + 1
+    return (f"the tasks' primary metrics differ ({', '.join(f'{m} for {n}' for m, n in counts.items())}), so runs "
+            f"are ranked by the mean loss over all {len(tasks)} tasks (cross-entropy; squared error of the "
+            "standardised targets)")
+
+
 def covered(table: dict[str, dict[str, float]], tasks: list[Task], metric: str) -> int:
     """How many of `tasks` have a defined (not NaN) value of `metric` in table: the tasks its mean covers."""
     return sum(1 for t in tasks if not math.isnan(table[t.name].get(metric, math.nan)))

@@ -4,7 +4,8 @@ The search space is declared beside each key: `option(..., search=("log", 1e-4, 
 config and in every method's config (manytask/config.py). A trial draws every searched key with Optuna's
 TPE sampler, trains on the training split without writing a run directory, reports the mean validation
 primary metric after every validated epoch (the median rule stops trials that fall behind: pruning) and
-returns the mean validation primary metric of its best epoch's weights. Only validation figures of a trial
+returns the mean validation primary metric of its best epoch's weights (when the tasks' primary metrics
+differ, binary and regression tasks together, the mean validation loss instead). Only validation figures of a trial
 are kept or shown (runs.train_run also evaluates the test split when it ends; a trial drops those values).
 
 The study lives in an Optuna RDB storage: by default SQLite, OUT/NAME/study.db, NAME = tune-DATA-METHOD or
@@ -45,7 +46,7 @@ from optuna.trial import TrialState
 from .config import ConfigError, apply, field_types, option, spec_of, split_overrides
 from .data.base import MultiTaskData
 from .files import write_text
-from .metrics import HIGHER_IS_BETTER, primary, scale_note
+from .metrics import HIGHER_IS_BETTER, mixed_note, ranking_metric, scale_note
 from .registry import get_method
 from .report import line_plot, mean_pm, text_table, write_csv, write_results
 from .runs import RunStopped, choose_metric, flat_config, load_data, records, resolve, train_run
@@ -283,7 +284,7 @@ def work(p: Plan, worker: int = 0, processes: int = 1, data: MultiTaskData | Non
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets one line of ours instead
     base = resolve(p.data, p.method, p.fixed)
     data = choose_metric(data or load_data(base), base.train.metric)
-    metric = primary(data.tasks[0])
+    metric = ranking_metric(data.tasks)
     storage = open_storage(p.storage)
     study = open_study(p, storage, direction_of(metric), worker)
     space = {k: search_space(p.method)[k] for k in p.space}
@@ -356,9 +357,10 @@ def tune(data: str, method: str, args: Sequence[str], out: str | Path = "runs") 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets one line of ours instead
     base = resolve(p.data, p.method, p.fixed)
     data = choose_metric(load_data(base), base.train.metric)  # a bad data file: nothing written
-    metric = primary(data.tasks[0])
-    if note := scale_note(data.tasks):
-        print(f"tune: {note}", file=sys.stderr, flush=True)
+    metric = ranking_metric(data.tasks)
+    for note in (scale_note(data.tasks), mixed_note(data.tasks)):
+        if note:
+            print(f"tune: {note}", file=sys.stderr, flush=True)
     storage = open_storage(p.storage) if p.cfg.storage else None  # an unreachable database: nothing written
     made = not p.dir.exists()
     p.dir.mkdir(parents=True, exist_ok=True)

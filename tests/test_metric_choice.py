@@ -199,3 +199,39 @@ def test_targets_of_different_scales_get_a_scale_free_mean(tmp_path, scales, cap
     status, out, err = cli(["compare", "table", "hard_sharing,stl", *keys, "seeds=0,1", "--out", tmp_path / "cmp"], capsys)
     assert status == 0, err
     assert "regression targets of different scales (training std" in out and "metric=nrmse" in out
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Path:
+    """120 rows: three features, a binary target and a regression target."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 3))
+    active = (x[:, 0] + 0.3 * rng.normal(size=120) > 0).astype(int)
+    potency = 50 * x[:, 1] + rng.normal(scale=5, size=120)
+    path = tmp_path / "mixed.csv"
+    path.write_text("a,b,c,active,potency\n" + "".join(f"{r[0]:.5g},{r[1]:.5g},{r[2]:.5g},{k},{p:.5g}\n"
+                                                      for r, k, p in zip(x, active, potency)))
+    return path
+
+
+def test_binary_and_regression_tasks_are_ranked_by_the_mean_loss(tmp_path, mixed, capsys):
+    """Tasks with different primary metrics (auc and rmse) have no common mean metric: compare's mean difference
+    and tune's objective are the mean loss over all tasks (lower is better), and both say why."""
+    from manytask.metrics import mixed_note, ranking_metric
+    from manytask.tasks import Task
+    assert ranking_metric([Task("a", "binary"), Task("b", "binary")]) == "auc" and mixed_note([Task("a", "binary")]) is None
+    assert ranking_metric([Task("a", "binary"), Task("r", "regression")]) == "loss"
+    keys = [f"data.path={mixed}", "data.target=active,potency", "epochs=3", "widths=8", "progress=false"]
+    status, out, err = cli(["compare", "table", "hard_sharing,stl", *keys, "seeds=0,1", "--out", tmp_path / "cmp"], capsys)
+    assert status == 0, err
+    assert "against hard_sharing (test mean loss over 2 of 2 tasks" in out
+    assert "primary metrics differ (auc for 1, rmse for 1), so runs are ranked by the mean loss" in out
+    summary = json.loads(next((tmp_path / "cmp").glob("*/summary.json")).read_text())["against_baseline"]["stl"]
+    losses = {m: [json.loads(f.read_text())["mean"]["test"]["loss"]
+                  for f in sorted((tmp_path / "cmp").glob(f"*/{m}/seed*/results.json"))] for m in ("hard_sharing", "stl")}
+    assert len(losses["stl"]) == 2 and summary["better_in"] == sum(s < h for s, h in zip(losses["stl"], losses["hard_sharing"]))
+    status, out, err = cli(["tune", "table", "hard_sharing", *keys, "trials=2", "--out", tmp_path / "tune"], capsys)
+    assert status == 0, err
+    assert "tune: the tasks' primary metrics differ" in err
+    best = json.loads((tmp_path / "tune" / "tune-table-hard_sharing" / "best.json").read_text())
+    assert best["metric"] == "loss" and best["val"] > 0

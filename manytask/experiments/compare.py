@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ConfigError, option
-from ..metrics import delta_m, primary, scale_note
+from ..metrics import HIGHER_IS_BETTER, delta_m, mixed_note, primary, ranking_metric, scale_note
 from ..registry import get_method
 from ..report import dot_plot, mean_pm, mean_std, paired, text_table
 from .runner import Contender, ExperimentConfig, ExperimentResult, Record, compare, finish
@@ -59,9 +59,9 @@ def with_recipes(overrides: dict[str, Any], contenders: Sequence[Contender]) -> 
 
 def against_baseline(result: ExperimentResult, baseline: str) -> tuple[list[Record], str, dict]:
     """Each contender against the baseline over the seeds -> (records, table, summary): the mean difference
-    of the mean test metric, the seeds it is higher in, paired t-test and Wilcoxon p, delta-m per seed."""
+    of the mean test metric, the seeds it is better in, paired t-test and Wilcoxon p, delta-m per seed."""
     tasks = result.data.tasks
-    base_mean = result.mean_metric(baseline)
+    base_mean, metric = result.mean_metric(baseline), ranking_metric(tasks)
     records: list[Record] = []
     rows, summary = [], {}
     for label, runs in result.runs.items():
@@ -70,13 +70,13 @@ def against_baseline(result: ExperimentResult, baseline: str) -> tuple[list[Reco
                   for run, base in zip(runs, result.runs[baseline])]
         means = result.mean_metric(label)
         test = paired(means, base_mean)
-        higher = sum(a > b for a, b in zip(means, base_mean))
+        better = sum(a > b if HIGHER_IS_BETTER[metric] else a < b for a, b in zip(means, base_mean))
         records += [(label, seed, "mean", "test", "delta_m", d) for seed, d in zip(seeds, deltas)]
         records += [(label, -1, "mean", "test", key, test[key]) for key in ("mean_diff", "t_p", "wilcoxon_p")]
         rows.append([label + (" (baseline)" if label == baseline else ""), test["mean_diff"],
-                     f"{higher}/{len(seeds)}", test["t_p"], test["wilcoxon_p"], mean_pm(deltas, 2)])
-        summary[label] = {**test, "higher_in": higher, "delta_m": deltas, "delta_m_mean": mean_std(deltas)[0]}
-    header = ["contender", "mean diff", "higher in", "t-test p", "Wilcoxon p", "delta-m %"]
+                     f"{better}/{len(seeds)}", test["t_p"], test["wilcoxon_p"], mean_pm(deltas, 2)])
+        summary[label] = {**test, "better_in": better, "delta_m": deltas, "delta_m_mean": mean_std(deltas)[0]}
+    header = ["contender", "mean diff", "better in", "t-test p", "Wilcoxon p", "delta-m %"]
     return records, text_table(header, rows), summary
 
 
@@ -91,11 +91,13 @@ def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, 
     cfg = dataclasses.replace(cfg, overrides=with_recipes(cfg.overrides, contenders))
     result = compare("compare", data_name, contenders, cfg, out, echo=echo, write=False)
     records, table, summary = against_baseline(result, baseline)
-    metric = primary(result.data.tasks[0])
+    metrics = {primary(t) for t in result.data.tasks}
+    metric = metrics.pop() if len(metrics) == 1 else "primary metric"
     result.records += records
     result.table += f"\n\nagainst {baseline} (test {result.mean_label()}, paired over seeds):\n" + table
-    if note := scale_note(result.data.tasks):
-        result.table += f"\n{note}; delta-m is per task, relative"
+    for note in (scale_note(result.data.tasks), mixed_note(result.data.tasks)):
+        if note:
+            result.table += f"\n{note}; delta-m is per task, relative"
     result.summary.update(baseline=baseline, against_baseline=summary)
     task_names = [t.name for t in result.data.tasks]
     dot_plot({label: [mean_std(result.metric(label, task)) for task in task_names] for label in result.runs},
