@@ -4,7 +4,10 @@ Molecules become RDKit Morgan fingerprints (radius and size configurable, bits o
 chunks by worker processes (data.workers; a progress bar on a terminal) and held packed: bits as
 np.packbits rows (256 bytes a molecule at 2048 bits), counts as uint8 (saturating at 255), given out
 as float32 one batch at a time (base.PackedRows). Invalid SMILES are dropped and counted, never fatal.
-Labels are 0/1, blank (or nan) for missing; a task column without any label is dropped with a warning
+A task column of 0/1 labels is a binary task, any other numbers a regression task (ESOL, FreeSolv,
+Lipophilicity and the like), whose model learns the target standardised with the training split's mean and
+std (Task.shift, Task.scale) while its metrics stay in the target's units, as for tables (data/tabular.py);
+blank (or nan) is a missing label. A task column without any label is dropped with a warning
 when the tasks are the file's columns, and an error when data.tasks names it. The CSV is parsed row by
 row, keeping only the SMILES and float32 labels. Features are cached under the cache directory
 (manytask/data/cache.py), keyed by the file's sha256, the featuriser settings and the format's version.
@@ -39,6 +42,7 @@ from .cache import cached_arrays
 from .download import fetch, file_hash
 from .graphs import GraphBatch, GraphRows, cached_graphs, graph_rows
 from .synthetic import fake_correlated_labels
+from .tabular import target_scale, units_line
 
 log = logging.getLogger("manytask")
 
@@ -297,15 +301,13 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
         names, labels = [c for c in names if c not in empty], labels[:, [c not in empty for c in names]]
         if not names:
             raise ConfigError(f"{path}: no task column has a label")
-    for j, c in enumerate(names):
-        vals = np.unique(labels[~np.isnan(labels[:, j]), j])
-        if not set(vals.tolist()) <= {0.0, 1.0}:
-            raise ConfigError(f"{path}: column {c!r} has values other than 0/1 (e.g. {vals[:3].tolist()}); "
-                              "MoleculeNet tasks here are binary; select columns with data.tasks=...")
+    kinds = ["binary" if set(np.unique(labels[~np.isnan(labels[:, j]), j]).tolist()) <= {0.0, 1.0} else "regression"
+             for j in range(len(names))]
     if cfg.fake_tasks > 0:
         fake = fake_correlated_labels(len(smiles), cfg.fake_tasks, cfg.fake_rho, cfg.fake_rate, seed=cfg.split_seed + 1)
         labels = np.concatenate([labels, fake], axis=1)
         names = names + [f"fake{k}" for k in range(cfg.fake_tasks)]
+        kinds = kinds + ["binary"] * cfg.fake_tasks
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}: a task column is called like a fake task (fake0, fake1, ...); rename "
                               "it or select columns with data.tasks=...")
@@ -316,10 +318,16 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
         parts = random_split_indices(len(smiles), fractions, cfg.split_seed)
     check_split_sizes(parts, fractions, path)
     train, val, test = split_arrays(x, labels, names, parts)
-    tasks = [Task(task_name, "binary") for task_name in names]
+    tasks = []
+    for j, (task_name, kind) in enumerate(zip(names, kinds)):
+        shift, scale = target_scale(labels[:, j], parts[0], task_name, path) if kind == "regression" else (0.0, 1.0)
+        tasks.append(Task(task_name, kind, shift=shift, scale=scale))
     meta = {"smiles": {s: [smiles[i] for i in p] for s, p in zip(("train", "val", "test"), parts)},
             "dropped": dropped}
-    return MultiTaskData(name, tasks, train, val, test, meta)
+    data = MultiTaskData(name, tasks, train, val, test, meta)
+    if units := units_line(data, path.name):
+        log.info(units)
+    return data
 
 
 def check_encoder(cfg: FingerprintConfig) -> None:
@@ -344,7 +352,7 @@ def load_tox21(cfg: MoleculeNetConfig) -> MultiTaskData:
     return load_csv(cfg, "tox21", embedded_tox21())
 
 
-@register_dataset("moleculenet", MoleculeNetConfig, "any CSV with a SMILES column and 0/1 task columns (data.path=)",
+@register_dataset("moleculenet", MoleculeNetConfig, "any CSV with a SMILES column and task columns: 0/1 (binary) or numbers (regression) (data.path=)",
                   featurize=predict_features)
 def load_any(cfg: MoleculeNetConfig) -> MultiTaskData:
     return load_csv(cfg, Path(cfg.path).name.split(".")[0] if cfg.path else "moleculenet")

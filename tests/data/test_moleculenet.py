@@ -85,12 +85,24 @@ def test_malformed_csv_gives_one_line_error(tmp_path, content, msg):
     assert "\n" not in str(e.value)
 
 
-def test_missing_file_and_non_binary_column(tmp_path):
+def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         mn.load_any(mn.MoleculeNetConfig(path=str(tmp_path / "nope.csv")))
-    p = write_csv(tmp_path / "reg.csv", [f"{s},{i * 0.5}" for i, s in enumerate(SMILES[:6])], "smiles,A")
-    with pytest.raises(ConfigError, match="values other than 0/1"):
-        mn.load_any(mn.MoleculeNetConfig(path=str(p)))
+
+
+def test_numeric_columns_are_regression_tasks_standardised_on_the_training_split(tmp_path):
+    """A column of 0/1 is a binary task, one of other numbers a regression task: its labels stay in the
+    target's units and its shift and scale are the training split's mean and std (blank = missing)."""
+    rows = [f"{s},{i % 2},{'' if i == 4 else 10 + 2.5 * i}" for i, s in enumerate(SMILES * 2)]
+    p = write_csv(tmp_path / "mixed.csv", rows, "smiles,active,logS")
+    data = mn.load_any(mn.MoleculeNetConfig(path=str(p), bits=64))
+    active, logs = data.tasks
+    assert (active.kind, active.shift, active.scale) == ("binary", 0.0, 1.0) and logs.kind == "regression"
+    train = data.train.labels["logS"].numpy()
+    train = train[~np.isnan(train)]
+    assert train.min() >= 10 and logs.shift == pytest.approx(train.mean(), rel=1e-5)
+    assert logs.scale == pytest.approx(train.std() + 1e-8, rel=1e-5)
+    assert sum(int(torch.isnan(s.labels["logS"]).sum()) for s in (data.train, data.val, data.test)) == 1
 
 
 def test_random_split_is_seeded_and_disjoint(csv_file):
@@ -279,3 +291,22 @@ def test_labels_are_parsed_in_blocks(tmp_path, monkeypatch):
     assert len(smiles) == 10 and labels.shape == (10, 2)
     assert labels[:, 0].tolist() == [i % 2 for i in range(10)]
     assert np.array_equal(labels[:, 1], [1.0 if i % 3 == 0 else np.nan for i in range(10)], equal_nan=True)
+
+
+def test_a_molecule_regression_csv_trains_and_predicts_in_its_units(tmp_path, capsys):
+    """End to end through the command line: a SMILES CSV with one numeric column (a logP-like target far from
+    0 and 1) trains as a regression task, its table is in the target's units, and `manytask predict` answers
+    in them too."""
+    from manytask.cli import main
+    rows = [f"{s},{100 + 10 * len(s) + i % 3}" for i, s in enumerate(SMILES * 4)]
+    p = write_csv(tmp_path / "reg.csv", rows, "smiles,target")
+    main(["train", "moleculenet", "hard_sharing", f"data.path={p}", "data.bits=64", "epochs=30", "widths=16",
+          "progress=false", "--out", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert any(line.split()[:2] == ["target", "rmse"] for line in out.splitlines()), out
+    run = next((tmp_path / "runs").iterdir())
+    main(["predict", str(run), "CCO", "c1ccc2ccccc2c1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "smiles,valid,target"
+    values = [float(line.split(",")[2]) for line in lines[1:]]
+    assert all(100 < v < 300 for v in values), values  # in the target's units, not standardised
