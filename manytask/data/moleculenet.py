@@ -121,6 +121,8 @@ def read_csv(path: Path, smiles_col: str, task_cols: tuple[str, ...]) -> tuple[l
     if len(set(names)) != len(names):
         raise ConfigError(f"data.tasks names a column twice: {names}")
     columns = [header.index(c) for c in names]
+    hint = "labels must be numbers (0/1 for a binary task), blank for missing" + (
+        "" if task_cols else "; if it is not a task, name the task columns with data.tasks=COL[,COL]")
     smiles, blocks = [], []
     block, r = np.empty((LABEL_BLOCK, len(names)), dtype=np.float32), 0
     for line, row in numbered:
@@ -128,7 +130,7 @@ def read_csv(path: Path, smiles_col: str, task_cols: tuple[str, ...]) -> tuple[l
         for j, c in enumerate(columns):
             value = QUICK_LABELS.get(row[c])
             block[r, j] = value if value is not None else parse_number(
-                row[c], path, line, names[j], "labels must be 0, 1 or blank for missing")
+                row[c], path, line, names[j], hint)
         r += 1
         if r == LABEL_BLOCK:
             blocks.append(block)
