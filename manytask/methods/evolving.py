@@ -70,7 +70,8 @@ class EvolvingConfig(DMPNNConfig):
                           search=("float", 0.0, 0.5))
     schedule: str = option("lin_t1", "loss-weight schedule of lambda_s(t) (manytask/weighting.py)",
                            choices=tuple(SCHEDULES), search=("choice", tuple(SCHEDULES)))
-    t1: float = option(40.0, "stairs and lin_t1: the epoch where lambda_s reaches 1", low=0,
+    t1: float = option(40.0, "stairs and lin_t1: the epoch where lambda_s reaches 1 (regression-only data: 10 was "
+                             "better on three tables, docs/evolving.md)", low=0,
                        search=("float", 1.0, 50.0))
     sigma: float = option(5.0, "exp: lambda_r(t) = exp(-t / sigma), t in epochs", low=0, low_open=True,
                           search=("log", 1.0, 50.0))
