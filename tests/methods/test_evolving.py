@@ -364,3 +364,14 @@ def test_default_cap_lets_the_digits_learn_past_the_tox21_recipes_40_epochs():
         got[epochs or "default"] = (summary["best_epoch"], summary["mean"]["val"]["accuracy"])
     assert resolve("digits", "evolving", {}).train.epochs == 100
     assert got["default"][0] > 40 and got["default"][1] > got["40"][1] + 0.005, got
+
+
+@pytest.mark.parametrize("kinds,t1", [(("regression", "regression"), 10.0), (("binary", "regression"), 40.0),
+                                      (("binary",), 40.0)])
+def test_regression_only_data_ramp_with_t1_regression(kinds, t1):
+    """lin_t1's ramp: t1_regression (10 epochs) when every task is a regression, t1 (40) otherwise."""
+    tasks = [Task(f"t{i}", kind) for i, kind in enumerate(kinds)]
+    _, hooks = build(tasks, {"x": (12,)}, EvolvingConfig())
+    assert hooks.schedule.t1 == t1
+    _, hooks = build(tasks, {"x": (12,)}, EvolvingConfig(t1=25.0, t1_regression=5.0))
+    assert hooks.schedule.t1 == (5.0 if t1 == 10.0 else 25.0)
