@@ -508,6 +508,12 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.best_state = state["best_model"]
         self.optimizer.load_state_dict(state["optimizer"])
+        for p in (p for group in self.optimizer.param_groups for p in group["params"]):
+            wrong = [k for k, v in self.optimizer.state.get(p, {}).items() if torch.is_tensor(v) and v.dim() and v.shape != p.shape]
+            if wrong:  # e.g. a layout a later version stores differently: Adam would pair moments with other weights
+                raise ConfigError(f"the checkpoint's optimizer state ({wrong[0]} {tuple(self.optimizer.state[p][wrong[0]].shape)}) "
+                                  f"does not fit its weight {tuple(p.shape)} (written by an earlier version of manytask?); "
+                                  "start the run again, or evaluate its best weights so far with manytask evaluate RUN_DIR")
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.hooks.load_state_dict(state["hooks"])

@@ -60,6 +60,20 @@ def test_a_run_still_improving_at_its_epoch_cap_is_told_so():
     tenth.best_epoch = 2  # the last tenth of 3 epochs is the last epoch
     assert not still_improving(tenth)
 
+
+def test_resuming_an_optimizer_state_that_does_not_fit_the_weights_is_refused():
+    """A checkpoint whose Adam moments have another shape than their weights (a layout an earlier version stored
+    differently) is a ConfigError, not moments paired with the wrong weights."""
+    tr = trained(epochs=1, patience=0)
+    state = copy.deepcopy(tr.state_dict())
+    moments = state["optimizer"]["state"][0]
+    assert moments["exp_avg"].dim() == 2 and moments["exp_avg"].shape[0] != moments["exp_avg"].shape[1]
+    again = trained(epochs=1, patience=0)
+    again.load_state_dict(copy.deepcopy(state))  # as written: fits
+    moments["exp_avg"] = moments["exp_avg"].T.contiguous()
+    with pytest.raises(ConfigError, match="optimizer state .* does not fit its weight"):
+        trained(epochs=1, patience=0).load_state_dict(state)
+
 def test_hooks_are_called_in_order():
     calls = []
 
