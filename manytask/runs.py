@@ -596,10 +596,10 @@ def save_best_so_far(model: nn.Module, run_dir: Path) -> bool:
 
 
 def still_improving(trainer: Trainer) -> bool:
-    """Training ran to its epoch cap, with early stopping on and no hook ending it, and the best validation
-    epoch is among the last tenth of the epochs (at least the last one)."""
+    """Training ran to its epoch cap (of more than one epoch), with early stopping on and no hook ending it, and
+    the best validation epoch is among the last tenth of the epochs (at least the last one)."""
     epochs = trainer.cfg.epochs
-    return (trainer.cfg.patience > 0 and not trainer.stop and trainer.epoch == epochs
+    return (epochs > 1 and trainer.cfg.patience > 0 and not trainer.stop and trainer.epoch == epochs
             and trainer.best_epoch > epochs - max(1, epochs // 10))
 
 

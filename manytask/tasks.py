@@ -24,6 +24,11 @@ RESERVED_KEYS = frozenset(dir(nn.ModuleDict())) | frozenset(dir(nn.ParameterDict
 _ESCAPE_LIKE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
+def regression_only(tasks: list[Task]) -> bool:
+    """Every task is a regression (the data some methods start or schedule differently for)."""
+    return all(t.kind == "regression" for t in tasks)
+
+
 def module_key(name: str) -> str:
     """The key of a task's or an input's module in an nn.ModuleDict (and so in saved weights).
 

@@ -358,9 +358,8 @@ def tune(data: str, method: str, args: Sequence[str], out: str | Path = "runs") 
     base = resolve(p.data, p.method, p.fixed)
     data = choose_metric(load_data(base), base.train.metric)  # a bad data file: nothing written
     metric = ranking_metric(data.tasks)
-    for note in (scale_note(data.tasks), mixed_note(data.tasks)):
-        if note:
-            print(f"tune: {note}", file=sys.stderr, flush=True)
+    if note := mixed_note(data.tasks) if metric == "loss" else scale_note(data.tasks):
+        print(f"tune: {note}", file=sys.stderr, flush=True)
     storage = open_storage(p.storage) if p.cfg.storage else None  # an unreachable database: nothing written
     made = not p.dir.exists()
     p.dir.mkdir(parents=True, exist_ok=True)

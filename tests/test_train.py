@@ -55,7 +55,7 @@ def test_a_run_still_improving_at_its_epoch_cap_is_told_so():
     assert capped.epoch == 3 and capped.best_epoch == 3 and still_improving(capped)
     stopped = trained(epochs=200, patience=3, lr=0.05)
     assert stopped.epoch < 200 and not still_improving(stopped)
-    assert not still_improving(trained(epochs=3, patience=0))
+    assert not still_improving(trained(epochs=3, patience=0)) and not still_improving(trained(epochs=1, patience=5))
     tenth = trained(epochs=3, patience=5)
     tenth.best_epoch = 2  # the last tenth of 3 epochs is the last epoch
     assert not still_improving(tenth)

@@ -105,14 +105,17 @@ def table_data(name: str, x: np.ndarray, targets: dict[str, np.ndarray], kinds: 
 
 def target_scale(y: np.ndarray, train: np.ndarray, column: str, source: object) -> tuple[float, float]:
     """(mean, std + 1e-8) of a regression target's labels y (n,) (NaN = missing) on the training rows `train`:
-    the shift and scale of the standardised target its model learns. A target without training labels, or
-    whose mean, std or standardised values overflow float32, is a ConfigError."""
+    the shift and scale of the standardised target its model learns. A target without training labels, with
+    one value on all of them, or whose mean, std or standardised values overflow float32, is a ConfigError."""
     if np.isnan(y[train]).all():
         raise ConfigError(f"{source}: target column {column!r} has no labels in the training split; add "
                           "labelled rows or change data.split_seed")
     with np.errstate(over="ignore", invalid="ignore"):
         m, s = float(np.nanmean(y[train])), float(np.nanstd(y[train]) + 1e-8)
         standardised = (y - m) / s
+    if s <= 1e-8:
+        raise ConfigError(f"{source}: target column {column!r} has one value ({m:g}) on every labelled training row; "
+                          "a constant cannot be learnt as a regression: drop the column")
     if not (math.isfinite(m) and math.isfinite(s)) or np.isinf(standardised).any():
         raise ConfigError(f"{source}: target column {column!r} has values too large to standardise in float32; "
                           "rescale it, or pass data.standardize_target=false")

@@ -61,14 +61,15 @@ def against_baseline(result: ExperimentResult, baseline: str) -> tuple[list[Reco
     """Each contender against the baseline over the seeds -> (records, table, summary): the mean difference
     of the mean test metric, the seeds it is better in, paired t-test and Wilcoxon p, delta-m per seed."""
     tasks = result.data.tasks
-    base_mean, metric = result.mean_metric(baseline), ranking_metric(tasks)
+    metric = ranking_metric(tasks)  # the tasks' common primary metric, else the mean loss
+    base_mean = result.mean_metric(baseline, metric=metric)
     records: list[Record] = []
     rows, summary = [], {}
     for label, runs in result.runs.items():
         seeds = [run.spec.train.seed for run in runs]
         deltas = [delta_m(run.tables["test"], base.tables["test"], tasks)
                   for run, base in zip(runs, result.runs[baseline])]
-        means = result.mean_metric(label)
+        means = result.mean_metric(label, metric=metric)
         test = paired(means, base_mean)
         better = sum(a > b if HIGHER_IS_BETTER[metric] else a < b for a, b in zip(means, base_mean))
         records += [(label, seed, "mean", "test", "delta_m", d) for seed, d in zip(seeds, deltas)]
@@ -94,10 +95,10 @@ def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, 
     metrics = {primary(t) for t in result.data.tasks}
     metric = metrics.pop() if len(metrics) == 1 else "primary metric"
     result.records += records
-    result.table += f"\n\nagainst {baseline} (test {result.mean_label()}, paired over seeds):\n" + table
-    for note in (scale_note(result.data.tasks), mixed_note(result.data.tasks)):
-        if note:
-            result.table += f"\n{note}; delta-m is per task, relative"
+    ranking = ranking_metric(result.data.tasks)
+    result.table += f"\n\nagainst {baseline} (test {result.mean_label(metric=ranking)}, paired over seeds):\n" + table
+    if note := mixed_note(result.data.tasks) if ranking == "loss" else scale_note(result.data.tasks):
+        result.table += f"\n{note}; delta-m is per task, relative"
     result.summary.update(baseline=baseline, against_baseline=summary)
     task_names = [t.name for t in result.data.tasks]
     dot_plot({label: [mean_std(result.metric(label, task)) for task in task_names] for label in result.runs},

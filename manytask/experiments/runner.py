@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Sequence
 
 from ..config import ConfigError, apply, field_types, option, split_overrides
 from ..data.base import MultiTaskData
-from ..metrics import covered, mean_over_tasks, primary, ranking_metric
+from ..metrics import covered, mean_over_tasks, primary
 from ..registry import get_dataset, get_method
 from ..report import fmt, mean_label, mean_pm, text_table, write_results
 from ..runs import RunResult, choose_metric, load_data, log_undefined, records, resolve, train_run
@@ -102,15 +102,14 @@ class ExperimentResult:
         return [r.tables[split][task][metric or primary(t)] for r in self.runs[label]]
 
     def mean_metric(self, label: str, split: str = "test", metric: str | None = None) -> list[float]:
-        """compare() results: mean over tasks of their primary metric (the mean loss when their primary metrics
-        differ: metrics.ranking_metric) or of `metric`, one value per seed."""
-        m = metric or ranking_metric(self.data.tasks)
+        """compare() results: mean over tasks of their primary metric (or `metric`), one value per seed."""
+        m = metric or primary(self.data.tasks[0])
         return [mean_over_tasks(r.tables[split], self.data.tasks)[m] for r in self.runs[label]]
 
     def mean_label(self, split: str = "test", metric: str | None = None) -> str:
         """compare() results: "mean auc over 602 of 617 tasks", the tasks that mean_metric's means cover
         (those with a defined value; "600/602" when runs differ)."""
-        m = metric or ranking_metric(self.data.tasks)
+        m = metric or primary(self.data.tasks[0])
         first = next(iter(self.runs.values()))[0].tables[split]
         tasks = [t for t in self.data.tasks if m in first[t.name]]  # those mean_over_tasks averages over
         counts = sorted({covered(r.tables[split], tasks, m) for runs in self.runs.values() for r in runs})

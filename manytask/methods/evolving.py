@@ -38,8 +38,8 @@ The default schedule is `lin_t1` with t1 = 40 (the recipe tuned on Tox21, docs/t
 rises linearly from 0 to 1 over the first 40 epochs and stays 1 up to the cap of 100 epochs, where early
 stopping has not ended the run before (the tuned cap of 40 stopped other data still learning). The others are
 schedule=constant|stairs|lin|exp with value, t1 and sigma (epochs; see manytask/weighting.py). When every
-task is a regression, t1_regression (10) replaces t1: on regression tables the reconstruction tasks cost
-accuracy, less with a shorter ramp (docs/evolving.md, checked on six regression data sets).
+task is a regression, the default t1 (auto) is 10 instead: on regression tables the reconstruction tasks
+cost accuracy, less with a shorter ramp (docs/evolving.md, checked on six regression data sets).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ from ..config import ConfigError, option
 from ..nn.dmpnn import DMPNN, DMPNNConfig, encoded_input, standardise_descriptors
 from ..nn.mlp import ACTIVATIONS, activation
 from ..registry import register_method
-from ..tasks import Task, module_key
+from ..tasks import Task, module_key, regression_only
 from ..train import Hooks, Trainer
 from ..weighting import SCHEDULES, Schedule
 
@@ -72,11 +72,9 @@ class EvolvingConfig(DMPNNConfig):
                           search=("float", 0.0, 0.5))
     schedule: str = option("lin_t1", "loss-weight schedule of lambda_s(t) (manytask/weighting.py)",
                            choices=tuple(SCHEDULES), search=("choice", tuple(SCHEDULES)))
-    t1: float = option(40.0, "stairs and lin_t1: the epoch where lambda_s reaches 1 (data with a classification "
-                             "task; regression-only data use t1_regression)", low=0,
+    t1: float = option(0.0, "stairs and lin_t1: the epoch where lambda_s reaches 1; 0 = auto: 40 (the Tox21 recipe), "
+                            "or 10 when every task is a regression (docs/evolving.md)", low=0,
                        search=("float", 1.0, 50.0))
-    t1_regression: float = option(10.0, "t1 when every task is a regression (docs/evolving.md: lower test error than "
-                                         "40 on six regression data sets)", low=0, search=("float", 1.0, 50.0))
     sigma: float = option(5.0, "exp: lambda_r(t) = exp(-t / sigma), t in epochs", low=0, low_open=True,
                           search=("log", 1.0, 50.0))
     value: float = option(0.5, "constant: the main weight lambda_s", low=0, high=1, search=("float", 0.1, 1.0))
@@ -183,5 +181,10 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Evol
     encoder, in_dim = encoded_input(name, shape, cfg)  # a D-MPNN for a graph input, else None
     model = EvolvingNet(tasks, in_dim, tuple(cfg.widths), cfg.activation, cfg.noise, encoder)
     # the schedule's epochs are set from the run's training config in before_training
-    t1 = cfg.t1_regression if all(t.kind == "regression" for t in tasks) else cfg.t1
-    return model, EvolvingHooks(Schedule(cfg.schedule, t1=t1, sigma=cfg.sigma, value=cfg.value))
+    return model, EvolvingHooks(Schedule(cfg.schedule, t1=ramp_t1(cfg, tasks), sigma=cfg.sigma, value=cfg.value))
+
+
+def ramp_t1(cfg: EvolvingConfig, tasks: list[Task]) -> float:
+    """cfg.t1, or with t1 = 0 (auto) 40 epochs, 10 when every task is a regression: there the reconstruction
+    tasks cost accuracy, less with the shorter ramp (docs/evolving.md, six regression data sets)."""
+    return cfg.t1 or (10.0 if regression_only(tasks) else 40.0)

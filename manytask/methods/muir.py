@@ -58,7 +58,7 @@ from ..nn.dmpnn import DMPNNConfig, check_per_task_encoders, graph_encoder, stan
 from ..nn.hyper import MuirModels, reparameterisable
 from ..nn.mlp import ACTIVATIONS, activation, mlp
 from ..registry import register_method
-from ..tasks import Task, stacked_mean_loss
+from ..tasks import Task, regression_only, stacked_mean_loss
 from ..train import Hooks, Trainer, predict_split
 
 ARCHS = ("mlp", "conv", "lstm", "dmpnn")
@@ -117,8 +117,9 @@ class MuirConfig(DMPNNConfig):
                                         "pessimistic psi(l) = l", low=0)
     vectorise: bool = option(True, "run identical task models as one vmapped call")
     init: Literal["auto", "he", "torch"] = option(
-        "auto", "initial block entries: he = N(0, 2 / fan_in) (the paper's), torch = 1/sqrt(6) of that, nn.Linear's "
-                "default standard deviation 1/sqrt(3 fan_in); auto: torch when every task is a regression, else he")
+        "auto", "initial block entries: he = N(0, 2 / fan_in) (the paper's; LSTM weights N(0, 1 / hidden)), torch = "
+                "1/sqrt(6) of that (for Linear and conv layers nn.Linear's default standard deviation 1/sqrt(3 fan_in)); "
+                "auto: torch when every task is a regression, else he")
     # the defaults (widths, dropout, context, soft_lr and these) are the recipe `manytask tune tox21 muir`
     # chose (docs/tuning-tox21.md); the registered muir experiments set the keys they rely on themselves
     train_defaults: ClassVar[dict] = {"lr": 1.37e-3, "weight_decay": 1e-5}
@@ -471,7 +472,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
     cfg = fitted_widths(cfg, tasks, input_shapes, arch)
     models = [default_model(t, input_shapes[t.input], arch[t.input], cfg) for t in tasks]
     try:
-        init = cfg.init if cfg.init != "auto" else "torch" if all(t.kind == "regression" for t in tasks) else "he"
+        init = cfg.init if cfg.init != "auto" else "torch" if regression_only(tasks) else "he"
         net = MuirNet(tasks, models, block=tuple(cfg.block), context=cfg.context, challengers=cfg.challengers,
                       alignment=list(cfg.alignment) or None, vectorise=cfg.vectorise,
                       init_scale=1.0 if init == "he" else 1 / math.sqrt(6.0))

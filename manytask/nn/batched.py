@@ -108,7 +108,8 @@ class _SparseLinear(torch.autograd.Function):
     def backward(ctx, grad):
         table_grad, bias_grad = ctx.needs_input_grad[:2]
         sparse = ctx.sparse
-        return (sparse.gather(sparse.col, grad.reshape(grad.shape[0], -1)).view(sparse.x.shape[1], *grad.shape[1:])
+        return (sparse.gather(sparse.col, grad.reshape(grad.shape[0], grad.shape[1] * grad.shape[2]))
+                .view(sparse.x.shape[1], *grad.shape[1:])
                 if table_grad else None, grad.sum(0) if bias_grad else None, None)
 
 

@@ -176,7 +176,8 @@ class MuirModels(nn.Module):
     alignment:   initial psi (one hypermodule index per location); None = pessimistic, psi(l) = l.
     vectorise:   run models with identical architectures as one vmapped call.
     init_scale:  multiplies every context's initial value, so every block entry's initial standard deviation
-                 (1: He's, the paper's; 1/sqrt(6): nn.Linear's default, 1/sqrt(3 fan_in)).
+                 (1: He's, the paper's; 1/sqrt(6): for Linear and conv layers nn.Linear's default, 1/sqrt(3 fan_in),
+                 and for LSTM weights 1/sqrt(6 hidden)).
     """
 
     def __init__(self, models: list[nn.Module], block: tuple[int, int] = (16, 16), context: int = 4,

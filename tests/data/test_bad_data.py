@@ -95,6 +95,16 @@ def test_an_all_missing_target_column_is_an_error(tmp_path):
     raises_one_line(load_table, path, target=("y", "z"), match="target column 'z' has no values")
 
 
+def test_a_constant_regression_target_is_an_error(tmp_path):
+    """One value on every labelled training row: standardising it would divide by ~0 (a table and molecules)."""
+    path = tmp_path / "t.csv"
+    path.write_text("f1,y\n" + "".join(f"{i},7.5\n" for i in range(20)))
+    raises_one_line(load_table, path, kind="regression", match="'y' has one value \\(7.5\\) on every labelled training row")
+    mols = tmp_path / "m.csv"
+    mols.write_text("smiles,y\n" + "".join(f"{s},2.5\n" for s in ["CCO", "CCN", "CCC", "c1ccccc1", "CCCl", "OCCO"] * 2))
+    raises_one_line(load_molecules, mols, match="'y' has one value \\(2.5\\)")
+
+
 @pytest.mark.parametrize("kind,value,msg", [
     ("binary", "2", "is binary but holds \\[2.0\\]"),
     ("multiclass", "2.5", "is multiclass but holds values other than the integers 0..999"),

@@ -368,10 +368,11 @@ def test_default_cap_lets_the_digits_learn_past_the_tox21_recipes_40_epochs():
 
 @pytest.mark.parametrize("kinds,t1", [(("regression", "regression"), 10.0), (("binary", "regression"), 40.0),
                                       (("binary",), 40.0)])
-def test_regression_only_data_ramp_with_t1_regression(kinds, t1):
-    """lin_t1's ramp: t1_regression (10 epochs) when every task is a regression, t1 (40) otherwise."""
+def test_auto_ramp_is_shorter_when_every_task_is_a_regression(kinds, t1):
+    """lin_t1's ramp with t1 = 0 (auto, the default): 10 epochs when every task is a regression, 40 otherwise;
+    a t1 the user gives is used as given."""
     tasks = [Task(f"t{i}", kind) for i, kind in enumerate(kinds)]
     _, hooks = build(tasks, {"x": (12,)}, EvolvingConfig())
     assert hooks.schedule.t1 == t1
-    _, hooks = build(tasks, {"x": (12,)}, EvolvingConfig(t1=25.0, t1_regression=5.0))
-    assert hooks.schedule.t1 == (5.0 if t1 == 10.0 else 25.0)
+    _, hooks = build(tasks, {"x": (12,)}, EvolvingConfig(t1=25.0))
+    assert hooks.schedule.t1 == 25.0

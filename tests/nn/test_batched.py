@@ -328,3 +328,12 @@ def test_one_output_per_network_equals_separate_linears():
         assert_close(lin.table.grad[:, i], ref.weight.grad.T, atol=1e-5)
         assert_close(lin.bias.grad[i], ref.bias.grad, atol=1e-5)
         assert_close(xs.grad[i], x.grad, atol=1e-5)
+
+
+def test_a_sparse_input_of_no_rows_runs_forward_and_backward():
+    """A (0, in) shared input (an empty minibatch) gives (n, 0, out) and zero gradients."""
+    lin = BatchedLinear(N, D, 3)
+    out = lin(batched.SparseRows(torch.zeros(0, D)))
+    assert out.shape == (N, 0, 3)
+    out.sum().backward()
+    assert not lin.table.grad.any() and not lin.bias.grad.any()
