@@ -303,8 +303,13 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
         names, labels = [c for c in names if c not in empty], labels[:, [c not in empty for c in names]]
         if not names:
             raise ConfigError(f"{path}: no task column has a label")
-    kinds = ["binary" if set(np.unique(labels[~np.isnan(labels[:, j]), j]).tolist()) <= {0.0, 1.0} else "regression"
-             for j in range(len(names))]
+    values = [np.unique(labels[~np.isnan(labels[:, j]), j]) for j in range(len(names))]
+    kinds = ["binary" if set(v.tolist()) <= {0.0, 1.0} else "regression" for v in values]
+    few = [f"{c} ({', '.join(f'{x:g}' for x in v)})" for c, k, v in zip(names, kinds, values) if k == "regression" and len(v) <= 3]
+    if few:
+        log.warning("%s: read as regression task(s), with only a few distinct values: %s; a class label here is 0/1 "
+                    "(binary), and a column that is not a task is left out by naming the tasks with data.tasks=",
+                    path.name, "; ".join(few[:5]))
     if cfg.fake_tasks > 0:
         fake = fake_correlated_labels(len(smiles), cfg.fake_tasks, cfg.fake_rho, cfg.fake_rate, seed=cfg.split_seed + 1)
         labels = np.concatenate([labels, fake], axis=1)

@@ -310,3 +310,11 @@ def test_a_molecule_regression_csv_trains_and_predicts_in_its_units(tmp_path, ca
     assert lines[0] == "smiles,valid,target"
     values = [float(line.split(",")[2]) for line in lines[1:]]
     assert all(100 < v < 300 for v in values), values  # in the target's units, not standardised
+
+
+def test_a_numeric_column_of_few_values_is_read_as_regression_with_a_warning(tmp_path, caplog):
+    """0/1/2 is not a binary label: the column is a regression task, and the log says what to do if it is a class."""
+    p = write_csv(tmp_path / "three.csv", [f"{s},{i % 3}" for i, s in enumerate(SMILES * 2)], "smiles,cls")
+    caplog.set_level("WARNING", logger="manytask")
+    (task,) = mn.load_any(mn.MoleculeNetConfig(path=str(p), bits=64)).tasks
+    assert task.kind == "regression" and "cls (0, 1, 2)" in caplog.text and "data.tasks=" in caplog.text
