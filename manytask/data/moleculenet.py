@@ -327,7 +327,8 @@ def load_csv(cfg: MoleculeNetConfig, name: str, default: Path | None = None) -> 
     train, val, test = split_arrays(x, labels, names, parts)
     tasks = []
     for j, (task_name, kind) in enumerate(zip(names, kinds)):
-        shift, scale = target_scale(labels[:, j], parts[0], task_name, path) if kind == "regression" else (0.0, 1.0)
+        shift, scale = target_scale(labels[:, j], parts[0], task_name, path, table=False) if kind == "regression" \
+            else (0.0, 1.0)
         tasks.append(Task(task_name, kind, shift=shift, scale=scale))
     meta = {"smiles": {s: [smiles[i] for i in p] for s, p in zip(("train", "val", "test"), parts)},
             "dropped": dropped}

@@ -103,13 +103,15 @@ def table_data(name: str, x: np.ndarray, targets: dict[str, np.ndarray], kinds: 
     return MultiTaskData(name, tasks, *splits)
 
 
-def target_scale(y: np.ndarray, train: np.ndarray, column: str, source: object) -> tuple[float, float]:
+def target_scale(y: np.ndarray, train: np.ndarray, column: str, source: object,
+                 table: bool = True) -> tuple[float, float]:
     """(mean, std + 1e-8) of a regression target's labels y (n,) (NaN = missing) on the training rows `train`:
     the shift and scale of the standardised target its model learns. A target without training labels, with
-    one value on all of them, or whose mean, std or standardised values overflow float32, is a ConfigError."""
+    one value on all of them, or whose mean, std or standardised values overflow float32, is a ConfigError
+    whose fix names the keys of a table (table=True) or of a molecule CSV."""
     if np.isnan(y[train]).all():
         raise ConfigError(f"{source}: target column {column!r} has no labels in the training split; add "
-                          "labelled rows or change data.split_seed")
+                          f"labelled rows or change {'data.split_seed' if table else 'the split (data.split, data.split_seed)'}")
     with np.errstate(over="ignore", invalid="ignore"):
         m, s = float(np.nanmean(y[train])), float(np.nanstd(y[train]) + 1e-8)
         standardised = (y - m) / s
@@ -118,7 +120,7 @@ def target_scale(y: np.ndarray, train: np.ndarray, column: str, source: object) 
                           "a constant cannot be learnt as a regression: drop the column")
     if not (math.isfinite(m) and math.isfinite(s)) or np.isinf(standardised).any():
         raise ConfigError(f"{source}: target column {column!r} has values too large to standardise in float32; "
-                          "rescale it, or pass data.standardize_target=false")
+                          f"rescale it{', or pass data.standardize_target=false' if table else ' (e.g. to log units)'}")
     return m, s
 
 

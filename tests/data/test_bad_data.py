@@ -95,14 +95,19 @@ def test_an_all_missing_target_column_is_an_error(tmp_path):
     raises_one_line(load_table, path, target=("y", "z"), match="target column 'z' has no values")
 
 
-def test_a_constant_regression_target_is_an_error(tmp_path):
-    """One value on every labelled training row: standardising it would divide by ~0 (a table and molecules)."""
+def test_a_constant_or_too_large_regression_target_is_an_error(tmp_path):
+    """One value on every labelled training row (standardising it would divide by ~0), a table's and a molecule
+    file's; and a molecule target too large for float32, whose fix names no table key."""
     path = tmp_path / "t.csv"
     path.write_text("f1,y\n" + "".join(f"{i},7.5\n" for i in range(20)))
     raises_one_line(load_table, path, kind="regression", match="'y' has one value \\(7.5\\) on every labelled training row")
     mols = tmp_path / "m.csv"
     mols.write_text("smiles,y\n" + "".join(f"{s},2.5\n" for s in ["CCO", "CCN", "CCC", "c1ccccc1", "CCCl", "OCCO"] * 2))
     raises_one_line(load_molecules, mols, match="'y' has one value \\(2.5\\)")
+    mols.write_text("smiles,y\n" + "".join(f"{s},{v}\n" for s, v in zip(["CCO", "CCN", "CCC", "c1ccccc1", "CCCl", "OCCO"] * 2,
+                                                                     ["1e30", "-2e30", "3", "1e30", "5", "-1e30"] * 2)))
+    message = raises_one_line(load_molecules, mols, match="too large to standardise in float32; rescale it")
+    assert "standardize_target" not in message  # a table's key, which molecule files do not have
 
 
 @pytest.mark.parametrize("kind,value,msg", [
