@@ -11,6 +11,7 @@ tasks have none (runs log it once per split at the end of a run, not every epoch
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
@@ -95,13 +96,12 @@ def ranking_metric(tasks: list[Task]) -> str:
     return metrics.pop() if len(metrics) == 1 else "loss"
 
 
-def mixed_note(tasks: list[Task]) -> str | None:
-    """One line when ranking_metric falls back to the loss: which primary metrics the tasks have; None otherwise."""
+def ranking_note(tasks: list[Task]) -> str | None:
+    """One line on what ranking_metric's mean adds up, where it is not plain: the mean loss when the tasks'
+    primary metrics differ (which metrics they have), else scale_note's; None otherwise."""
     if ranking_metric(tasks) != "loss":
-        return None
-    counts: dict[str, int] = {}
-    for t in tasks:
-        counts[primary(t)] = counts.get(primary(t), 0) + 1
+        return scale_note(tasks)
+    counts = Counter(primary(t) for t in tasks)
     return (f"the tasks' primary metrics differ ({', '.join(f'{m} for {n}' for m, n in counts.items())}), so runs "
             f"are ranked by the mean loss over all {len(tasks)} tasks (cross-entropy; squared error of the "
             "standardised targets)")

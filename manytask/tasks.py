@@ -29,6 +29,12 @@ def regression_only(tasks: list[Task]) -> bool:
     return all(t.kind == "regression" for t in tasks)
 
 
+def initial_scale(init: str, tasks: list[Task]) -> str:
+    """A method's init key resolved: "auto" is "torch" (nn.Linear's weight scale) when every task is a
+    regression, else "he"; "he" and "torch" stay as they are."""
+    return init if init != "auto" else "torch" if regression_only(tasks) else "he"
+
+
 def module_key(name: str) -> str:
     """The key of a task's or an input's module in an nn.ModuleDict (and so in saved weights).
 

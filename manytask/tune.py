@@ -46,7 +46,7 @@ from optuna.trial import TrialState
 from .config import ConfigError, apply, field_types, option, spec_of, split_overrides
 from .data.base import MultiTaskData
 from .files import write_text
-from .metrics import HIGHER_IS_BETTER, mixed_note, ranking_metric, scale_note
+from .metrics import HIGHER_IS_BETTER, ranking_metric, ranking_note
 from .registry import get_method
 from .report import line_plot, mean_pm, text_table, write_csv, write_results
 from .runs import RunStopped, choose_metric, flat_config, load_data, records, resolve, train_run
@@ -358,7 +358,7 @@ def tune(data: str, method: str, args: Sequence[str], out: str | Path = "runs") 
     base = resolve(p.data, p.method, p.fixed)
     data = choose_metric(load_data(base), base.train.metric)  # a bad data file: nothing written
     metric = ranking_metric(data.tasks)
-    if note := mixed_note(data.tasks) if metric == "loss" else scale_note(data.tasks):
+    if note := ranking_note(data.tasks):
         print(f"tune: {note}", file=sys.stderr, flush=True)
     storage = open_storage(p.storage) if p.cfg.storage else None  # an unreachable database: nothing written
     made = not p.dir.exists()

@@ -217,9 +217,9 @@ def mixed(tmp_path) -> Path:
 def test_binary_and_regression_tasks_are_ranked_by_the_mean_loss(tmp_path, mixed, capsys):
     """Tasks with different primary metrics (auc and rmse) have no common mean metric: compare's mean difference
     and tune's objective are the mean loss over all tasks (lower is better), and both say why."""
-    from manytask.metrics import mixed_note, ranking_metric
+    from manytask.metrics import ranking_metric, ranking_note
     from manytask.tasks import Task
-    assert ranking_metric([Task("a", "binary"), Task("b", "binary")]) == "auc" and mixed_note([Task("a", "binary")]) is None
+    assert ranking_metric([Task("a", "binary"), Task("b", "binary")]) == "auc" and ranking_note([Task("a", "binary")]) is None
     assert ranking_metric([Task("a", "binary"), Task("r", "regression")]) == "loss"
     keys = [f"data.path={mixed}", "data.target=active,potency", "epochs=3", "widths=8", "progress=false"]
     status, out, err = cli(["compare", "table", "hard_sharing,stl", *keys, "seeds=0,1,2", "--out", tmp_path / "cmp"], capsys)

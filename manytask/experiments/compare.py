@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ConfigError, option
-from ..metrics import HIGHER_IS_BETTER, delta_m, mixed_note, primary, ranking_metric, scale_note
+from ..metrics import HIGHER_IS_BETTER, delta_m, ranking_metric, ranking_note
 from ..registry import get_method
 from ..report import dot_plot, mean_pm, mean_std, paired, text_table
 from .runner import Contender, ExperimentConfig, ExperimentResult, Record, compare, finish
@@ -92,12 +92,11 @@ def compare_methods(data_name: str, methods: Sequence[str], cfg: CompareConfig, 
     cfg = dataclasses.replace(cfg, overrides=with_recipes(cfg.overrides, contenders))
     result = compare("compare", data_name, contenders, cfg, out, echo=echo, write=False)
     records, table, summary = against_baseline(result, baseline)
-    metrics = {primary(t) for t in result.data.tasks}
-    metric = metrics.pop() if len(metrics) == 1 else "primary metric"
-    result.records += records
     ranking = ranking_metric(result.data.tasks)
+    metric = ranking if ranking != "loss" else "primary metric"  # of the per-task plot
+    result.records += records
     result.table += f"\n\nagainst {baseline} (test {result.mean_label(metric=ranking)}, paired over seeds):\n" + table
-    if note := mixed_note(result.data.tasks) if ranking == "loss" else scale_note(result.data.tasks):
+    if note := ranking_note(result.data.tasks):
         result.table += f"\n{note}; delta-m is per task, relative"
     result.summary.update(baseline=baseline, against_baseline=summary)
     task_names = [t.name for t in result.data.tasks]

@@ -58,7 +58,7 @@ from ..nn.dmpnn import DMPNNConfig, check_per_task_encoders, graph_encoder, stan
 from ..nn.hyper import MuirModels, reparameterisable
 from ..nn.mlp import ACTIVATIONS, activation, mlp
 from ..registry import register_method
-from ..tasks import Task, regression_only, stacked_mean_loss
+from ..tasks import Task, initial_scale, stacked_mean_loss
 from ..train import Hooks, Trainer, predict_split
 
 ARCHS = ("mlp", "conv", "lstm", "dmpnn")
@@ -472,10 +472,9 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: Muir
     cfg = fitted_widths(cfg, tasks, input_shapes, arch)
     models = [default_model(t, input_shapes[t.input], arch[t.input], cfg) for t in tasks]
     try:
-        init = cfg.init if cfg.init != "auto" else "torch" if regression_only(tasks) else "he"
         net = MuirNet(tasks, models, block=tuple(cfg.block), context=cfg.context, challengers=cfg.challengers,
                       alignment=list(cfg.alignment) or None, vectorise=cfg.vectorise,
-                      init_scale=1.0 if init == "he" else 1 / math.sqrt(6.0))
+                      init_scale=1.0 if initial_scale(cfg.init, tasks) == "he" else 1 / math.sqrt(6.0))
     except ValueError as e:  # block sizes no weight divides by, an alignment of the wrong length
         raise ConfigError(str(e)) from None
     hooks = MuirHooks(cfg.steps_per_generation, cfg.burn_in, cfg.generations, cfg.final, cfg.fraction,

@@ -60,7 +60,7 @@ from ..data.graphs import graph_dims
 from ..nn.dmpnn import DMPNNConfig, MaskedDMPNN, standardise_descriptors
 from ..nn.masked import MaskedConv2d, MaskedLayer, MaskedLinear, check_disjoint, masked_layers
 from ..registry import register_method
-from ..tasks import Task, mean_loss, regression_only
+from ..tasks import Task, initial_scale, mean_loss
 from ..train import Hooks, Trainer
 
 log = logging.getLogger("manytask")
@@ -552,8 +552,7 @@ def build(tasks: list[Task], input_shapes: dict[str, tuple[int, ...]], cfg: RSN2
     encoder = {"hidden": cfg.encoder_hidden, "depth": cfg.encoder_depth, "aggregation": cfg.encoder_aggregation,
                "dropout": cfg.encoder_dropout}
     model = RSN2Net(tasks, input_shapes, subnets, tuple(cfg.widths), tuple(cfg.conv), cfg.pool_every, encoder)
-    init = cfg.init if cfg.init != "auto" else "torch" if regression_only(tasks) else "he"
-    if init == "torch":  # the same draws, scaled: U(+-sqrt(6 / fan_in)) / sqrt(6) = U(+-1 / sqrt(fan_in))
+    if initial_scale(cfg.init, tasks) == "torch":  # the same draws, scaled: U(+-sqrt(6 / fan_in)) / sqrt(6) = U(+-1 / sqrt(fan_in))
         with torch.no_grad():
             for _, layer, _ in model.layers():
                 layer.weight.div_(math.sqrt(6.0))
