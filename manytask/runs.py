@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import gzip
 import json
 import logging
@@ -122,7 +123,9 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
             method_values[key] = value
         else:
             valid = sorted(train_keys) + sorted(method_keys) + [f"data.{x}" for x in sorted(field_types(data_cls))]
-            raise ConfigError(f"unknown key {key!r} for {data}/{method}; valid keys: {', '.join(valid)}")
+            near = [f"data.{key}"] if f"data.{key}" in valid else difflib.get_close_matches(key, valid, 1)
+            hint = f"; did you mean {near[0]}=?" if near else ""
+            raise ConfigError(f"unknown key {key!r} for {data}/{method}{hint}; valid keys: {', '.join(valid)}")
     data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data", prefix="data.")
     paths = {k: os.path.abspath(os.path.expanduser(getattr(data_cfg, k))) for k in PATH_KEYS
              if k in field_types(data_cls) and getattr(data_cfg, k)}

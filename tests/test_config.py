@@ -1,6 +1,7 @@
 """key=value overrides are type-checked; unknown keys, methods and data sets are one-line errors."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -45,6 +46,19 @@ def test_resolve_routes_keys():
 def test_unknown_key_lists_valid_ones():
     with pytest.raises(ConfigError, match="unknown key 'epoch'.*epochs"):
         resolve("tox21", "hard_sharing", {"epoch": "3"})
+
+
+@pytest.mark.parametrize("key,hint", [("encoder", "did you mean data.encoder=?"), ("epoch", "did you mean epochs=?"),
+                                      ("descriptors", "did you mean data.descriptors=?")])
+def test_unknown_key_suggests_the_nearest(key, hint):
+    with pytest.raises(ConfigError, match=re.escape(f"unknown key {key!r} for tox21/hard_sharing; {hint}; valid keys")):
+        resolve("tox21", "hard_sharing", {key: "1"})
+
+
+def test_unknown_key_without_a_near_one_has_no_hint():
+    with pytest.raises(ConfigError) as err:
+        resolve("tox21", "hard_sharing", {"zzzzqqq": "1"})
+    assert "did you mean" not in str(err.value)
 
 
 def test_unknown_method_and_dataset():
