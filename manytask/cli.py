@@ -206,6 +206,9 @@ def cmd_predict(args) -> None:
     if args.out and (Path(args.out).is_dir() or not Path(args.out).parent.is_dir()):
         raise ConfigError(f"--out {args.out}: " + ("is a folder; give the name of the CSV to write" if Path(args.out).is_dir()
                                                    else f"the folder {Path(args.out).parent} does not exist"))
+    for text in args.smiles:
+        if os.path.isfile(text):
+            raise ConfigError(f"{text!r} is a file, not a SMILES: pass it with --file {text}")
     predictor = Predictor(args.run)
     column = args.column or predictor.input_column
     inputs = chain(args.smiles, file_inputs(args.file, column) if args.file else ())

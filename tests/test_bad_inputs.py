@@ -229,6 +229,8 @@ CASES = [
     Case("settings", (*MOLS, "data.split=cluster"), "error", "data.split=cluster: choose one of random, scaffold"),
     Case("settings", (*MOLS, "data.bogus=1"), "error", "unknown moleculenet data key 'data.bogus'"),
     Case("settings", (*MOLS, "bogus=1"), "error", "unknown key 'bogus' for moleculenet/hard_sharing"),
+    Case("settings", (*MOLS, "encoder=dmpnn"), "error",
+         "unknown key 'encoder' for moleculenet/hard_sharing; did you mean data.encoder=?"),
     Case("settings", (*MOLS, "epochs"), "error", "expected key=value, got 'epochs'"),
     Case("settings", (*MOLS, "--out", "afile"), "error", "--out afile: cannot make a folder there"),
     Case("settings", ("train", "moleculenet", "nope", "data.path=mols.csv"), "error", "unknown method 'nope'"),
@@ -300,6 +302,8 @@ CASES = [
     Case("weights", ("predict", "run", "CCO", "--out", "notes"), "error", "--out notes: is a folder",
          setup=trained_run),
     Case("weights", ("predict", "run"), "error", "nothing to predict", setup=trained_run),
+    Case("weights", ("predict", "run", "mols.csv"), "error", "'mols.csv' is a file, not a SMILES: pass it with --file "
+         "mols.csv", setup=trained_run),
     Case("weights", ("evaluate", "run", "epochs=3"), "error", "evaluate takes only data.path=FILE", setup=trained_run),
     Case("weights", ("train", "moleculenet", "hard_sharing", "--resume", "run"), "error",
          "run: the run is completed; there is nothing to resume", setup=trained_run),
