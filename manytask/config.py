@@ -19,6 +19,7 @@ ConfigError whose one-line message says what is wrong and what is valid.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 import types
@@ -209,6 +210,13 @@ def check(cfg: Any, what: str = "", prefix: str = "") -> Any:
     return cfg
 
 
+def did_you_mean(key: str, valid: Sequence[str]) -> str:
+    """"; did you mean K=?" for the valid key nearest to the unknown `key` (a valid "PREFIX.key" first, for a
+    key given without its prefix), or "" when none is near."""
+    near = [v for v in valid if v.rpartition(".")[2] == key and v != key] or difflib.get_close_matches(key, valid, 1)
+    return f"; did you mean {near[0]}=?" if near else ""
+
+
 def apply(cfg: Any, overrides: dict[str, Any], what: str, prefix: str = "") -> Any:
     """A copy of dataclass `cfg` with `overrides` ({key: text or value}) parsed, applied and range-checked.
     `prefix` is how the user writes these keys (e.g. "data."), for the error messages."""
@@ -216,8 +224,9 @@ def apply(cfg: Any, overrides: dict[str, Any], what: str, prefix: str = "") -> A
     changes = {}
     for key, text in overrides.items():
         if key not in types_:
-            raise ConfigError(f"unknown {what} key {prefix + key!r}; valid keys: "
-                              f"{', '.join(prefix + k for k in sorted(types_))}")
+            valid = [prefix + k for k in sorted(types_)]
+            raise ConfigError(f"unknown {what} key {prefix + key!r}{did_you_mean(prefix + key, valid)}; "
+                              f"valid keys: {', '.join(valid)}")
         read = _parse if isinstance(text, str) else _typed  # text from the command line, or a Python value
         changes[key] = read(text, types_[key], prefix + key)
     return check(dataclasses.replace(cfg, **changes), prefix=prefix)

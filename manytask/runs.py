@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import gzip
 import json
 import logging
@@ -67,7 +66,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .nn.dmpnn import check_graph_method
 from .files import replacing, write_text
-from .config import ConfigError, apply, field_types, from_dict, to_dict
+from .config import ConfigError, apply, did_you_mean, field_types, from_dict, to_dict
 from .data.base import MultiTaskData
 from .metrics import IN_TARGET_UNITS, covered, mean_over_tasks, primary, scales_differ, undefined_note
 from .registry import get_dataset, get_method
@@ -123,9 +122,8 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
             method_values[key] = value
         else:
             valid = sorted(train_keys) + sorted(method_keys) + [f"data.{x}" for x in sorted(field_types(data_cls))]
-            near = [f"data.{key}"] if f"data.{key}" in valid else difflib.get_close_matches(key, valid, 1)
-            hint = f"; did you mean {near[0]}=?" if near else ""
-            raise ConfigError(f"unknown key {key!r} for {data}/{method}{hint}; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown key {key!r} for {data}/{method}{did_you_mean(key, valid)}; "
+                              f"valid keys: {', '.join(valid)}")
     data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data", prefix="data.")
     paths = {k: os.path.abspath(os.path.expanduser(getattr(data_cfg, k))) for k in PATH_KEYS
              if k in field_types(data_cls) and getattr(data_cfg, k)}
@@ -534,52 +532,55 @@ def _train(spec: RunSpec, data: MultiTaskData, model: nn.Module, hooks: Hooks, r
     """Fit (from `resume`, a checkpoint's state, when given), evaluate every split and write the results.
     With a run directory: metrics.jsonl and a checkpoint every epoch, SIGINT/SIGTERM caught during training,
     and run.json's status true however the run ends. Without one nothing is written; in a distributed run,
-    signals are still caught so that every process stops after the same minibatch."""
-    t0 = time.perf_counter()
-    trainer = Trainer(model, data, spec.train if distributed.is_main() else quiet(spec.train), hooks)
-    trainer.log = on_epoch if distributed.is_main() else None
-    if run_dir is None:
-        if not distributed.active():
-            trainer.fit(resume)
-        else:  # a process of a distributed run that writes nothing: it stops with the others on a signal
-            with stop_on_signals(trainer):
-                try:
-                    trainer.fit(resume)
-                except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
-                    raise RunStopped(f"rank {distributed.rank()}: {e}",
-                                     128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
-            if not distributed.is_main():
-                return RunResult(None, spec, {}, {}, model, trainer)
-        return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
-    try:
-        with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
-            def log(row):
-                metrics.write(json.dumps(row) + "\n")
-                metrics.flush()
-                if on_epoch:
-                    on_epoch(row)
-            trainer.log = log
-            trainer.checkpoint = lambda tr: save_checkpoint(tr, run_dir / CHECKPOINT)
-            trainer.fit(resume)
-        result = _results(spec, data, trainer, run_dir, time.perf_counter() - t0, echo)
-    except TrainingInterrupted as e:
-        weights = save_best_so_far(model, run_dir)
-        end_record(run_dir, info, "interrupted", interrupted={"epoch": e.epoch, "signal": signal.Signals(e.signum).name})
-        raise RunStopped(f"{e}; {run_dir} holds {'the best weights so far and ' if weights else ''}"
-                         f"{'a checkpoint' if e.epoch else 'no finished epoch'}; resume with: "
-                         f"{resume_command(spec, run_dir)}", 128 + e.signum) from None
-    except TrainingDiverged as e:
-        end_record(run_dir, info, "failed", error={"epoch": e.epoch, "reason": str(e)})
-        raise RunStopped(f"error: {e}; {run_dir} is marked failed and holds no trained model", 1) from None
-    except KeyboardInterrupt:
-        end_record(run_dir, info, "interrupted", interrupted={"epoch": trainer.validated_epoch, "signal": "SIGINT"})
-        raise
-    except BaseException as e:
-        end_record(run_dir, info, "failed", error={"epoch": trainer.epoch, "reason": f"{type(e).__name__}: {e}"})
-        raise
-    end_record(run_dir, info, "completed")
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
-    return result
+    signals are still caught so that every process stops after the same minibatch, and every process returns
+    (or raises RunStopped) once rank 0 has written the run: none leaves the process group under another."""
+    with distributed.leave_together(RunStopped):
+        t0 = time.perf_counter()
+        trainer = Trainer(model, data, spec.train if distributed.is_main() else quiet(spec.train), hooks)
+        trainer.log = on_epoch if distributed.is_main() else None
+        if run_dir is None:
+            if not distributed.active():
+                trainer.fit(resume)
+            else:  # a process of a distributed run that writes nothing: it stops with the others on a signal
+                with stop_on_signals(trainer):
+                    try:
+                        trainer.fit(resume)
+                    except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
+                        raise RunStopped(f"rank {distributed.rank()}: {e}",
+                                         128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
+                if not distributed.is_main():
+                    return RunResult(None, spec, {}, {}, model, trainer)
+            return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
+        try:
+            with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
+                def log(row):
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                    if on_epoch:
+                        on_epoch(row)
+                trainer.log = log
+                trainer.checkpoint = lambda tr: save_checkpoint(tr, run_dir / CHECKPOINT)
+                trainer.fit(resume)
+            result = _results(spec, data, trainer, run_dir, time.perf_counter() - t0, echo)
+        except TrainingInterrupted as e:
+            weights = save_best_so_far(model, run_dir)
+            end_record(run_dir, info, "interrupted",
+                       interrupted={"epoch": e.epoch, "signal": signal.Signals(e.signum).name})
+            raise RunStopped(f"{e}; {run_dir} holds {'the best weights so far and ' if weights else ''}"
+                             f"{'a checkpoint' if e.epoch else 'no finished epoch'}; resume with: "
+                             f"{resume_command(spec, run_dir)}", 128 + e.signum) from None
+        except TrainingDiverged as e:
+            end_record(run_dir, info, "failed", error={"epoch": e.epoch, "reason": str(e)})
+            raise RunStopped(f"error: {e}; {run_dir} is marked failed and holds no trained model", 1) from None
+        except KeyboardInterrupt:
+            end_record(run_dir, info, "interrupted", interrupted={"epoch": trainer.validated_epoch, "signal": "SIGINT"})
+            raise
+        except BaseException as e:
+            end_record(run_dir, info, "failed", error={"epoch": trainer.epoch, "reason": f"{type(e).__name__}: {e}"})
+            raise
+        end_record(run_dir, info, "completed")
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        return result
 
 
 def quiet(cfg: TrainConfig) -> TrainConfig:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from manytask.config import ConfigError, apply, check, describe, option, split_overrides
+from manytask.config import ConfigError, apply, check, describe, did_you_mean, option, split_overrides
 from manytask.runs import resolve
 
 
@@ -59,6 +59,19 @@ def test_unknown_key_without_a_near_one_has_no_hint():
     with pytest.raises(ConfigError) as err:
         resolve("tox21", "hard_sharing", {"zzzzqqq": "1"})
     assert "did you mean" not in str(err.value)
+
+
+def test_did_you_mean_prefers_the_key_with_its_prefix_then_the_nearest_spelling():
+    valid = ["data.encoder", "data.path", "epochs", "widths"]
+    assert did_you_mean("encoder", valid) == "; did you mean data.encoder=?"
+    assert did_you_mean("data.encoderr", valid) == "; did you mean data.encoder=?"
+    assert did_you_mean("widht", valid) == "; did you mean widths=?"
+    assert did_you_mean("zzzzqqq", valid) == ""
+
+
+def test_unknown_data_key_suggests_the_nearest():
+    with pytest.raises(ConfigError, match=re.escape("unknown tox21 data key 'data.radiuss'; did you mean data.radius=?")):
+        resolve("tox21", "hard_sharing", {"data.radiuss": "3"})
 
 
 def test_unknown_method_and_dataset():

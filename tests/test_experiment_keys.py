@@ -71,6 +71,16 @@ def test_bad_contender_key_is_one_line_exit_2_and_no_directory(args, tmp_path, c
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.parametrize("args,hint", [(["schedules", "seed=1"], "did you mean seeds=?"),
+                                       (["demo", "epoch=3"], "did you mean epochs=?"),
+                                       (["demo", "data.radiuss=3"], "did you mean data.radius=?"),
+                                       (["rsn2-ensemble", "widht=3"], "did you mean widths=?")])
+def test_a_misspelt_key_names_the_nearest_one(args, hint, tmp_path, capsys):
+    code, err = run_cli(["run", *args], tmp_path, capsys)
+    assert code == 2 and hint in err, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_list_prints_every_key_of_an_experiment_a_method_and_a_data_set(capsys):
     for name, expected in (("icnn-tox21", ["seeds"]), ("icnn", ["widths", "connector_l1"]),
                            ("tox21", ["data.radius", "data.bits"]), ("train", ["epochs", "lr", "weight_decay"])):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_model
 
-from ..config import ConfigError, apply, field_types, option
+from ..config import ConfigError, apply, did_you_mean, field_types, option
 from ..data.base import MultiTaskData, Split, combine
 from ..data.images import image_data, load_idx_dir
 from ..methods.rsn2 import RSN2Config, RSN2Net, build, check_masks, export, load_packed, stage_tasks
@@ -98,7 +98,9 @@ def settings(cfg: RSN2ExperimentConfig, name: str) -> Settings:
     data = {k.removeprefix("data."): v for k, v in cfg.overrides.items() if k.startswith("data.")}
     unknown = sorted(k for k in cfg.overrides if not k.startswith("data.") and k not in tkeys and k not in mkeys)
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} for {name}; valid: seeds, data.dir, data.dir2, data.limit, "
+        known = ["seeds", "data.dir", "data.dir2", "data.limit", *tkeys, *mkeys]
+        raise ConfigError(f"unknown key {unknown[0]!r} for {name}{did_you_mean(unknown[0], known)}; valid: seeds, "
+                          "data.dir, data.dir2, data.limit, "
                           f"training keys ({', '.join(sorted(tkeys))}), rsn2 keys ({', '.join(sorted(mkeys))})")
     train = {k: v for k, v in cfg.overrides.items() if k in tkeys}
     method = {k: v for k, v in cfg.overrides.items() if k in mkeys}

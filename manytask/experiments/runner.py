@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-from ..config import ConfigError, apply, field_types, option, split_overrides
+from ..config import ConfigError, apply, did_you_mean, field_types, option, split_overrides
 from ..data.base import MultiTaskData
 from ..metrics import covered, mean_over_tasks, primary
 from ..registry import get_dataset, get_method
@@ -61,8 +61,9 @@ def parse_experiment(cfg_cls: type, args: Sequence[str], name: str = "experiment
     own = set(field_types(cfg_cls)) - {"overrides"}
     rest = {k: v for k, v in kv.items() if k not in own}
     if rest and not cfg_cls.takes_overrides:
-        raise ConfigError(f"unknown key {next(iter(rest))!r} for {name}; valid keys: {', '.join(sorted(own))} "
-                          f"(manytask list {name})")
+        key = next(iter(rest))
+        raise ConfigError(f"unknown key {key!r} for {name}{did_you_mean(key, sorted(own))}; valid keys: "
+                          f"{', '.join(sorted(own))} (manytask list {name})")
     cfg = apply(cfg_cls(), {k: v for k, v in kv.items() if k in own}, name)
     return dataclasses.replace(cfg, overrides=rest)
 
@@ -147,8 +148,12 @@ def contender_overrides(overrides: dict[str, Any], contenders: Sequence[Contende
         else:
             takers = [c for c in contenders if k in field_types(get_method(c.method).config)]
             if not takers:
-                raise ConfigError(f"unknown key {k!r}; valid: seeds, training keys ({', '.join(sorted(tkeys))}), "
-                                  f"data.KEY ({', '.join(sorted(dkeys))}), LABEL.KEY for labels {', '.join(sorted(labels))}, "
+                known = ["seeds", *tkeys, *(f"data.{d}" for d in dkeys),
+                         *(m for c in contenders for m in field_types(get_method(c.method).config))]
+                raise ConfigError(f"unknown key {k!r}{did_you_mean(k, known)}; valid: seeds, "
+                                  f"training keys ({', '.join(sorted(tkeys))}), "
+                                  f"data.KEY ({', '.join(sorted(dkeys))}), "
+                                  f"LABEL.KEY for labels {', '.join(sorted(labels))}, "
                                   "or a key of one of the methods")
             for c in takers:
                 per[c.label][k] = v
