@@ -53,6 +53,10 @@ def cmd_list(args) -> None:
         own, train = getattr(entry.config, "train_defaults", {}), method_training(entry.name)
         print("plus the training keys: manytask list train" + (
             "; this method's own defaults of them: " + " ".join(f"{k}={getattr(train, k)}" for k in own) if own else ""))
+        graph = getattr(entry.config, "graph_defaults", {})
+        if graph:
+            print("on graphs (data.encoder=dmpnn) keys not given default to: "
+                  + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in graph.items()))
     else:
         print(text_table(header, describe(entry.config), left=4))
         tables = entry.config.key_tables()

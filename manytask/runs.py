@@ -106,7 +106,8 @@ class RunSpec:
 def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | None = None) -> RunSpec:
     """Defaults (or the configs of `base`) plus overrides. `data.k=v` sets the data config, `method.k=v` the
     method's; a bare key goes to the training config if it has it, else to the method's config. Training keys
-    not given take the method's training defaults (method_training). Relative data
+    not given take the method's training defaults (method_training); on graphs (data.encoder=dmpnn) keys not
+    given first take the method's `graph_defaults` (a class attribute of its config, if any). Relative data
     paths (data.path, data.dir) become absolute, so that the run directory finds its data from anywhere."""
     data_cls, method_cls = get_dataset(data).config, get_method(method).config
     train_keys, method_keys = field_types(TrainConfig), field_types(method_cls)
@@ -125,6 +126,10 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
             raise ConfigError(f"unknown key {key!r} for {data}/{method}{did_you_mean(key, valid)}; "
                               f"valid keys: {', '.join(valid)}")
     data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data", prefix="data.")
+    if base is None and getattr(data_cfg, "encoder", None) == "dmpnn":  # the method's recipe on graphs, if any
+        graph = getattr(method_cls, "graph_defaults", {})
+        train_values = {**{k: v for k, v in graph.items() if k in train_keys}, **train_values}
+        method_values = {**{k: v for k, v in graph.items() if k not in train_keys}, **method_values}
     paths = {k: os.path.abspath(os.path.expanduser(getattr(data_cfg, k))) for k in PATH_KEYS
              if k in field_types(data_cls) and getattr(data_cfg, k)}
     return RunSpec(data, method, dataclasses.replace(data_cfg, **paths),

@@ -35,6 +35,11 @@ class HardSharingConfig(DMPNNConfig):
                              search=("float", 0.0, 0.5))
     # the defaults (these and the keys above) are the recipe `manytask tune tox21 hard_sharing` chose: docs/tuning-tox21.md
     train_defaults: ClassVar[dict] = {"batch_size": 32, "lr": 2.71e-3, "weight_decay": 1e-4}
+    # on graphs (data.encoder=dmpnn) keys not given take these instead, the recipe chosen on Tox21's validation
+    # split over three seeds: docs/encoders.md
+    graph_defaults: ClassVar[dict] = {"widths": (300,), "dropout": 0.0, "encoder_aggregation": "mean",
+                                      "batch_size": 50, "lr": 1e-3, "weight_decay": 0.0, "epochs": 50,
+                                      "patience": 50, "lr_schedule": "noam"}
 
 
 class HardSharing(nn.Module):

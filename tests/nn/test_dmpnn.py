@@ -254,3 +254,22 @@ def test_training_standardises_descriptors_with_the_training_split(mols, method)
     for enc in encoders:
         assert torch.allclose(enc.descriptor_mean[known], train[:, known].double().mean(0).float(), rtol=1e-5,
                               atol=1e-5)
+
+
+def test_hard_sharing_on_graphs_takes_its_graph_recipe_unless_keys_are_given(capsys):
+    from manytask.cli import main
+    from manytask.runs import method_training, resolve
+    plain = resolve("tox21", "hard_sharing", {})
+    assert plain.method_cfg.widths == (512,) and plain.train.lr_schedule == "constant"
+    graph = resolve("tox21", "hard_sharing", {"data.encoder": "dmpnn"})
+    m, t = graph.method_cfg, graph.train
+    assert (m.widths, m.dropout, m.encoder_aggregation) == ((300,), 0.0, "mean")
+    assert (t.batch_size, t.lr, t.weight_decay, t.epochs, t.patience, t.lr_schedule) == (50, 1e-3, 0.0, 50, 50, "noam")
+    given = resolve("tox21", "hard_sharing", {"data.encoder": "dmpnn", "lr": "0.01", "widths": "64",
+                                              "method.encoder_aggregation": "norm"})
+    assert (given.train.lr, given.method_cfg.widths, given.method_cfg.encoder_aggregation) == (0.01, (64,), "norm")
+    assert given.train.batch_size == 50 and given.method_cfg.dropout == 0.0
+    assert resolve("tox21", "hard_sharing", {"epochs": "3"}, base=given).train.lr == 0.01  # a saved run keeps its keys
+    assert resolve("tox21", "stl", {"data.encoder": "dmpnn"}).train == method_training("stl")  # no graph recipe
+    main(["list", "hard_sharing"])
+    assert "on graphs (data.encoder=dmpnn) keys not given default to: widths=300 dropout=0.0" in capsys.readouterr().out
