@@ -213,7 +213,8 @@ def check(cfg: Any, what: str = "", prefix: str = "") -> Any:
 def did_you_mean(key: str, valid: Sequence[str]) -> str:
     """"; did you mean K=?" for the valid key nearest to the unknown `key` (a valid "PREFIX.key" first, for a
     key given without its prefix), or "" when none is near."""
-    near = [v for v in valid if v.rpartition(".")[2] == key and v != key] or difflib.get_close_matches(key, valid, 1)
+    near = ([v for v in valid if v.rpartition(".")[2] == key and v != key]
+            or difflib.get_close_matches(key, valid, n=1, cutoff=0.7))
     return f"; did you mean {near[0]}=?" if near else ""
 
 

@@ -43,7 +43,8 @@ def test_create_model_takes_text_like_the_cli_and_seeds_nothing(shared_data):
 
 
 @pytest.mark.parametrize("cfg,msg", [
-    ({"width": (16,)}, "unknown hard_sharing method key 'width'; valid keys: activation, dropout, encoder_aggregation, "
+    ({"width": (16,)}, "unknown hard_sharing method key 'width'; did you mean widths=?; valid keys: activation, "
+                       "dropout, encoder_aggregation, "
                        "encoder_batch_norm, encoder_depth, encoder_dropout, encoder_hidden, widths"),
     ({"widths": (16, 0)}, "widths=16,0: must be >= 1"),
     ({"dropout": 1.0}, "dropout=1.0: must be in [0, 1)"),
