@@ -118,19 +118,6 @@ def local_main_first() -> Iterator[None]:
             dist.barrier()
 
 
-@contextmanager
-def leave_together(*synced: type[BaseException]) -> Iterator[None]:
-    """Every process leaves the block once all have finished it (e.g. rank 0 writing the run directory), so
-    that none tears the process group down while another still works. An exception of a `synced` type, which
-    every process raises at the same step, waits too; any other leaves at once (torchrun stops the others)."""
-    try:
-        yield
-    except synced:
-        barrier()
-        raise
-    barrier()
-
-
 def shard(n: int) -> slice:
     """This process's share of a global minibatch of n rows: every world_size-th row from its rank."""
     return slice(rank(), n, world_size())

@@ -537,55 +537,53 @@ def _train(spec: RunSpec, data: MultiTaskData, model: nn.Module, hooks: Hooks, r
     """Fit (from `resume`, a checkpoint's state, when given), evaluate every split and write the results.
     With a run directory: metrics.jsonl and a checkpoint every epoch, SIGINT/SIGTERM caught during training,
     and run.json's status true however the run ends. Without one nothing is written; in a distributed run,
-    signals are still caught so that every process stops after the same minibatch, and every process returns
-    (or raises RunStopped) once rank 0 has written the run: none leaves the process group under another."""
-    with distributed.leave_together(RunStopped):
-        t0 = time.perf_counter()
-        trainer = Trainer(model, data, spec.train if distributed.is_main() else quiet(spec.train), hooks)
-        trainer.log = on_epoch if distributed.is_main() else None
-        if run_dir is None:
-            if not distributed.active():
-                trainer.fit(resume)
-            else:  # a process of a distributed run that writes nothing: it stops with the others on a signal
-                with stop_on_signals(trainer):
-                    try:
-                        trainer.fit(resume)
-                    except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
-                        raise RunStopped(f"rank {distributed.rank()}: {e}",
-                                         128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
-                if not distributed.is_main():
-                    return RunResult(None, spec, {}, {}, model, trainer)
-            return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
-        try:
-            with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
-                def log(row):
-                    metrics.write(json.dumps(row) + "\n")
-                    metrics.flush()
-                    if on_epoch:
-                        on_epoch(row)
-                trainer.log = log
-                trainer.checkpoint = lambda tr: save_checkpoint(tr, run_dir / CHECKPOINT)
-                trainer.fit(resume)
-            result = _results(spec, data, trainer, run_dir, time.perf_counter() - t0, echo)
-        except TrainingInterrupted as e:
-            weights = save_best_so_far(model, run_dir)
-            end_record(run_dir, info, "interrupted",
-                       interrupted={"epoch": e.epoch, "signal": signal.Signals(e.signum).name})
-            raise RunStopped(f"{e}; {run_dir} holds {'the best weights so far and ' if weights else ''}"
-                             f"{'a checkpoint' if e.epoch else 'no finished epoch'}; resume with: "
-                             f"{resume_command(spec, run_dir)}", 128 + e.signum) from None
-        except TrainingDiverged as e:
-            end_record(run_dir, info, "failed", error={"epoch": e.epoch, "reason": str(e)})
-            raise RunStopped(f"error: {e}; {run_dir} is marked failed and holds no trained model", 1) from None
-        except KeyboardInterrupt:
-            end_record(run_dir, info, "interrupted", interrupted={"epoch": trainer.validated_epoch, "signal": "SIGINT"})
-            raise
-        except BaseException as e:
-            end_record(run_dir, info, "failed", error={"epoch": trainer.epoch, "reason": f"{type(e).__name__}: {e}"})
-            raise
-        end_record(run_dir, info, "completed")
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
-        return result
+    signals are still caught so that every process stops after the same minibatch."""
+    t0 = time.perf_counter()
+    trainer = Trainer(model, data, spec.train if distributed.is_main() else quiet(spec.train), hooks)
+    trainer.log = on_epoch if distributed.is_main() else None
+    if run_dir is None:
+        if not distributed.active():
+            trainer.fit(resume)
+        else:  # a process of a distributed run that writes nothing: it stops with the others on a signal
+            with stop_on_signals(trainer):
+                try:
+                    trainer.fit(resume)
+                except (TrainingInterrupted, TrainingDiverged) as e:  # rank 0 writes what happened
+                    raise RunStopped(f"rank {distributed.rank()}: {e}",
+                                     128 + e.signum if isinstance(e, TrainingInterrupted) else 1) from None
+            if not distributed.is_main():
+                return RunResult(None, spec, {}, {}, model, trainer)
+        return _results(spec, data, trainer, None, time.perf_counter() - t0, echo)
+    try:
+        with open(run_dir / "metrics.jsonl", "a") as metrics, stop_on_signals(trainer):
+            def log(row):
+                metrics.write(json.dumps(row) + "\n")
+                metrics.flush()
+                if on_epoch:
+                    on_epoch(row)
+            trainer.log = log
+            trainer.checkpoint = lambda tr: save_checkpoint(tr, run_dir / CHECKPOINT)
+            trainer.fit(resume)
+        result = _results(spec, data, trainer, run_dir, time.perf_counter() - t0, echo)
+    except TrainingInterrupted as e:
+        weights = save_best_so_far(model, run_dir)
+        end_record(run_dir, info, "interrupted",
+                   interrupted={"epoch": e.epoch, "signal": signal.Signals(e.signum).name})
+        raise RunStopped(f"{e}; {run_dir} holds {'the best weights so far and ' if weights else ''}"
+                         f"{'a checkpoint' if e.epoch else 'no finished epoch'}; resume with: "
+                         f"{resume_command(spec, run_dir)}", 128 + e.signum) from None
+    except TrainingDiverged as e:
+        end_record(run_dir, info, "failed", error={"epoch": e.epoch, "reason": str(e)})
+        raise RunStopped(f"error: {e}; {run_dir} is marked failed and holds no trained model", 1) from None
+    except KeyboardInterrupt:
+        end_record(run_dir, info, "interrupted", interrupted={"epoch": trainer.validated_epoch, "signal": "SIGINT"})
+        raise
+    except BaseException as e:
+        end_record(run_dir, info, "failed", error={"epoch": trainer.epoch, "reason": f"{type(e).__name__}: {e}"})
+        raise
+    end_record(run_dir, info, "completed")
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return result
 
 
 def quiet(cfg: TrainConfig) -> TrainConfig:

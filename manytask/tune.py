@@ -131,10 +131,17 @@ class Plan:
                 "fixed": {k: v for k, v in self.fixed.items() if k not in ("progress", "device")}}
 
     def recipe_keys(self) -> dict[str, Any]:
-        """The fixed keys that belong in the recipe, typed: the training and method keys (not data.*, seed, ...)."""
-        values = flat_config(resolve(self.data, self.method, self.fixed))
-        return {k: values[k] for k in (k.removeprefix("method.") for k in self.fixed)
-                if not k.startswith("data.") and k not in NOT_IN_RECIPE}
+        """The fixed keys that belong in the recipe, typed: the training and method keys (not data.*, seed, ...),
+        and on graphs the method's graph defaults that the trials trained with."""
+        spec = resolve(self.data, self.method, self.fixed)
+        values, keys = flat_config(spec), [k.removeprefix("method.") for k in self.fixed]
+        if getattr(spec.data_cfg, "encoder", None) == "dmpnn":
+            keys += list(getattr(get_method(self.method).config, "graph_defaults", {}))
+        return {k: values[k] for k in keys if not k.startswith("data.") and k not in NOT_IN_RECIPE}
+
+    def data_keys(self) -> str:
+        """The fixed data.* keys as the command line gives them: the recipe holds none."""
+        return "".join(f"{k}={v} " for k, v in self.fixed.items() if k.startswith("data."))
 
 
 def plan(data: str, method: str, args: Sequence[str], out: str | Path) -> Plan:
@@ -459,7 +466,7 @@ def write_outputs(p: Plan, study: optuna.Study, metric: str) -> dict | None:
     print(f"tune: best trial {best.number}: val {metric} {best.value:.4f}  "
           + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in recipe["keys"].items())
           + f"\ntune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed; results in {p.dir}; "
-          f"train with: manytask train {p.data} {p.method} recipe={p.dir / 'best.json'}", file=sys.stderr)
+          f"train with: manytask train {p.data} {p.method} {p.data_keys()}recipe={p.dir / 'best.json'}", file=sys.stderr)
     return recipe
 
 

@@ -201,44 +201,6 @@ def test_a_signal_in_one_process_stops_every_process_at_the_same_step(two_proces
     assert got[0] == got[1] == (signal.SIGTERM, 4)  # seen by the others at the next step's all-reduce
 
 
-class Synced(Exception):
-    """Raised by every process at the same point (as RunStopped is)."""
-
-
-def leaver(rank: int, world: int, init: str, out: str) -> None:
-    """Rank 0 writes a file a while into each block; every process records whether it was there when it left."""
-    import time
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
-    seen = {}
-    try:
-        for case, error in (("done", None), ("synced", Synced), ("other", ValueError)):
-            mark = f"{out}.{case}"
-            try:
-                with distributed.leave_together(Synced):
-                    if rank == 0:
-                        time.sleep(1.0)
-                        open(mark, "w").close()
-                    if error:
-                        raise error(case)
-            except (Synced, ValueError):
-                pass
-            seen[case] = os.path.exists(mark)
-            dist.barrier()  # the next case starts together
-        torch.save(seen, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
-
-
-def test_processes_leave_together_once_rank_0_has_written(tmp_path):
-    """A process that finished (or stopped at the same step as the others) waits for rank 0 before it may
-    tear the group down; one that failed alone does not wait."""
-    mp.start_processes(leaver, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, start_method="spawn")
-    rank0, rank1 = (torch.load(f"{tmp_path / 'out'}.{r}") for r in range(2))
-    assert rank0 == {"done": True, "synced": True, "other": True}
-    assert rank1 == {"done": True, "synced": True, "other": False}
-
-
 def test_without_torchrun_nothing_is_distributed(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     distributed.start()

@@ -282,3 +282,13 @@ def test_terminating_the_tune_ends_its_workers(tmp_path, mols):
         for pid in [proc.pid, *pids]:
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_tune_on_graphs_keeps_the_graph_defaults_and_the_data_keys_for_its_recipe(tmp_path):
+    """The trials of hard sharing on graphs train with its graph recipe where the space does not search: the
+    recipe holds those keys, and the printed command gives the data keys back (the recipe holds none)."""
+    p = tune_module.plan("tox21", "hard_sharing", ["data.encoder=dmpnn", "epochs=7"], tmp_path / "tunes")
+    keys = p.recipe_keys()
+    assert keys["epochs"] == 7 and keys["lr_schedule"] == "noam" and keys["encoder_aggregation"] == "mean"
+    assert p.data_keys() == "data.encoder=dmpnn "
+    assert tune_module.plan("tox21", "hard_sharing", ["epochs=7"], tmp_path / "tunes").recipe_keys() == {"epochs": 7}

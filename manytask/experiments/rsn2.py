@@ -106,7 +106,7 @@ def settings(cfg: RSN2ExperimentConfig, name: str) -> Settings:
     method = {k: v for k, v in cfg.overrides.items() if k in mkeys}
     return Settings(apply(TrainConfig(), {**cfg.train_defaults, **train}, "training"),
                     apply(RSN2Config(), {**PAPER_RECIPE, **cfg.method_defaults, **method}, "rsn2"),
-                    apply(ImageSourceConfig(), data, "data"))
+                    apply(ImageSourceConfig(), data, "data", prefix="data."))
 
 
 # ---- data ---------------------------------------------------------------------------------------------

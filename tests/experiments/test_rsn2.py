@@ -37,7 +37,7 @@ def test_settings_reject_unknown_keys_and_apply_the_recipe_defaults():
     ensemble = settings(parse_experiment(RSN2EnsembleConfig, []), "rsn2-ensemble").method
     assert (ensemble.criterion, ensemble.rounds, ensemble.copies, ensemble.keep) == ("magnitude", 5, 5, 0.2)
     bad = {"nope=1": "unknown key 'nope' for rsn2-split; valid: seeds, data.dir",
-           "data.foo=1": "unknown data key 'foo'",
+           "data.foo=1": "unknown data key 'data.foo'",
            "data.limit=x": "limit=x: expected an integer", "data.limit=-1": "limit=-1: must be >= 0",
            "keep=2": "keep=2.0: must be in", "criterion=size": "criterion=size: choose one of gradient, magnitude",
            "rounds=0": "rounds=0: must be >= 1"}
