@@ -17,7 +17,7 @@ from typing import Iterator
 
 from . import __version__
 from .allocator import tune_allocator
-from .config import ConfigError, describe, split_overrides
+from .config import ConfigError, as_text, describe, split_overrides
 from .files import replacing
 from .registry import DATASETS, EXPERIMENTS, METHODS, find, get_experiment, load_all
 
@@ -56,7 +56,7 @@ def cmd_list(args) -> None:
         graph = getattr(entry.config, "graph_defaults", {})
         if graph:
             print("on graphs (data.encoder=dmpnn) keys not given default to: "
-                  + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in graph.items()))
+                  + " ".join(f"{k}={as_text(v)}" for k, v in graph.items()))
     else:
         print(text_table(header, describe(entry.config), left=4))
         tables = entry.config.key_tables()

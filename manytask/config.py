@@ -204,10 +204,14 @@ def check(cfg: Any, what: str = "", prefix: str = "") -> Any:
         why = spec.violation(getattr(cfg, f.name))
         if why:
             value = getattr(cfg, f.name)
-            shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
-            raise ConfigError(f"{prefix}{f.name}={shown}: {why}" + (f" ({spec.help})" if spec.help else "")
+            raise ConfigError(f"{prefix}{f.name}={as_text(value)}: {why}" + (f" ({spec.help})" if spec.help else "")
                               + (f" [{what}]" if what else ""))
     return cfg
+
+
+def as_text(value: Any) -> str:
+    """A value as the command line writes it: a tuple or list as "1024,512"."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def did_you_mean(key: str, valid: Sequence[str]) -> str:
@@ -248,7 +252,7 @@ def describe(cfg: Any, prefix: str = "") -> list[tuple[str, str, str, str]]:
             default = f.default
         else:
             default = f.default_factory()  # type: ignore[misc]
-        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
+        shown = as_text(default)
         spec, tp = spec_of(f), types_[f.name]
         valid = spec.describe()
         if typing.get_origin(tp) is typing.Literal:  # the type column lists the choices already

@@ -126,8 +126,8 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
             raise ConfigError(f"unknown key {key!r} for {data}/{method}{did_you_mean(key, valid)}; "
                               f"valid keys: {', '.join(valid)}")
     data_cfg = apply(base.data_cfg if base else data_cls(), data_values, f"{data} data", prefix="data.")
-    if base is None and getattr(data_cfg, "encoder", None) == "dmpnn":  # the method's recipe on graphs, if any
-        graph = getattr(method_cls, "graph_defaults", {})
+    if base is None:  # the method's recipe on graphs, if any
+        graph = graph_defaults(method_cls, data_cfg)
         train_values = {**{k: v for k, v in graph.items() if k in train_keys}, **train_values}
         method_values = {**{k: v for k, v in graph.items() if k not in train_keys}, **method_values}
     paths = {k: os.path.abspath(os.path.expanduser(getattr(data_cfg, k))) for k in PATH_KEYS
@@ -135,6 +135,12 @@ def resolve(data: str, method: str, overrides: dict[str, str], base: RunSpec | N
     return RunSpec(data, method, dataclasses.replace(data_cfg, **paths),
                    apply(base.method_cfg if base else method_cls(), method_values, f"{method} method"),
                    apply(base.train if base else method_training(method), train_values, "training"))
+
+
+def graph_defaults(method_cls: type, data_cfg: Any) -> dict[str, Any]:
+    """The keys a method defaults to on graphs (its config's `graph_defaults`) when `data_cfg` gives molecule
+    graphs (data.encoder=dmpnn); {} otherwise."""
+    return getattr(method_cls, "graph_defaults", {}) if getattr(data_cfg, "encoder", None) == "dmpnn" else {}
 
 
 def method_training(method: str) -> TrainConfig:

@@ -49,7 +49,7 @@ from .files import write_text
 from .metrics import HIGHER_IS_BETTER, ranking_metric, ranking_note
 from .registry import get_method
 from .report import line_plot, mean_pm, text_table, write_csv, write_results
-from .runs import RunStopped, choose_metric, flat_config, load_data, records, resolve, train_run
+from .runs import RunStopped, choose_metric, flat_config, graph_defaults, load_data, records, resolve, train_run
 from .train import TrainConfig, TrainingDiverged
 
 HEARTBEAT, GRACE = 10, 60  # seconds: a trial's heartbeat; silent this long, another worker marks it FAIL
@@ -135,8 +135,7 @@ class Plan:
         and on graphs the method's graph defaults that the trials trained with."""
         spec = resolve(self.data, self.method, self.fixed)
         values, keys = flat_config(spec), [k.removeprefix("method.") for k in self.fixed]
-        if getattr(spec.data_cfg, "encoder", None) == "dmpnn":
-            keys += list(getattr(get_method(self.method).config, "graph_defaults", {}))
+        keys += list(graph_defaults(get_method(self.method).config, spec.data_cfg))
         return {k: values[k] for k in keys if not k.startswith("data.") and k not in NOT_IN_RECIPE}
 
     def data_keys(self) -> str:
@@ -466,7 +465,8 @@ def write_outputs(p: Plan, study: optuna.Study, metric: str) -> dict | None:
     print(f"tune: best trial {best.number}: val {metric} {best.value:.4f}  "
           + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in recipe["keys"].items())
           + f"\ntune: {n['complete']} complete, {n['pruned']} pruned, {n['fail']} failed; results in {p.dir}; "
-          f"train with: manytask train {p.data} {p.method} {p.data_keys()}recipe={p.dir / 'best.json'}", file=sys.stderr)
+          f"train with: manytask train {p.data} {p.method} {p.data_keys()}recipe={p.dir / 'best.json'}",
+          file=sys.stderr)
     return recipe
 
 

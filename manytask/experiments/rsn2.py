@@ -98,9 +98,9 @@ def settings(cfg: RSN2ExperimentConfig, name: str) -> Settings:
     data = {k.removeprefix("data."): v for k, v in cfg.overrides.items() if k.startswith("data.")}
     unknown = sorted(k for k in cfg.overrides if not k.startswith("data.") and k not in tkeys and k not in mkeys)
     if unknown:
-        known = ["seeds", "data.dir", "data.dir2", "data.limit", *tkeys, *mkeys]
-        raise ConfigError(f"unknown key {unknown[0]!r} for {name}{did_you_mean(unknown[0], known)}; valid: seeds, "
-                          "data.dir, data.dir2, data.limit, "
+        own = ["seeds", "data.dir", "data.dir2", "data.limit"]
+        raise ConfigError(f"unknown key {unknown[0]!r} for {name}{did_you_mean(unknown[0], [*own, *tkeys, *mkeys])}; "
+                          f"valid: {', '.join(own)}, "
                           f"training keys ({', '.join(sorted(tkeys))}), rsn2 keys ({', '.join(sorted(mkeys))})")
     train = {k: v for k, v in cfg.overrides.items() if k in tkeys}
     method = {k: v for k, v in cfg.overrides.items() if k in mkeys}
